@@ -1,0 +1,7 @@
+"""Target architectures: configs, spaces, named models, counts and graphs."""
+
+from logah_jax.arch.configs import ArchConfig, FAMILIES, GPT2Config, ViTConfig
+from logah_jax.arch.configs import from_dict, to_dict
+from logah_jax.arch.counts import num_params
+from logah_jax.arch.named import named, names
+from logah_jax.arch.spaces import SPACES, Space, make_space, sample

@@ -1,0 +1,120 @@
+"""Frozen, hashable descriptions of target architectures.
+
+An ArchConfig is the one identity of a target network in logah_jax: models are
+built from it, graphs are built from it, and jitted per-architecture functions
+are cached on it. Validation happens at construction so that no expensive work
+starts on a config that cannot describe a network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Union
+
+
+def _check_positive_ints(cfg, names):
+  for name in names:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, int):
+      raise ValueError(
+          f'{type(cfg).__name__}.{name}={value!r} must be an int.')
+    if value <= 0:
+      raise ValueError(
+          f'{type(cfg).__name__}.{name}={value} must be positive.')
+
+
+def _check_divisible(cfg, name, divisor_name):
+  value, divisor = getattr(cfg, name), getattr(cfg, divisor_name)
+  if value % divisor:
+    raise ValueError(
+        f'{type(cfg).__name__}.{name}={value} is not divisible by '
+        f'{divisor_name}={divisor}.')
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTConfig:
+  """A torchvision-style Vision Transformer (pre-LN, class token, linear head)."""
+
+  depth: int
+  width: int
+  heads: int
+  mlp_dim: int
+  patch: int
+  image_size: int
+  channels: int = 3
+  num_classes: int = 1000
+
+  family = 'vit'
+
+  def __post_init__(self):
+    _check_positive_ints(self, ('depth', 'width', 'heads', 'mlp_dim', 'patch',
+                                'image_size', 'channels', 'num_classes'))
+    _check_divisible(self, 'width', 'heads')
+    _check_divisible(self, 'image_size', 'patch')
+
+  @property
+  def num_patches(self) -> int:
+    return (self.image_size // self.patch) ** 2
+
+  @property
+  def seq_len(self) -> int:
+    """Tokens seen by the encoder: the patches plus the class token."""
+    return self.num_patches + 1
+
+  @property
+  def name(self) -> str:
+    return (f'vit-L{self.depth}-C{self.width}-H{self.heads}-M{self.mlp_dim}'
+            f'-p{self.patch}-{self.image_size}px-{self.channels}ch'
+            f'-{self.num_classes}cls')
+
+
+@dataclasses.dataclass(frozen=True)
+class GPT2Config:
+  """A GPT-2 language model (pre-LN causal blocks, learned positions)."""
+
+  depth: int
+  width: int
+  heads: int
+  vocab_size: int = 50257
+  n_positions: int = 1024
+  tie_embeddings: bool = True
+
+  family = 'gpt2'
+
+  def __post_init__(self):
+    _check_positive_ints(self, ('depth', 'width', 'heads', 'vocab_size',
+                                'n_positions'))
+    _check_divisible(self, 'width', 'heads')
+    if not isinstance(self.tie_embeddings, bool):
+      raise ValueError(f'GPT2Config.tie_embeddings={self.tie_embeddings!r} '
+                       'must be a bool.')
+
+  @property
+  def mlp_dim(self) -> int:
+    return 4 * self.width
+
+  @property
+  def name(self) -> str:
+    tie = 'tied' if self.tie_embeddings else 'untied'
+    return (f'gpt2-L{self.depth}-D{self.width}-H{self.heads}-V{self.vocab_size}'
+            f'-T{self.n_positions}-{tie}')
+
+
+ArchConfig = Union[ViTConfig, GPT2Config]
+FAMILIES = ('vit', 'gpt2')
+
+
+def to_dict(cfg: ArchConfig) -> dict:
+  """JSON-ready form, with the family so that from_dict can rebuild it."""
+  return {'family': cfg.family, **dataclasses.asdict(cfg)}
+
+
+def from_dict(d: dict) -> ArchConfig:
+  d = dict(d)
+  family = d.pop('family', None)
+  if family == 'vit':
+    return ViTConfig(**d)
+  if family == 'gpt2':
+    return GPT2Config(**d)
+  raise ValueError(f'ArchConfig family={family!r} is unknown; '
+                   f'expected one of {FAMILIES}.')
