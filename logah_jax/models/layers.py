@@ -1,0 +1,98 @@
+"""Pieces shared by the ViT and GPT-2 targets: initialisers and attention.
+
+The initialisers reproduce the PyTorch reference inits exactly (they become
+the RandInit baseline), so they are written against torch's definitions
+rather than Flax's near-equivalents.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def normal(std: float):
+  """N(0, std^2), as torch `normal_(std=...)`."""
+  def init(key, shape, dtype=jnp.float32):
+    return std * jax.random.normal(key, shape, dtype)
+  return init
+
+
+def uniform(bound: float):
+  """U(-bound, bound), the family of torch xavier/kaiming uniform inits."""
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
+def xavier_uniform(fan_in: int, fan_out: int):
+  """torch `xavier_uniform_`: bound sqrt(6 / (fan_in + fan_out))."""
+  return uniform(math.sqrt(6.0 / (fan_in + fan_out)))
+
+
+def torch_linear_default(fan_in: int):
+  """torch nn.Linear weight default (kaiming_uniform a=sqrt 5): U(+-1/sqrt(fan_in))."""
+  return uniform(1.0 / math.sqrt(fan_in))
+
+
+def trunc_normal_abs(std: float, limit: float = 2.0):
+  """torch `trunc_normal_(std=std)`: N(0, std^2) cut at ABSOLUTE +-limit.
+
+  torch's a/b bounds are in value units, not in standard deviations, so for a
+  small std the truncation is practically inactive.
+  """
+  def init(key, shape, dtype=jnp.float32):
+    z = jax.random.truncated_normal(key, -limit / std, limit / std, shape,
+                                    jnp.float32)
+    return (std * z).astype(dtype)
+  return init
+
+
+def fused_self_attention(qkv: Array, heads: int, causal: bool) -> Array:
+  """Multi-head attention from a fused [q | k | v] projection.
+
+  Args:
+    qkv: (B, T, 3C) in the compute dtype; each of q, k, v is split into heads
+      head-major (head h owns channels h*hd .. (h+1)*hd), like torch MHA and
+      HF GPT-2.
+    heads: number of heads.
+    causal: mask out keys after the query position.
+
+  Returns:
+    (B, T, C) concatenated head outputs, before the output projection.
+  """
+  b, t, three_c = qkv.shape
+  c = three_c // 3
+  hd = c // heads
+  dtype = qkv.dtype
+  q, k, v = jnp.split(qkv, 3, axis=-1)
+  q, k, v = (a.reshape(b, t, heads, hd) for a in (q, k, v))
+  scores = jnp.einsum('bqhd,bkhd->bhqk', q, k) * jnp.asarray(hd**-0.5, dtype)
+  if causal:
+    mask = jnp.tril(jnp.ones((t, t), dtype=bool))
+    scores = jnp.where(mask, scores, jnp.finfo(dtype).min)
+  # Softmax in float32 so that bf16 compute does not lose the normalisation.
+  probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(dtype)
+  out = jnp.einsum('bhqk,bkhd->bqhd', probs, v)
+  return out.reshape(b, t, c)
+
+
+def dense(features: int, kernel_init, bias_init=None, *, dtype,
+          name: str) -> nn.Dense:
+  """A Dense with float32 params; `bias_init=None` means no bias (lm_head)."""
+  if bias_init is None:
+    return nn.Dense(features, use_bias=False, kernel_init=kernel_init,
+                    dtype=dtype, param_dtype=jnp.float32, name=name)
+  return nn.Dense(features, kernel_init=kernel_init, bias_init=bias_init,
+                  dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+def layer_norm(eps: float, *, dtype, name: str) -> nn.LayerNorm:
+  """LayerNorm with unit scale and zero bias, statistics in float32."""
+  return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=jnp.float32,
+                      name=name)
