@@ -1,0 +1,204 @@
+"""Public GHN functions: init, num_params, predict.
+
+Prediction is two compiled steps. The body (embeddings + Graphormer) runs on a
+dense padded batch of graphs and compiles once per (batch size, node bucket).
+Decoding runs per architecture on that architecture's own node embeddings and
+compiles once per (GHN config, architecture); a batch of different-sized
+architectures therefore gives each exactly its solo prediction, and a repeated
+architecture never recompiles. `trace_counts()` reports the compilations.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+from typing import Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from logah_jax import models
+from logah_jax.arch import batching
+from logah_jax.ghn import plan as plan_lib
+from logah_jax.ghn import vocab
+from logah_jax.ghn.config import GHNConfig
+from logah_jax.ghn.graphormer import GHNBody, TorchDense
+from logah_jax.ghn.writeback import decode_arch, decoder_module
+
+_TRACES: collections.Counter = collections.Counter()
+
+
+def trace_counts() -> dict[str, int]:
+  """How often each compiled GHN function was traced (= compiled) so far."""
+  return dict(_TRACES)
+
+
+@flax.struct.dataclass
+class GHNInputs:
+  """What the GHN body reads from a batch of graphs ([B, N] unless noted)."""
+
+  op_ids: jax.Array
+  shape_idx: jax.Array  # [B, N, 4] rows of the channel/spatial tables
+  dist: jax.Array       # [B, N, N]
+  node_mask: jax.Array
+  in_degree: jax.Array
+  out_degree: jax.Array
+  input_dist: jax.Array
+
+
+def _tables(cfg: GHNConfig, family: str) -> tuple[int, int]:
+  n_ch = len(vocab.channel_vocab(family, cfg.num_classes)) + 1
+  n_sp = len(vocab.spatial_vocab(cfg.max_shape[3])) + 1
+  return n_ch, n_sp
+
+
+def _body_module(cfg: GHNConfig, family: str) -> GHNBody:
+  n_ch, n_sp = _tables(cfg, family)
+  return GHNBody(hid=cfg.hid, layers=cfg.layers, heads=cfg.heads,
+                 n_channels=n_ch, n_spatial=n_sp, max_degree=cfg.max_degree,
+                 max_input_dist=cfg.max_input_dist, final_ln=cfg.final_ln,
+                 dtype=cfg.compute_dtype)
+
+
+def make_inputs(cfg: GHNConfig, family: str, archs: Sequence,
+                n_pad: int | None = None) -> GHNInputs:
+  """Host-side: graphs of `archs` as one padded GHNInputs batch (numpy)."""
+  graphs = [plan_lib.make_plan(cfg, a).graph for a in archs]
+  batch = batching.batch_graphs(graphs, n_pad)
+  b, n = batch.op_ids.shape
+  shape_idx = np.zeros((b, n, 4), np.int32)
+  for i, g in enumerate(graphs):
+    shape_idx[i, :g.n_nodes] = vocab.shape_indices(
+        g.shapes4d, family, cfg.num_classes, cfg.max_shape[3])
+  return GHNInputs(op_ids=batch.op_ids, shape_idx=shape_idx, dist=batch.dist,
+                   node_mask=batch.node_mask, in_degree=batch.in_degree,
+                   out_degree=batch.out_degree, input_dist=batch.input_dist)
+
+
+def _check_family(family: str):
+  if family not in ('vit', 'gpt2'):
+    raise ValueError(f'GHN family={family!r} must be "vit" or "gpt2".')
+
+
+@functools.lru_cache(maxsize=None)
+def _init_fn(cfg: GHNConfig, family: str):
+  def init(key):
+    _TRACES['init'] += 1
+    k_body, k_dec, k_1d, k_cls = jax.random.split(key, 4)
+    dummy = make_inputs(cfg, family, [_dummy_arch(family)])
+    params = {
+        'body': _body_module(cfg, family).init(k_body, dummy)['params'],
+        'decoder': decoder_module(cfg).init(
+            k_dec, *_decoder_init_args(cfg))['params'],
+    }
+    if cfg.decoder == 'lowrank':
+      # The original allocates these two Linear(1, 1) placeholders and never
+      # uses them; the paper's counts include their 4 parameters.
+      one = jnp.zeros((1, 1))
+      params['decoder_1d'] = TorchDense(1).init(k_1d, one)['params']
+      params['bias_class'] = TorchDense(1).init(k_cls, one)['params']
+    return params
+  return jax.jit(init)
+
+
+def _decoder_init_args(cfg: GHNConfig):
+  x = jnp.zeros((1, cfg.hid), jnp.float32)
+  return (x, 1, 1) if cfg.decoder == 'lowrank' else (x,)
+
+
+def _dummy_arch(family: str):
+  from logah_jax import arch  # pylint: disable=g-import-not-at-top
+  if family == 'vit':
+    return arch.ViTConfig(depth=1, width=8, heads=1, mlp_dim=8, patch=2,
+                          image_size=4, channels=1, num_classes=2)
+  return arch.GPT2Config(depth=1, width=8, heads=1, vocab_size=8,
+                         n_positions=4)
+
+
+def init(cfg: GHNConfig, family: str, seed: int = 0):
+  """Fresh GHN parameters for targets of `family` ('vit' or 'gpt2')."""
+  _check_family(family)
+  return _init_fn(cfg, family)(jax.random.key(seed))
+
+
+def num_params(cfg: GHNConfig, family: str,
+               num_classes: int | None = None) -> int:
+  """Parameters of the initialised GHN, counted from its (abstract) tree."""
+  _check_family(family)
+  if num_classes is not None:
+    import dataclasses  # pylint: disable=g-import-not-at-top
+    cfg = dataclasses.replace(cfg, num_classes=num_classes)
+  tree = jax.eval_shape(_init_fn(cfg, family), jax.random.key(0))
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def family_of(cfg: GHNConfig, params) -> str:
+  """The target family `params` were initialised for (its shape table size)."""
+  rows = params['body']['channel_embed']['embedding'].shape[0]
+  for family in ('vit', 'gpt2'):
+    if rows == _tables(cfg, family)[0]:
+      return family
+  raise ValueError(f'GHN params have a channel table of {rows} rows, which '
+                   f'matches neither family for this GHNConfig.')
+
+
+@functools.lru_cache(maxsize=None)
+def _body_fn(cfg: GHNConfig, family: str):
+  module = _body_module(cfg, family)
+
+  def body(body_params, inputs):
+    _TRACES['body'] += 1
+    return module.apply({'params': body_params}, inputs)
+  return jax.jit(body)
+
+
+@functools.lru_cache(maxsize=4096)
+def _decode_fn(cfg: GHNConfig, arch):
+  plan = plan_lib.make_plan(cfg, arch)
+  abstract = models.abstract_params(arch)
+
+  def decode(decoder_params, x_ND):
+    _TRACES['decode'] += 1
+    return decode_arch(cfg, decoder_params, x_ND, plan, abstract)
+  return jax.jit(decode)
+
+
+def node_embeddings(cfg: GHNConfig, params, archs: Sequence,
+                    n_pad: int | None = None) -> jax.Array:
+  """[B, N, D] node embeddings of `archs` (padded to a node bucket)."""
+  family = family_of(cfg, params)
+  check_archs(cfg, family, archs)
+  inputs = make_inputs(cfg, family, archs, n_pad)
+  return _body_fn(cfg, family)(params['body'], inputs)
+
+
+def decode(cfg: GHNConfig, params, arch, x_ND: jax.Array):
+  """The params pytree of `arch` from its node embeddings [n_nodes, D]."""
+  return _decode_fn(cfg, arch)(params['decoder'], x_ND)
+
+
+def check_archs(cfg: GHNConfig, family: str, archs: Sequence):
+  for a in archs:
+    if getattr(a, 'family', None) != family:
+      raise ValueError(f'this GHN was built for family={family!r}; got an '
+                       f'ArchConfig of family={getattr(a, "family", None)!r} '
+                       f'({a!r}).')
+    plan_lib.make_plan(cfg, a)  # raises on shapes the GHN cannot place
+
+
+def predict(cfg: GHNConfig, params, archs):
+  """Predicted params for one ArchConfig, or a list for a list of them.
+
+  Each result has exactly the tree structure, shapes and dtypes of
+  `models.abstract_params(arch)`.
+  """
+  single = not isinstance(archs, (list, tuple))
+  archs = [archs] if single else list(archs)
+  x = node_embeddings(cfg, params, archs)
+  out = []
+  for b, a in enumerate(archs):
+    n = plan_lib.make_plan(cfg, a).graph.n_nodes
+    out.append(decode(cfg, params, a, x[b, :n]))
+  return out[0] if single else out

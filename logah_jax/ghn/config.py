@@ -1,0 +1,142 @@
+"""GHN configurations: LoGAH (low-rank decoder) and GHN-3 (full-rank decoder).
+
+Sizes follow LoGAH Table 1 and GHN-3 (spec/logah.md §4, §5, §6.2). A GHNConfig
+is frozen and hashable: compiled GHN functions are cached on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+DECODERS = ('lowrank', 'fullrank')
+FACTORIZATIONS = ('paper', 'transpose')
+DTYPES = ('float32', 'bfloat16')
+
+
+@dataclasses.dataclass(frozen=True)
+class GHNConfig:
+  """One graph hypernetwork.
+
+  decoder: 'lowrank' (LoGAH) or 'fullrank' (GHN-3).
+  hid, layers, heads: Graphormer width d, depth and attention heads.
+  rank: LoGAH's rank r (ignored by the full-rank decoder).
+  max_shape: largest (c_out, c_in, h, w) decoded before tiling.
+  max_ck: K, the rows of LoGAH's factor matrices (max c*k decoded).
+  factorization: 'paper' reinterprets the decoder output row-major as the
+    paper's code does; 'transpose' uses the factorisation the paper describes.
+  num_classes: the classifier width GHN-3 predicts (and a channel-vocabulary
+    entry, as in the original).
+  cutoff: longest virtual edge (shortest-path length) seen by the Graphormer.
+  normalize: fan-in / sigmoid / tanh normalisation of predicted tensors.
+  dtype: compute dtype of the Graphormer; decoders always run in float32.
+  """
+
+  decoder: str = 'lowrank'
+  hid: int = 64
+  layers: int = 3
+  heads: int = 8
+  rank: int = 32
+  max_shape: tuple[int, int, int, int] = (2048, 2048, 16, 16)
+  max_ck: int = 32768
+  factorization: str = 'paper'
+  num_classes: int = 10
+  cutoff: int = 250
+  max_degree: int = 100
+  max_input_dist: int = 1000
+  final_ln: bool = True
+  normalize: bool = True
+  dtype: str = 'float32'
+
+  def __post_init__(self):
+    object.__setattr__(self, 'max_shape', tuple(self.max_shape))
+    if self.decoder not in DECODERS:
+      raise ValueError(f'GHNConfig.decoder={self.decoder!r} must be one of '
+                       f'{DECODERS}.')
+    if self.factorization not in FACTORIZATIONS:
+      raise ValueError(f'GHNConfig.factorization={self.factorization!r} must '
+                       f'be one of {FACTORIZATIONS}.')
+    if self.dtype not in DTYPES:
+      raise ValueError(f'GHNConfig.dtype={self.dtype!r} must be one of '
+                       f'{DTYPES}.')
+    names = ['hid', 'layers', 'heads', 'max_ck', 'num_classes', 'cutoff',
+             'max_degree', 'max_input_dist']
+    if self.decoder == 'lowrank':
+      names.append('rank')
+    for name in names:
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f'GHNConfig.{name}={value!r} must be a positive int.')
+    if self.hid % self.heads:
+      raise ValueError(f'GHNConfig.hid={self.hid} is not divisible by '
+                       f'heads={self.heads}.')
+    if self.hid % 4:
+      raise ValueError(f'GHNConfig.hid={self.hid} must be divisible by 4 '
+                       '(the shape encoder concatenates four d/4 embeddings).')
+    if len(self.max_shape) != 4 or any(
+        not isinstance(v, int) or v <= 0 for v in self.max_shape):
+      raise ValueError(f'GHNConfig.max_shape={self.max_shape} must be four '
+                       'positive ints (c_out, c_in, h, w).')
+    if self.decoder == 'lowrank' and (
+        self.max_ck < self.max_shape[0] or self.max_ck < self.max_shape[1]):
+      raise ValueError(f'GHNConfig.max_ck={self.max_ck} is smaller than '
+                       f'max_shape={self.max_shape[:2]}.')
+    if self.decoder == 'fullrank' and self.max_shape[:2] != (
+        self.hid, self.hid):
+      raise ValueError(f'GHNConfig.max_shape={self.max_shape} must start '
+                       f'with (hid, hid)=({self.hid}, {self.hid}) for the '
+                       'full-rank decoder.')
+
+  @property
+  def compute_dtype(self):
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    return jnp.bfloat16 if self.dtype == 'bfloat16' else jnp.float32
+
+
+_LOGAH = {  # rank, layers, hid, heads (LoGAH Table 1)
+    'logah-tiny': (32, 3, 64, 8),
+    'logah-small': (90, 5, 128, 16),
+    'logah-base': (128, 5, 256, 16),
+    'logah-large': (256, 12, 256, 16),
+}
+_GHN3 = {  # layers, hid, heads (GHN-3; max width = hid, 16x16 spatial)
+    'ghn3-tiny': (3, 64, 8),
+    'ghn3-small': (5, 128, 16),
+    'ghn3-large': (12, 256, 16),
+    'ghn3-xl': (24, 384, 16),
+}
+
+
+def names() -> list[str]:
+  return sorted(_LOGAH) + sorted(_GHN3)
+
+
+def named(name: str, **overrides) -> GHNConfig:
+  """A named GHN, optionally with fields replaced (e.g. num_classes=100)."""
+  if name in _LOGAH:
+    rank, layers, hid, heads = _LOGAH[name]
+    base = dict(decoder='lowrank', rank=rank, layers=layers, hid=hid,
+                heads=heads, max_shape=(2048, 2048, 16, 16), max_ck=32768)
+  elif name in _GHN3:
+    layers, hid, heads = _GHN3[name]
+    base = dict(decoder='fullrank', rank=0, layers=layers, hid=hid,
+                heads=heads, max_shape=(hid, hid, 16, 16))
+  else:
+    raise ValueError(f'GHN name={name!r} is unknown; known: '
+                     f'{", ".join(names())}.')
+  fields = {f.name for f in dataclasses.fields(GHNConfig)}
+  for key in overrides:
+    if key not in fields:
+      raise ValueError(f'GHNConfig has no field {key!r}; fields: '
+                       f'{", ".join(sorted(fields))}.')
+  base.update(overrides)
+  return GHNConfig(**base)
+
+
+def to_dict(cfg: GHNConfig) -> dict:
+  d = dataclasses.asdict(cfg)
+  d['max_shape'] = list(cfg.max_shape)
+  return d
+
+
+def from_dict(d: dict) -> GHNConfig:
+  return GHNConfig(**{**d, 'max_shape': tuple(d['max_shape'])})

@@ -1,0 +1,167 @@
+"""What to decode for each node of an architecture, decided on the host.
+
+For one (GHN config, architecture) pair this computes, from integers only:
+each parameter node's decoding key (spec §5.1), the part of the decoded block
+its tensors need (rows and columns, so nothing else is computed), and for each
+of its slots how the block becomes the Flax leaf: slicing and tiling (§5.5),
+normalisation (§5.6) and the layout change. Nodes with identical requests are
+grouped so that the decoder runs once per group.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+from logah_jax.arch import graph as graph_lib
+from logah_jax.ghn.config import GHNConfig
+from logah_jax.ghn.vocab import min_size
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotPlan:
+  """How one leaf is made from its node's decoded block.
+
+  kind: 'matrix' (2-D), 'conv' (4-D kernel), 'pos' (ViT position embedding) or
+    'vector' (1-D, `row` 0 = weights, 1 = biases of the decoded 2 x c block).
+  period: the decoded size along each target axis; larger axes are tiled.
+  norm: 'fan_in' (times `scale`), 'sigmoid', 'tanh' or 'none'.
+  """
+
+  slot: graph_lib.Slot
+  kind: str
+  period: tuple[int, ...]
+  row: int = 0
+  norm: str = 'none'
+  scale: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+  """One decoder call shape, shared by a group of nodes.
+
+  mode: 'matrix' [rows, cols], 'conv' [rows*kh, cols*kw] viewed as 4-D,
+    'vector' [2, c], 'classifier' and 'classifier_bias' (full-rank only).
+  """
+
+  mode: str
+  rows: int
+  cols: int
+  kh: int = 1
+  kw: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class NodePlan:
+  """A parameter node: its original decoding key (spec §5.1), request, slots."""
+
+  node: int
+  key: tuple[int, ...]
+  request: Request
+  slots: tuple[SlotPlan, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchPlan:
+  graph: graph_lib.ArchGraph
+  nodes: tuple[NodePlan, ...]
+
+  def groups(self) -> dict[Request, tuple[NodePlan, ...]]:
+    out: dict[Request, list[NodePlan]] = {}
+    for p in self.nodes:
+      out.setdefault(p.request, []).append(p)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def _norm(cfg: GHNConfig, node: graph_lib.Node, slot: graph_lib.Slot,
+          depth: int) -> tuple[str, float]:
+  if not cfg.normalize:
+    return 'none', 1.0
+  if slot.role == 'norm_scale':
+    return 'sigmoid', 1.0
+  if slot.role in ('bias', 'norm_bias'):
+    return 'tanh', 1.0
+  if slot.role in ('embedding', 'pos_embedding'):
+    return 'none', 1.0  # the original never rescales embeddings
+  shape = slot.ref_shape
+  # The original's gain: 1 for depthwise-like 4-D kernels, else 2 (ReLU).
+  beta = 1.0 if len(shape) == 4 and (shape[1] == 1 or shape[2] < shape[3]) else 2.0
+  scale = math.sqrt(beta / math.prod(shape[1:]))  # numel(p[0]), as [C]
+  if node.is_residual_proj:
+    scale /= math.sqrt(2 * depth)
+  return 'fan_in', scale
+
+
+def _node_plan(cfg: GHNConfig, index: int, node: graph_lib.Node,
+               depth: int) -> NodePlan:
+  mc, mi, ms = cfg.max_shape[0], cfg.max_shape[1], cfg.max_shape[2]
+  full = cfg.decoder == 'fullrank'
+  shape = node.shape
+  slots = []
+  if len(shape) == 1:  # norm weights + biases, or a bias: decoded as 2 x c
+    c = min_size(shape[0], mc)
+    mode = 'classifier_bias' if (node.is_classifier and full) else 'vector'
+    if mode == 'classifier_bias':
+      c = cfg.num_classes
+    elif full:
+      c = cfg.hid  # GHN-3's 1-D decoder always emits 2 x hid
+    request = Request(mode, 2, c)
+    key = (min_size(shape[0], mc), -1 if node.is_classifier else 0)
+    for slot in node.slots:
+      row = 0 if slot.role == 'norm_scale' else 1
+      norm, scale = _norm(cfg, node, slot, depth)
+      slots.append(SlotPlan(slot, 'vector', (c,), row, norm, scale))
+  elif len(shape) == 2:
+    t0, t1 = shape
+    key = (min_size(t0, mc), min_size(t1, mi))
+    key = key if node.is_classifier else key + (1, 1)
+    if node.is_classifier and full:
+      request = Request('classifier', cfg.num_classes, min(t1, mi))
+      period = (cfg.num_classes, mi)
+    else:
+      k0, k1 = min_size(t0, mc), min_size(t1, mi)
+      request = Request('matrix', min(t0, k0), min(t1, k1))
+      period = (k0, k1)
+    for slot in node.slots:
+      norm, scale = _norm(cfg, node, slot, depth)
+      slots.append(SlotPlan(slot, 'matrix', period, 0, norm, scale))
+  elif len(shape) == 3:  # the ViT position embedding (1, S + 1, C)
+    if shape[0] != 1 or math.isqrt(shape[1] - 1) ** 2 != shape[1] - 1:
+      raise ValueError(f'node {node.name}: the decoder cannot place 3-D shape '
+                       f'{shape}; only (1, S + 1, C) with a square S.')
+    s, c = math.isqrt(shape[1] - 1), shape[2]
+    key = (1, c, s, s)
+    cols = min(c, mi) if full else c  # the low-rank decoder keeps C whole
+    request = Request('conv', 1, cols, s, s)
+    for slot in node.slots:
+      slots.append(SlotPlan(slot, 'pos', (cols,), 0, *_norm(cfg, node, slot,
+                                                           depth)))
+  elif len(shape) == 4:
+    t0, t1, th, tw = shape
+    k0, k1 = min_size(t0, mc), min_size(t1, mi)
+    kh, kw = min(th, ms), min(tw, cfg.max_shape[3])
+    key = (k0, k1, th, tw)
+    request = Request('conv', min(t0, k0), min(t1, k1), kh, kw)
+    for slot in node.slots:
+      norm, scale = _norm(cfg, node, slot, depth)
+      slots.append(SlotPlan(slot, 'conv', (k0, k1), 0, norm, scale))
+  else:
+    raise ValueError(f'node {node.name}: shape {shape} has rank {len(shape)}.')
+  if not full:
+    rows, cols = request.rows * request.kh, request.cols * request.kw
+    if request.mode == 'vector':
+      rows, cols = 2 * request.cols, 1
+    if max(rows, cols) > cfg.max_ck:
+      raise ValueError(f'node {node.name}: shape {shape} needs a {rows}x{cols}'
+                       f' block, more than GHNConfig.max_ck={cfg.max_ck}.')
+  return NodePlan(index, key, request, tuple(slots))
+
+
+@functools.lru_cache(maxsize=4096)
+def make_plan(cfg: GHNConfig, arch) -> ArchPlan:
+  """The decode plan of `arch` for GHN `cfg` (cached: pure integer work)."""
+  g = graph_lib.to_graph(arch, cutoff=cfg.cutoff)
+  nodes = tuple(_node_plan(cfg, i, n, arch.depth)
+                for i, n in enumerate(g.nodes) if n.slots)
+  return ArchPlan(g, nodes)

@@ -1,0 +1,322 @@
+"""The hypernetwork: counts, decoders, write-back, predictions, gradients."""
+
+import collections
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from logah_jax import arch, ghn, models
+from logah_jax.ghn import plan as plan_lib
+from logah_jax.ghn import vocab
+from logah_jax.ghn.decoders import FullRankDecoder, LowRankDecoder
+
+TINY = ghn.named('logah-tiny')
+# A small GHN for fast tests (max_ck fits ViTs-1K position embeddings).
+SMALL = ghn.GHNConfig(hid=32, layers=2, heads=4, rank=8,
+                      max_shape=(128, 128, 16, 16), max_ck=8192)
+SMALL_GHN3 = ghn.GHNConfig(decoder='fullrank', hid=32, layers=2, heads=4,
+                           max_shape=(32, 32, 16, 16), num_classes=10)
+
+# LoGAH Table 1 and GHN-3 (spec/logah.md §6.2), written as literals.
+PAPER_COUNTS = {
+    ('logah-tiny', 'vit', None): 2_539_324,
+    ('logah-small', 'vit', None): 21_404_604,
+    ('logah-base', 'vit', None): 78_215_380,
+    ('logah-large', 'vit', None): 289_357_524,
+    ('logah-tiny', 'gpt2', None): 2_539_324 + 64 // 4,
+    ('logah-large', 'gpt2', None): 289_357_524 + 256 // 4,
+}
+GHN3_MILLIONS = {'ghn3-tiny': 6.907, 'ghn3-small': 35.810,
+                 'ghn3-large': 214.669, 'ghn3-xl': 654.365}
+
+
+@pytest.mark.parametrize('key', sorted(PAPER_COUNTS))
+def test_logah_counts_equal_the_paper(key):
+  name, family, ncls = key
+  assert ghn.num_params(ghn.named(name), family, ncls) == PAPER_COUNTS[key]
+
+
+@pytest.mark.parametrize('name', sorted(GHN3_MILLIONS))
+def test_ghn3_counts_equal_the_paper(name):
+  n = ghn.num_params(ghn.named(name), 'vit', num_classes=1000)
+  assert round(n / 1e6, 3) == GHN3_MILLIONS[name]
+
+
+def test_logah_count_independent_of_classes():
+  counts = {ghn.num_params(TINY, 'vit', c) for c in (10, 100, 1000)}
+  assert counts == {2_539_324}
+
+
+@pytest.mark.parametrize('kwargs, field', [
+    (dict(rank=0), 'rank=0'), (dict(rank=-3), 'rank=-3'),
+    (dict(hid=60, heads=8), 'hid=60'), (dict(decoder='mlp'), 'decoder'),
+    (dict(factorization='svd'), 'factorization'),
+    (dict(max_ck=100), 'max_ck=100'), (dict(dtype='float16'), 'dtype'),
+])
+def test_bad_ghn_config_names_the_field(kwargs, field):
+  with pytest.raises(ValueError, match=field):
+    ghn.GHNConfig(**kwargs)
+
+
+def test_named_ghns():
+  assert ghn.named('logah-small').rank == 90
+  assert ghn.named('ghn3-large').max_shape == (256, 256, 16, 16)
+  with pytest.raises(ValueError, match="name='logah-xxl'"):
+    ghn.named('logah-xxl')
+  with pytest.raises(ValueError, match="'rnak'"):
+    ghn.named('logah-tiny', rnak=3)
+
+
+def test_shape_vocabulary():
+  ch = vocab.channel_vocab('vit', 10)
+  assert len(ch) == 391 and len(vocab.channel_vocab('gpt2', 10)) == 392
+  idx = lambda v: int(ch[vocab.channel_index(ch, np.array(v))])
+  assert [idx(v) for v in (1, 2, 3, 4, 7, 10, 100, 384, 50257)] == [
+      1, 1, 3, 8, 8, 10, 96, 384, 8192]
+  gpt = vocab.channel_vocab('gpt2', 10)
+  assert int(gpt[vocab.channel_index(gpt, np.array(50257))]) == 50257
+  sp = vocab.spatial_vocab(16)
+  assert list(sp) == [1, 3, 5, 7, 9, 11, 13, 14, 15, 16]
+  assert [int(sp[vocab.spatial_index(sp, np.array(v))]) for v in
+          (1, 2, 12, 14, 32)] == [1, 3, 11, 14, 16]
+  with pytest.raises(ValueError, match='negative'):
+    vocab.shape_indices(np.array([[-1, 1, 1, 1]]), 'vit', 10, 16)
+
+
+def test_min_size_examples():
+  got = {v: vocab.min_size(v, 2048) for v in
+         (384, 768, 1024, 1152, 1280, 1536, 2304, 3072, 5120, 50257, 100,
+          1000, 3)}
+  assert got == {384: 512, 768: 2048, 1024: 2048, 1152: 2048, 1280: 2048,
+                 1536: 2048, 2304: 2048, 3072: 2048, 5120: 2048,
+                 50257: 2048, 100: 100, 1000: 1000, 3: 4}
+
+
+def test_key_table_matches_the_original_for_vit_s():
+  # spec §5.1, measured on the original code for ViT-S/2 on CIFAR-100.
+  cfg = arch.named('vit-s/2', num_classes=100)
+  keys = collections.Counter(p.key for p in plan_lib.make_plan(TINY, cfg).nodes)
+  assert keys == {(512, 4, 2, 2): 1, (512, 0): 50, (1, 384, 16, 16): 1,
+                  (2048, 512, 1, 1): 24, (2048, 0): 24, (512, 512, 1, 1): 12,
+                  (512, 2048, 1, 1): 12, (100, 512): 1, (100, -1): 1}
+
+
+def _decoder_params(cfg, seed=0):
+  dec = LowRankDecoder(cfg.hid, cfg.rank, cfg.max_ck, cfg.factorization)
+  x = jax.random.normal(jax.random.key(seed), (3, cfg.hid))
+  return dec, dec.init(jax.random.key(seed + 1), x, 1, 1)['params'], x
+
+
+@pytest.mark.parametrize('factorization', ['paper', 'transpose'])
+def test_lowrank_factors_equal_full_computation(factorization):
+  cfg = ghn.GHNConfig(hid=16, heads=2, rank=4, max_shape=(32, 32, 16, 16),
+                      max_ck=64, factorization=factorization)
+  dec, params, x = _decoder_params(cfg)
+  p = jax.tree.map(np.asarray, params)
+  relu = lambda v: np.maximum(v, 0)
+  lin = lambda v, q: v @ q['kernel'] + q['bias']
+  h = lin(relu(lin(relu(lin(np.asarray(x), p['m1'])), p['m2'])), p['m3'])
+  h = h.reshape(3, 2 * cfg.rank, cfg.rank)
+  y = lin(relu(h), p['m4'])  # the full [n, 2r, K] output
+  k = cfg.max_ck
+  if factorization == 'paper':  # row-major reinterpretation, as the paper
+    z = y.reshape(3, 2 * k, cfg.rank)
+    a, b = z[:, :k], np.swapaxes(z[:, k:], 1, 2)
+  else:
+    a, b = np.swapaxes(y[:, :cfg.rank], 1, 2), y[:, cfg.rank:]
+  for rows, cols in [(1, 1), (5, 17), (40, 64), (64, 3)]:
+    want = a[:, :rows] @ b[:, :, :cols]
+    got = dec.apply({'params': params}, x, rows, cols)
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6)
+
+
+def test_factorizations_differ():
+  a = ghn.GHNConfig(hid=16, heads=2, rank=4, max_ck=64,
+                    max_shape=(32, 32, 16, 16))
+  b = dataclasses.replace(a, factorization='transpose')
+  dec_a, params, x = _decoder_params(a)
+  dec_b, _, _ = _decoder_params(b)
+  wa = dec_a.apply({'params': params}, x, 8, 8)
+  wb = dec_b.apply({'params': params}, x, 8, 8)
+  assert not np.allclose(wa, wb)
+
+
+def test_fullrank_conv_equals_full_block_then_crop():
+  dec = FullRankDecoder(hid=8, spatial=16, num_classes=5)
+  x = jax.random.normal(jax.random.key(0), (2, 8))
+  params = dec.init(jax.random.key(1), x)['params']
+  p = jax.tree.map(np.asarray, params)
+  h = np.maximum(np.asarray(x) @ p['fc_kernel'] + p['fc_bias'], 0)
+  h = h.reshape(2, 32, 16, 16).transpose(0, 2, 3, 1)  # [n, 16, 16, 4D]
+  h = np.maximum(h @ p['conv1']['kernel'] + p['conv1']['bias'], 0)
+  full = (h @ p['conv2']['kernel'] + p['conv2']['bias']).reshape(
+      2, 16, 16, 8, 8).transpose(0, 3, 4, 1, 2)  # [n, D, D, 16, 16]
+  for kh, kw in [(1, 1), (2, 2), (3, 5), (16, 16)]:
+    r0, c0 = 8 - kh // 2, 8 - kw // 2
+    want = full[..., r0:r0 + kh, c0:c0 + kw]
+    got = dec.apply({'params': params}, x, kh, kw, method=FullRankDecoder.conv)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def _assert_same_structure(pred, cfg):
+  abstract = models.abstract_params(cfg)
+  assert jax.tree.structure(pred) == jax.tree.structure(abstract)
+  for got, want in zip(jax.tree.leaves(pred), jax.tree.leaves(abstract)):
+    assert got.shape == want.shape and got.dtype == want.dtype
+
+
+def _finite_forward(cfg, params):
+  x = models.dummy_input(cfg, batch=2)
+  if cfg.family == 'vit':
+    x = jax.random.normal(jax.random.key(0), x.shape)
+  out = models.build(cfg).apply({'params': params}, x)
+  assert bool(jnp.isfinite(out).all())
+
+
+SAMPLED = (arch.sample('vits-cpu', 3, 0) + arch.sample('gpts-cpu', 3, 0)
+           + arch.sample('vits-1k', 2, 1) + arch.sample('gpts-1k', 1, 1))
+
+
+@pytest.mark.parametrize('ghn_cfg', [SMALL, SMALL_GHN3], ids=['logah', 'ghn3'])
+def test_predict_sampled_architectures(ghn_cfg):
+  for family in ('vit', 'gpt2'):
+    params = ghn.init(ghn_cfg, family, seed=0)
+    cfgs = [c for c in SAMPLED if c.family == family]
+    preds = ghn.predict(ghn_cfg, params, cfgs)
+    for cfg, pred in zip(cfgs, preds):
+      _assert_same_structure(pred, cfg)
+      _finite_forward(cfg, pred)
+
+
+@pytest.mark.parametrize('name', ['vit-s/2', 'vit-b/16', 'vit-l/16',
+                                  'gpt2-small', 'gpt2-medium-untied',
+                                  'gpt2-large', 'gpt2-large-untied'])
+def test_predict_named_structure(name):
+  cfg = arch.named(name)
+  params = ghn.init(TINY, cfg.family, seed=0)
+  pred = jax.eval_shape(lambda p: ghn.predict(TINY, p, cfg), params)
+  _assert_same_structure(pred, cfg)
+
+
+def test_predict_vit_s_runs_to_finite_logits():
+  cfg = arch.named('vit-s/2', num_classes=100)
+  pred = ghn.predict(TINY, ghn.init(TINY, 'vit', seed=0), cfg)
+  _assert_same_structure(pred, cfg)
+  _finite_forward(cfg, pred)
+
+
+def test_batched_prediction_equals_solo():
+  cfgs = [arch.ViTConfig(depth=2, width=64, heads=4, mlp_dim=256, patch=4,
+                         image_size=28, channels=1, num_classes=10),
+          arch.ViTConfig(depth=9, width=128, heads=4, mlp_dim=512, patch=4,
+                         image_size=28, channels=1, num_classes=10),
+          arch.ViTConfig(depth=3, width=96, heads=6, mlp_dim=384, patch=7,
+                         image_size=28, channels=1, num_classes=10)]
+  params = ghn.init(SMALL, 'vit', seed=3)
+  batch = ghn.predict(SMALL, params, cfgs)
+  for cfg, got in zip(cfgs, batch):
+    solo = ghn.predict(SMALL, params, cfg)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(solo)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_padding_does_not_change_real_nodes():
+  cfg = arch.sample('vits-cpu', 1, 4)[0]
+  params = ghn.init(SMALL, 'vit', seed=0)
+  n = plan_lib.make_plan(SMALL, cfg).graph.n_nodes
+  small = ghn.node_embeddings(SMALL, params, [cfg], n_pad=64)[0, :n]
+  big = ghn.node_embeddings(SMALL, params, [cfg], n_pad=256)[0, :n]
+  np.testing.assert_allclose(small, big, rtol=1e-5, atol=1e-5)
+
+
+def test_predictions_are_deterministic():
+  cfg = arch.named('vit-s/2')
+  params = ghn.init(SMALL, 'vit', seed=0)
+  a, b = ghn.predict(SMALL, params, cfg), ghn.predict(SMALL, params, cfg)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_fresh_ghn_predicts_unit_norm_weights_and_small_biases():
+  cfg = arch.named('vit-s/2', num_classes=100)
+  pred = ghn.predict(TINY, ghn.init(TINY, 'vit', seed=0), cfg)
+  layer = pred['encoder_layer_3']
+  for ln in (layer['ln_1'], layer['ln_2'], pred['ln']):
+    assert abs(float(ln['scale'].mean()) - 1.0) < 0.05
+    assert float(jnp.abs(ln['bias']).max()) < 0.1
+  assert float(jnp.abs(layer['mlp']['fc1']['bias']).max()) < 0.1
+
+
+def test_gpt2_residual_projections_are_scaled_down():
+  cfg = arch.GPT2Config(depth=8, width=64, heads=4, vocab_size=256,
+                        n_positions=32, tie_embeddings=False)
+  pred = ghn.predict(SMALL, ghn.init(SMALL, 'gpt2', 0), cfg)
+  attn = pred['h_2']['attn']
+  # c_attn (64, 192) and c_proj (64, 64) share fan-in scaling by numel(p[0]);
+  # c_proj is additionally divided by sqrt(2 * depth) = 4.
+  raw_proj = attn['c_proj']['kernel'] * 4.0 * np.sqrt(64 / 2)
+  raw_attn = attn['c_attn']['kernel'] * np.sqrt(192 / 2)
+  ratio = float(raw_proj.std() / raw_attn.std())
+  assert 0.2 < ratio < 5  # same raw scale; a missing /4 would show
+
+
+def test_tiling_repeats_with_the_key_period():
+  # GPT-2 vocab 50257 > max_shape 2048: rows repeat with period 2048.
+  cfg = arch.GPT2Config(depth=1, width=64, heads=4, tie_embeddings=False)
+  pred = ghn.predict(SMALL, ghn.init(SMALL, 'gpt2', 0), cfg)
+  wte = np.asarray(pred['wte']['embedding'])  # (50257, 64), period 128 here
+  np.testing.assert_array_equal(wte[:128], wte[128:256])
+  assert not np.allclose(wte[0], wte[1])
+
+
+def test_second_prediction_does_not_recompile():
+  cfg = arch.sample('gpts-cpu', 1, 9)[0]
+  params = ghn.init(SMALL, 'gpt2', seed=0)
+  ghn.predict(SMALL, params, cfg)
+  before = ghn.trace_counts()
+  ghn.predict(SMALL, params, cfg)
+  ghn.predict(SMALL, params, [cfg])
+  assert ghn.trace_counts() == before
+
+
+def test_family_mismatch_and_unplaceable_shapes_raise():
+  params = ghn.init(SMALL, 'vit', seed=0)
+  with pytest.raises(ValueError, match="family='vit'"):
+    ghn.predict(SMALL, params, arch.named('gpt2-small'))
+  tiny_k = ghn.GHNConfig(hid=32, heads=4, rank=4, max_ck=128,
+                         max_shape=(128, 128, 16, 16))
+  wide = arch.ViTConfig(depth=1, width=256, heads=4, mlp_dim=256, patch=2,
+                        image_size=32)  # pos-emb needs 256 * 16 columns
+  with pytest.raises(ValueError, match='max_ck=128'):
+    ghn.predict(tiny_k, ghn.init(tiny_k, 'vit', 0), wide)
+
+
+@pytest.mark.parametrize('ghn_cfg', [SMALL, SMALL_GHN3], ids=['logah', 'ghn3'])
+def test_gradients_reach_every_used_ghn_parameter(ghn_cfg):
+  cfg = arch.ViTConfig(depth=2, width=48, heads=3, mlp_dim=96, patch=7,
+                       image_size=28, channels=1, num_classes=10)
+  params = ghn.init(ghn_cfg, 'vit', seed=0)
+  x = jax.random.normal(jax.random.key(1), (4, 28, 28, 1))
+  y = jnp.arange(4) % 10
+  model = models.build(cfg)
+
+  def loss(p):
+    emb = ghn.node_embeddings(ghn_cfg, p, [cfg])
+    n = plan_lib.make_plan(ghn_cfg, cfg).graph.n_nodes
+    target = ghn.decode(ghn_cfg, p, cfg, emb[0, :n])
+    logits = model.apply({'params': target}, x)
+    return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), y])
+
+  grads = jax.grad(loss)(params)
+  zero = [jax.tree_util.keystr(path) for path, g in
+          jax.tree_util.tree_leaves_with_path(grads)
+          if not np.any(np.asarray(g))]
+  # Unused by design: LoGAH's two Linear(1, 1) placeholders (kept only for
+  # parameter-count parity with the paper).
+  expected = ([] if ghn_cfg.decoder == 'fullrank' else
+              ["['bias_class']['bias']", "['bias_class']['kernel']",
+               "['decoder_1d']['bias']", "['decoder_1d']['kernel']"])
+  assert sorted(zero) == expected
