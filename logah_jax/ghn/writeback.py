@@ -39,6 +39,8 @@ def _decode_group(cfg: GHNConfig, params, x, hidden, req: Request):
     if req.mode == 'vector':
       rows, cols = 2 * req.cols, 1
     a, b = call(LowRankDecoder.factors, hidden, rows, cols)
+    if req.mode == 'matrix':
+      return a, b  # multiplied per leaf, after tiling the factors
     w = a @ b
     if req.mode == 'vector':
       return w.reshape(n, 2, req.cols)
@@ -76,9 +78,28 @@ def _normalise(x, sp: SlotPlan):
   return x
 
 
+def _lowrank_matrix(a, b, sp: SlotPlan):
+  """A low-rank matrix leaf written by one product, in the Flax layout.
+
+  Tiling A @ B equals A tiled along rows times B tiled along columns, so the
+  tiled, normalised tensor is the product of [t0, r] and [r, t1] factors and
+  no decoded block or tiled copy is ever materialised (spec §5.5 tiling).
+  """
+  shape = sp.slot.ref_shape
+  a = _tile(a, 0, shape[0])
+  b = _tile(b, 1, shape[1])
+  if sp.norm == 'fan_in':
+    a = a * sp.scale
+  if sp.slot.to_flax == (1, 0):
+    return b.T @ a.T
+  return sp.slot.to_flax_layout(a @ b)
+
+
 def _leaf(block, sp: SlotPlan):
   """One reference-layout tensor from its node's block, then the Flax layout."""
   shape = sp.slot.ref_shape
+  if isinstance(block, tuple):
+    return _lowrank_matrix(*block, sp)
   if sp.kind == 'vector':
     x = _tile(block[sp.row], 0, shape[0])
   elif sp.kind == 'matrix':
@@ -128,8 +149,10 @@ def decode_arch(cfg: GHNConfig, decoder_params, x_ND, plan: ArchPlan,
         jnp.array([position[n.node] for n in nodes])]
     blocks = _decode_group(cfg, decoder_params, x_ND[idx], hid, req)
     for j, node_plan in enumerate(nodes):
+      block = (tuple(x[j] for x in blocks) if isinstance(blocks, tuple)
+               else blocks[j])
       for sp in node_plan.slots:
-        _set(tree, sp.slot.path, _leaf(blocks[j], sp))
+        _set(tree, sp.slot.path, _leaf(block, sp))
   for path, _ in plan.graph.unpredicted:
     leaf = abstract_params
     for key in path:
