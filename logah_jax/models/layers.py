@@ -36,7 +36,7 @@ def xavier_uniform(fan_in: int, fan_out: int):
 
 
 def torch_linear_default(fan_in: int):
-  """torch nn.Linear weight default (kaiming_uniform a=sqrt 5): U(+-1/sqrt(fan_in))."""
+  """torch nn.Linear default weight (kaiming a=sqrt 5): U(+-1/sqrt(fan_in))."""
   return uniform(1.0 / math.sqrt(fan_in))
 
 
