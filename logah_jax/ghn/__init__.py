@@ -4,4 +4,3 @@ from logah_jax.ghn.api import GHNInputs, decode, family_of, init, make_inputs
 from logah_jax.ghn.api import node_embeddings, num_params, predict
 from logah_jax.ghn.api import trace_counts
 from logah_jax.ghn.config import GHNConfig, from_dict, names, named, to_dict
-from logah_jax.ghn.writeback import frobenius_sum

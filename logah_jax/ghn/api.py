@@ -11,6 +11,7 @@ architecture never recompiles. `trace_counts()` reports the compilations.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 from typing import Sequence
 
@@ -19,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from logah_jax import arch as arch_lib
 from logah_jax import models
 from logah_jax.arch import batching
 from logah_jax.ghn import plan as plan_lib
@@ -109,11 +111,10 @@ def _decoder_init_args(cfg: GHNConfig):
 
 
 def _dummy_arch(family: str):
-  from logah_jax import arch  # pylint: disable=g-import-not-at-top
   if family == 'vit':
-    return arch.ViTConfig(depth=1, width=8, heads=1, mlp_dim=8, patch=2,
+    return arch_lib.ViTConfig(depth=1, width=8, heads=1, mlp_dim=8, patch=2,
                           image_size=4, channels=1, num_classes=2)
-  return arch.GPT2Config(depth=1, width=8, heads=1, vocab_size=8,
+  return arch_lib.GPT2Config(depth=1, width=8, heads=1, vocab_size=8,
                          n_positions=4)
 
 
@@ -128,7 +129,6 @@ def num_params(cfg: GHNConfig, family: str,
   """Parameters of the initialised GHN, counted from its (abstract) tree."""
   _check_family(family)
   if num_classes is not None:
-    import dataclasses  # pylint: disable=g-import-not-at-top
     cfg = dataclasses.replace(cfg, num_classes=num_classes)
   tree = jax.eval_shape(_init_fn(cfg, family), jax.random.key(0))
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))

@@ -160,8 +160,3 @@ def decode_arch(cfg: GHNConfig, decoder_params, x_ND, plan: ArchPlan,
     _set(tree, path, jnp.zeros(leaf.shape, leaf.dtype))
   return tree
 
-
-def frobenius_sum(params) -> jax.Array:
-  """Sum over leaves of the (unsquared) Frobenius norm: the LoGAH regulariser."""
-  return sum(jnp.sqrt(jnp.sum(jnp.square(x))) for x in jax.tree.leaves(params))
-
