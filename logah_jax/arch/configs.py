@@ -100,6 +100,20 @@ class GPT2Config:
             f'-T{self.n_positions}-{tie}')
 
 
+def replace_fields(obj, **overrides):
+  """dataclasses.replace, with one clear error for a field that does not exist.
+
+  Used wherever a config (named architecture, space, GHN) takes overrides
+  from the command line, so a typo fails instead of being ignored.
+  """
+  fields = {f.name for f in dataclasses.fields(obj)}
+  for key in overrides:
+    if key not in fields:
+      raise ValueError(f'{type(obj).__name__} has no field {key!r}; fields: '
+                       f'{", ".join(sorted(fields))}.')
+  return dataclasses.replace(obj, **overrides) if overrides else obj
+
+
 ArchConfig = Union[ViTConfig, GPT2Config]
 FAMILIES = ('vit', 'gpt2')
 

@@ -9,9 +9,8 @@ ImageNet variant. GPT-2 models are tied like Hugging Face's default; the
 
 from __future__ import annotations
 
-import dataclasses
-
 from logah_jax.arch.configs import ArchConfig, GPT2Config, ViTConfig
+from logah_jax.arch.configs import replace_fields
 
 _VIT_SIZES = {  # depth, width, heads, mlp
     's': (12, 384, 6, 1536),
@@ -58,10 +57,4 @@ def named(name: str, **overrides) -> ArchConfig:
   if name not in NAMED:
     raise ValueError(f'named architecture name={name!r} is unknown; '
                      f'known: {", ".join(names())}.')
-  cfg = NAMED[name]
-  fields = {f.name for f in dataclasses.fields(cfg)}
-  for key in overrides:
-    if key not in fields:
-      raise ValueError(f'named({name!r}): field {key!r} is not a field of '
-                       f'{type(cfg).__name__} ({", ".join(sorted(fields))}).')
-  return dataclasses.replace(cfg, **overrides) if overrides else cfg
+  return replace_fields(NAMED[name], **overrides)

@@ -14,6 +14,7 @@ import dataclasses
 import numpy as np
 
 from logah_jax.arch.configs import ArchConfig, GPT2Config, ViTConfig
+from logah_jax.arch.configs import replace_fields
 
 # (depth_lo, depth_hi, width_lo, width_hi, width_step): a depth in
 # [depth_lo, depth_hi] draws its width uniformly from range(lo, hi + 1, step).
@@ -162,12 +163,7 @@ def make_space(space: str | Space, **overrides) -> Space:
   else:
     raise ValueError(f'architecture space={space!r} is unknown; known: '
                      f'{", ".join(sorted(SPACES))}.')
-  fields = {f.name for f in dataclasses.fields(Space)}
-  for key in overrides:
-    if key not in fields:
-      raise ValueError(f'space field {key!r} is unknown; fields: '
-                       f'{", ".join(sorted(fields))}.')
-  return dataclasses.replace(base, **overrides) if overrides else base
+  return replace_fields(base, **overrides)
 
 
 def sample(space: str | Space, n: int, seed: int) -> list[ArchConfig]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from logah_jax.arch.configs import replace_fields
+
 DECODERS = ('lowrank', 'fullrank')
 FACTORIZATIONS = ('paper', 'transpose')
 DTYPES = ('float32', 'bfloat16')
@@ -123,13 +125,7 @@ def named(name: str, **overrides) -> GHNConfig:
   else:
     raise ValueError(f'GHN name={name!r} is unknown; known: '
                      f'{", ".join(names())}.')
-  fields = {f.name for f in dataclasses.fields(GHNConfig)}
-  for key in overrides:
-    if key not in fields:
-      raise ValueError(f'GHNConfig has no field {key!r}; fields: '
-                       f'{", ".join(sorted(fields))}.')
-  base.update(overrides)
-  return GHNConfig(**base)
+  return replace_fields(GHNConfig(**base), **overrides)
 
 
 def to_dict(cfg: GHNConfig) -> dict:
