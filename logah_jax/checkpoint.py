@@ -46,6 +46,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from logah_jax import tree_compare
+
 CONFIG_FILE = 'config.json'
 # Config keys that may change between a run and its resumption.
 DEFAULT_IGNORE_KEYS = ('workdir', 'log_every_steps', 'eval_every_steps')
@@ -65,24 +67,6 @@ def _registry(tree_item: str, json_item: str):
   for args in (ocp.args.JsonSave, ocp.args.JsonRestore):
     registry.add(json_item, args)
   return registry
-
-
-def _path_str(path) -> str:
-  """'encoder_layer_0/mlp/fc1/kernel' for a jax key path."""
-  parts = []
-  for key in path:  # DictKey, SequenceKey, GetAttrKey
-    attr = next((a for a in ('key', 'idx', 'name') if hasattr(key, a)), None)
-    parts.append(str(getattr(key, attr) if attr else key))
-  return '/'.join(parts)
-
-
-def _shape(leaf) -> tuple[int, ...]:
-  """Shape as orbax stores it: typed PRNG keys are stored as their key data."""
-  dtype = getattr(leaf, 'dtype', None)
-  if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-    leaf = jax.eval_shape(jax.random.key_data, leaf)
-  shape = getattr(leaf, 'shape', None)
-  return tuple(shape) if shape is not None else tuple(np.shape(leaf))
 
 
 def _to_savable(tree):
@@ -116,59 +100,6 @@ def _to_target(tree, shardings=None):
   if isinstance(shardings, jax.sharding.Sharding):
     return jax.tree.map(lambda leaf: one(leaf, shardings), tree)
   return jax.tree.map(one, tree, shardings)
-
-
-def _check_tree(stored, target, directory) -> None:
-  """Raises ValueError naming the first leaf whose path or shape differs."""
-  where = f'checkpoint {directory}'
-  flatten = jax.tree_util.tree_flatten_with_path
-  stored_shapes = {_path_str(p): _shape(leaf) for p, leaf in flatten(stored)[0]}
-  seen = set()
-  for p, leaf in flatten(target)[0]:
-    name, want = _path_str(p), _shape(leaf)
-    seen.add(name)
-    if name not in stored_shapes:
-      raise ValueError(f"{where}: target expects parameter '{name}' of shape "
-                       f'{want} but the checkpoint has no such leaf')
-    if stored_shapes[name] != want:
-      raise ValueError(f"{where}: parameter '{name}' does not match: "
-                       f'checkpoint has {stored_shapes[name]}, target expects '
-                       f'{want}')
-  for name, have in stored_shapes.items():
-    if name not in seen:
-      raise ValueError(f"{where}: checkpoint has parameter '{name}' of shape "
-                       f'{have} that the target lacks')
-
-
-def _json_default(x):
-  if isinstance(x, (np.generic, np.ndarray, jax.Array)):
-    return np.asarray(x).tolist()
-  raise TypeError(f'{type(x).__name__} is not JSON-serialisable')
-
-
-def _jsonable(obj, what: str) -> Any:
-  """JSON round trip, so what we compare or save is what a reader gets back."""
-  if hasattr(obj, 'to_dict'):  # ml_collections.ConfigDict
-    obj = obj.to_dict()
-  try:
-    return json.loads(json.dumps(obj, default=_json_default))
-  except (TypeError, ValueError) as e:
-    raise TypeError(f'{what} must be JSON-serialisable: {e}') from e
-
-
-def _first_diff(old, new, ignore, prefix=''):
-  """(dotted key, old value, new value) of the first difference, or None."""
-  if isinstance(old, dict) and isinstance(new, dict):
-    for key in list(old) + [k for k in new if k not in old]:
-      path = f'{prefix}.{key}' if prefix else str(key)
-      if key in ignore or path in ignore:
-        continue
-      diff = _first_diff(old.get(key, '<missing>'), new.get(key, '<missing>'),
-                         ignore, path)
-      if diff:
-        return diff
-    return None
-  return None if old == new else (prefix or '<root>', old, new)
 
 
 def _corrupt(where, e: Exception) -> ValueError:
@@ -226,7 +157,7 @@ class CheckpointManager:
     self.directory = epath.Path(directory)
     self._config = None
     if config is not None:
-      self._config = _jsonable(config, 'config')
+      self._config = tree_compare.jsonable(config, 'config')
       self._check_config(set(ignore_keys))
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=save_interval_steps,
@@ -248,7 +179,7 @@ class CheckpointManager:
       stored = json.loads(path.read_text())
     except ValueError as e:
       raise ValueError(f'{path} is not valid JSON: {e}') from e
-    diff = _first_diff(stored, self._config, ignore)
+    diff = tree_compare.first_diff(stored, self._config, ignore)
     if diff:
       key, old, new = diff
       raise ValueError(
@@ -270,7 +201,7 @@ class CheckpointManager:
     Returns:
       True if a save was started (False when the interval says skip).
     """
-    extra = _jsonable(dict(extra or {}), 'extra')
+    extra = tree_compare.jsonable(dict(extra or {}), 'extra')
     args = ocp.args.Composite(**{
         _STATE: ocp.args.StandardSave(_to_savable(state)),
         _EXTRA: ocp.args.JsonSave(extra)})
@@ -308,7 +239,7 @@ class CheckpointManager:
     except Exception as e:  # orbax raises many types for a damaged step
       raise _corrupt(where, e) from e
     target = _to_target(abstract_state)
-    _check_tree(stored, target, where)
+    tree_compare.check_tree(stored, target, where)
     args = ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(target),
                                  _EXTRA: ocp.args.JsonRestore()})
     try:
@@ -360,7 +291,7 @@ def save_params(directory, params, *, metadata: Mapping[str, Any],
   if path.exists() and not overwrite:
     raise FileExistsError(f'{path} already exists; pass overwrite=True to '
                           'replace it')
-  metadata = _jsonable(dict(metadata), 'metadata')
+  metadata = tree_compare.jsonable(dict(metadata), 'metadata')
   tree = {'params': _to_savable(params)}
   tmp = path.parent / (path.name + _TMP_SUFFIX)
   old = path.parent / (path.name + _OLD_SUFFIX)
@@ -440,7 +371,7 @@ def restore_params(directory, *, abstract_params=None, shardings=None):
     abstract_params = jax.tree.map(
         lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), stored)
   else:
-    _check_tree(stored, abstract_params, path)
+    tree_compare.check_tree(stored, abstract_params, path)
   target = {'params': _to_target(abstract_params, shardings)}
   try:
     with _params_checkpointer() as ckptr:

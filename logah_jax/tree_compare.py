@@ -1,0 +1,83 @@
+"""Comparing pytrees and configs: the first difference, named.
+
+Used by checkpoint.py to refuse a restore into a mismatching target and a
+resume under a different config, before any data is read or written.
+"""
+
+import json
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def path_str(path) -> str:
+  """'encoder_layer_0/mlp/fc1/kernel' for a jax key path."""
+  parts = []
+  for key in path:  # DictKey, SequenceKey, GetAttrKey
+    attr = next((a for a in ('key', 'idx', 'name') if hasattr(key, a)), None)
+    parts.append(str(getattr(key, attr) if attr else key))
+  return '/'.join(parts)
+
+
+def stored_shape(leaf) -> tuple[int, ...]:
+  """Shape as orbax stores it: typed PRNG keys are stored as their key data."""
+  dtype = getattr(leaf, 'dtype', None)
+  if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    leaf = jax.eval_shape(jax.random.key_data, leaf)
+  shape = getattr(leaf, 'shape', None)
+  return tuple(shape) if shape is not None else tuple(np.shape(leaf))
+
+
+def check_tree(stored, target, directory) -> None:
+  """Raises ValueError naming the first leaf whose path or shape differs."""
+  where = f'checkpoint {directory}'
+  flatten = jax.tree_util.tree_flatten_with_path
+  stored_shapes = {path_str(p): stored_shape(leaf)
+                   for p, leaf in flatten(stored)[0]}
+  seen = set()
+  for p, leaf in flatten(target)[0]:
+    name, want = path_str(p), stored_shape(leaf)
+    seen.add(name)
+    if name not in stored_shapes:
+      raise ValueError(f"{where}: target expects parameter '{name}' of shape "
+                       f'{want} but the checkpoint has no such leaf')
+    if stored_shapes[name] != want:
+      raise ValueError(f"{where}: parameter '{name}' does not match: "
+                       f'checkpoint has {stored_shapes[name]}, target expects '
+                       f'{want}')
+  for name, have in stored_shapes.items():
+    if name not in seen:
+      raise ValueError(f"{where}: checkpoint has parameter '{name}' of shape "
+                       f'{have} that the target lacks')
+
+
+def _json_default(x):
+  if isinstance(x, (np.generic, np.ndarray, jax.Array)):
+    return np.asarray(x).tolist()
+  raise TypeError(f'{type(x).__name__} is not JSON-serialisable')
+
+
+def jsonable(obj, what: str) -> Any:
+  """JSON round trip, so what we compare or save is what a reader gets back."""
+  if hasattr(obj, 'to_dict'):  # ml_collections.ConfigDict
+    obj = obj.to_dict()
+  try:
+    return json.loads(json.dumps(obj, default=_json_default))
+  except (TypeError, ValueError) as e:
+    raise TypeError(f'{what} must be JSON-serialisable: {e}') from e
+
+
+def first_diff(old, new, ignore, prefix=''):
+  """(dotted key, old value, new value) of the first difference, or None."""
+  if isinstance(old, dict) and isinstance(new, dict):
+    for key in list(old) + [k for k in new if k not in old]:
+      path = f'{prefix}.{key}' if prefix else str(key)
+      if key in ignore or path in ignore:
+        continue
+      diff = first_diff(old.get(key, '<missing>'), new.get(key, '<missing>'),
+                         ignore, path)
+      if diff:
+        return diff
+    return None
+  return None if old == new else (prefix or '<root>', old, new)
