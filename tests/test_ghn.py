@@ -250,17 +250,26 @@ def test_fresh_ghn_predicts_unit_norm_weights_and_small_biases():
   assert float(jnp.abs(layer['mlp']['fc1']['bias']).max()) < 0.1
 
 
-def test_gpt2_residual_projections_are_scaled_down():
+def test_normalisation_is_exactly_the_spec_rule():
   cfg = arch.GPT2Config(depth=8, width=64, heads=4, vocab_size=256,
                         n_positions=32, tie_embeddings=False)
-  pred = ghn.predict(SMALL, ghn.init(SMALL, 'gpt2', 0), cfg)
-  attn = pred['h_2']['attn']
-  # c_attn (64, 192) and c_proj (64, 64) share fan-in scaling by numel(p[0]);
-  # c_proj is additionally divided by sqrt(2 * depth) = 4.
-  raw_proj = attn['c_proj']['kernel'] * 4.0 * np.sqrt(64 / 2)
-  raw_attn = attn['c_attn']['kernel'] * np.sqrt(192 / 2)
-  ratio = float(raw_proj.std() / raw_attn.std())
-  assert 0.2 < ratio < 5  # same raw scale; a missing /4 would show
+  params = ghn.init(SMALL, 'gpt2', 0)
+  pred = ghn.predict(SMALL, params, cfg)
+  raw = ghn.predict(dataclasses.replace(SMALL, normalize=False), params, cfg)
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  # HF Conv1D (in, out): fan-in scaling uses numel(p[0]) = out features
+  # (spec §5.6), beta = 2; residual projections also / sqrt(2 * depth) = 4.
+  for name, out_f, residual in [('c_attn', 192, False), ('c_proj', 64, True)]:
+    scale = np.sqrt(2 / out_f) / (4.0 if residual else 1.0)
+    close(pred['h_2']['attn'][name]['kernel'],
+          raw['h_2']['attn'][name]['kernel'] * scale)
+  close(pred['h_2']['mlp']['c_proj']['kernel'],
+        raw['h_2']['mlp']['c_proj']['kernel'] * np.sqrt(2 / 64) / 4.0)
+  close(pred['h_2']['ln_1']['scale'],
+        2 * jax.nn.sigmoid(0.5 * raw['h_2']['ln_1']['scale']))
+  close(pred['h_2']['attn']['c_attn']['bias'],
+        jnp.tanh(0.2 * raw['h_2']['attn']['c_attn']['bias']))
+  close(pred['wte']['embedding'], raw['wte']['embedding'])  # never rescaled
 
 
 def test_tiling_repeats_with_the_key_period():
