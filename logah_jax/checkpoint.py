@@ -102,6 +102,12 @@ def _to_target(tree, shardings=None):
   return jax.tree.map(one, tree, shardings)
 
 
+def _abstract_from_metadata(tree):
+  """ShapeDtypeStructs of a stored tree's array metadata."""
+  return jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), tree)
+
+
 def _corrupt(where, e: Exception) -> ValueError:
   msg = str(e).splitlines()[0][:300] if str(e) else ''
   return ValueError(f'{where} is not a readable checkpoint (corrupt or '
@@ -213,13 +219,15 @@ class CheckpointManager:
   def latest_step(self) -> int | None:
     return self._mngr.latest_step()
 
-  def restore(self, step: int | None = None, *, abstract_state):
+  def restore(self, step: int | None = None, *, abstract_state=None):
     """Restores (state, extra) of `step` (default: latest).
 
     Args:
       step: which step; None takes the latest.
       abstract_state: pytree of ShapeDtypeStruct (with .sharding to place the
         leaves) or of arrays; the result has its structure and shardings.
+        None restores the stored tree as nested dicts on the first device
+        (for readers that only want part of it, e.g. the GHN params).
 
     Raises:
       FileNotFoundError: no checkpoint in the directory.
@@ -238,6 +246,8 @@ class CheckpointManager:
       stored = self._mngr.metadata(step).item_metadata[_STATE].tree
     except Exception as e:  # orbax raises many types for a damaged step
       raise _corrupt(where, e) from e
+    if abstract_state is None:
+      abstract_state = _abstract_from_metadata(stored)
     target = _to_target(abstract_state)
     tree_compare.check_tree(stored, target, where)
     args = ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(target),
@@ -368,8 +378,7 @@ def restore_params(directory, *, abstract_params=None, shardings=None):
   path = epath.Path(directory)
   stored = _stored_params(path)
   if abstract_params is None:
-    abstract_params = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), stored)
+    abstract_params = _abstract_from_metadata(stored)
   else:
     tree_compare.check_tree(stored, abstract_params, path)
   target = {'params': _to_target(abstract_params, shardings)}

@@ -144,24 +144,46 @@ def family_of(cfg: GHNConfig, params) -> str:
                    f'matches neither family for this GHNConfig.')
 
 
+def body_function(cfg: GHNConfig, family: str):
+  """The pure body: (params['body'], GHNInputs) -> [B, N, D] (not jitted)."""
+  module = _body_module(cfg, family)
+  return lambda body_params, inputs: module.apply({'params': body_params},
+                                                   inputs)
+
+
+def decode_function(cfg: GHNConfig, arch):
+  """The pure decoder of `arch`: (params['decoder'], x [n_nodes, D]) -> params.
+
+  Not jitted: GHN training traces it inside its own per-architecture step.
+  """
+  plan = plan_lib.make_plan(cfg, arch)
+  abstract = models.abstract_params(arch)
+  return lambda decoder_params, x_ND: decode_arch(cfg, decoder_params, x_ND,
+                                                  plan, abstract)
+
+
+def num_nodes(cfg: GHNConfig, arch) -> int:
+  """Nodes of `arch`'s graph (rows of its node embeddings that decode reads)."""
+  return plan_lib.make_plan(cfg, arch).graph.n_nodes
+
+
 @functools.lru_cache(maxsize=None)
 def _body_fn(cfg: GHNConfig, family: str):
-  module = _body_module(cfg, family)
+  body_fn = body_function(cfg, family)
 
   def body(body_params, inputs):
     _TRACES['body'] += 1
-    return module.apply({'params': body_params}, inputs)
+    return body_fn(body_params, inputs)
   return jax.jit(body)
 
 
 @functools.lru_cache(maxsize=4096)
 def _decode_fn(cfg: GHNConfig, arch):
-  plan = plan_lib.make_plan(cfg, arch)
-  abstract = models.abstract_params(arch)
+  decode_fn = decode_function(cfg, arch)
 
   def decode(decoder_params, x_ND):
     _TRACES['decode'] += 1
-    return decode_arch(cfg, decoder_params, x_ND, plan, abstract)
+    return decode_fn(decoder_params, x_ND)
   return jax.jit(decode)
 
 
@@ -180,6 +202,7 @@ def decode(cfg: GHNConfig, params, arch, x_ND: jax.Array):
 
 
 def check_archs(cfg: GHNConfig, family: str, archs: Sequence):
+  """Raises ValueError for an ArchConfig this GHN cannot predict."""
   for a in archs:
     if getattr(a, 'family', None) != family:
       raise ValueError(f'this GHN was built for family={family!r}; got an '
@@ -199,6 +222,5 @@ def predict(cfg: GHNConfig, params, archs):
   x = node_embeddings(cfg, params, archs)
   out = []
   for b, a in enumerate(archs):
-    n = plan_lib.make_plan(cfg, a).graph.n_nodes
-    out.append(decode(cfg, params, a, x[b, :n]))
+    out.append(decode(cfg, params, a, x[b, :num_nodes(cfg, a)]))
   return out[0] if single else out

@@ -18,6 +18,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
 DATA = 'data'
+ARCH = 'arch'
 RULES = ('replicate', 'fsdp')
 
 
@@ -55,6 +56,28 @@ def make_mesh(axes: Mapping[str, int] | None = None,
   return jax.make_mesh(tuple(axes.values()), tuple(axes),
                        axis_types=(AxisType.Auto,) * len(axes),
                        devices=devices)
+
+
+def arch_groups(mesh: Mesh) -> list[Mesh]:
+  """One 1-D 'data' mesh per slice of the optional 'arch' axis.
+
+  GHN training runs each architecture of a step on one group (its batch split
+  over the group's 'data' axis), so different architectures, which are
+  different programs, run side by side on different devices. A mesh without
+  an 'arch' axis is a single group: every architecture uses every device.
+
+  Raises:
+    ValueError: axes other than 'arch' and 'data'.
+  """
+  names = tuple(mesh.axis_names)
+  if set(names) - {ARCH, DATA} or DATA not in names:
+    raise ValueError(f"GHN training needs mesh axes 'data' and optionally "
+                     f"'{ARCH}'; got {names}")
+  if ARCH not in names:
+    return [mesh]
+  devices = np.moveaxis(mesh.devices, names.index(ARCH), 0)
+  return [Mesh(group, (DATA,), axis_types=(AxisType.Auto,))
+          for group in devices]
 
 
 def _data_size(mesh: Mesh) -> int:

@@ -1,0 +1,121 @@
+"""Building blocks of the ml-collections configs in configs/.
+
+Config files stay short and declarative: they call these helpers and set the
+fields that differ. Every field a job reads exists in the returned ConfigDict
+(no None placeholders), so `--config.a.b=...` overrides are typed, and a
+mistyped key fails because main.py locks the config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from logah_jax import arch as arch_lib
+from logah_jax import ghn as ghn_lib
+
+
+def ghn_section(name: str, **overrides) -> ml_collections.ConfigDict:
+  """All GHNConfig fields of the named GHN (logah-tiny, ghn3-small, ...)."""
+  return ml_collections.ConfigDict(
+      ghn_lib.to_dict(ghn_lib.named(name, **overrides)))
+
+
+def space_section(name: str, **overrides) -> ml_collections.ConfigDict:
+  """`name` plus every field of that space, so each can be overridden.
+
+  `heads` is a string in the config ('vit' for the ViTs-1K rule, or a number
+  such as '8'), so either kind of value can override it.
+  """
+  space = arch_lib.make_space(name, **overrides)
+  fields = dataclasses.asdict(space)
+  fields.pop('family')
+  fields['heads'] = str(fields['heads'])
+  return ml_collections.ConfigDict(dict(name=name, **fields))
+
+
+def optim_section(lr: float, *, name: str = 'adamw', schedule: str = 'cosine',
+                  warmup_steps: int = 0, warmup_init: float = 1e-5,
+                  end_lr: float = 0.0, weight_decay: float = 1e-2,
+                  clip_norm: float = 5.0, momentum: float = 0.9):
+  """Optimizer fields read by `train.optim.make_optimizer`."""
+  return ml_collections.ConfigDict(dict(
+      name=name, lr=lr, schedule=schedule, warmup_steps=warmup_steps,
+      warmup_init=warmup_init, end_lr=end_lr, weight_decay=weight_decay,
+      clip_norm=clip_norm, b1=0.9, b2=0.999, eps=1e-8, momentum=momentum))
+
+
+def data_section(name: str, *, batch_size: int, split: str = 'train',
+                 augment: bool = False, tokenizer: str = 'gpt2',
+                 block_size: int = 1024) -> ml_collections.ConfigDict:
+  """Dataset fields; data_dir '' means $LOGAH_DATA_DIR or ~/.cache/logah_jax."""
+  return ml_collections.ConfigDict(dict(
+      name=name, split=split, batch_size=batch_size, augment=augment,
+      tokenizer=tokenizer, block_size=block_size, data_dir=''))
+
+
+def holdout_section(enabled: bool = False, *, depth: int = 1, width: int = 8,
+                    heads: int = 1, mlp_dim: int = 0, patch: int = 4,
+                    split: str = 'test', batch_size: int = 500,
+                    max_batches: int = 0, seed: int = 0):
+  """A held-out target predicted after training (family from the space).
+
+  mlp_dim 0 means 4 x width; max_batches 0 evaluates the whole split.
+  """
+  return ml_collections.ConfigDict(dict(
+      enabled=enabled, arch=dict(depth=depth, width=width, heads=heads,
+                                 mlp_dim=mlp_dim, patch=patch),
+      split=split, batch_size=batch_size, max_batches=max_batches, seed=seed))
+
+
+def ghn_training(*, ghn: str, space: str, data: ml_collections.ConfigDict,
+                 lr: float, num_steps: int, m: int = 1,
+                 warmup_steps: int = 0, pool_size: int = 1000,
+                 every_steps: int = 500) -> ml_collections.ConfigDict:
+  """A complete GHN-training config (job 'train_ghn')."""
+  c = ml_collections.ConfigDict()
+  c.job = 'train_ghn'
+  c.seed = 0
+  space_c = space_section(space)
+  classes = space_c.num_classes
+  c.ghn = ghn_section(ghn, num_classes=classes)
+  c.space = space_c
+  c.data = data
+  c.train = ml_collections.ConfigDict(dict(
+      num_steps=num_steps, m=m, pool_size=pool_size, arch_seed=1,
+      gamma=3e-5, label_smoothing=0.0))
+  c.optim = optim_section(lr, warmup_steps=warmup_steps)
+  c.mesh = ml_collections.ConfigDict(dict(arch=1, data=-1))
+  c.checkpoint = ml_collections.ConfigDict(dict(
+      every_steps=every_steps, keep=3, async_save=True))
+  c.log_every_steps = 10
+  c.compilation_cache = ''  # '' = ~/.cache/logah_jax/xla; 'off' = none
+  c.holdout = holdout_section()
+  return c
+
+
+def parse_arg(arg: str | None, defaults: dict) -> dict:
+  """'key=value,key=value' variant strings of get_config(arg), typed.
+
+  A bare word is accepted for the first key ('cifar100' = 'dataset=cifar100').
+  """
+  out = dict(defaults)
+  if not arg:
+    return out
+  first = next(iter(defaults))
+  for part in arg.split(','):
+    key, sep, value = part.partition('=')
+    if not sep:
+      key, value = first, key
+    key = key.strip()
+    if key not in defaults:
+      raise ValueError(f'config variant key {key!r} is unknown; known: '
+                       f'{", ".join(defaults)}')
+    kind = type(defaults[key])
+    try:
+      out[key] = kind(value.strip())
+    except ValueError as e:
+      raise ValueError(f'config variant {key}={value!r}: expected '
+                       f'{kind.__name__}') from e
+  return out

@@ -1,0 +1,87 @@
+"""`load(workdir)`: a trained GHN back from a training workdir, no config file.
+
+A GHN training run stores its whole config as checkpoints/config.json beside
+the orbax steps (see train/ghn_loop.py). That is enough to rebuild the
+GHNConfig and the target family, and to read the GHN params alone out of the
+latest (or a chosen) step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+
+from logah_jax import arch as arch_lib
+from logah_jax.ghn import api
+from logah_jax.ghn.config import GHNConfig, from_dict
+
+_CHECKPOINTS, _CONFIG = 'checkpoints', 'config.json'
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedGHN:
+  """A GHN ready to predict: config, params and where they came from."""
+
+  cfg: GHNConfig
+  family: str
+  params: Any
+  step: int
+  directory: str
+  run_config: dict
+
+  def predict(self, archs):
+    """Predicted params of one ArchConfig (or a list of them)."""
+    return api.predict(self.cfg, self.params, archs)
+
+  def describe(self) -> dict:
+    """JSON-able provenance, for the metadata of a predicted init."""
+    return {'ghn': dataclasses.asdict(self.cfg), 'family': self.family,
+            'step': self.step, 'checkpoint_dir': self.directory,
+            'space': self.run_config.get('space', {}).get('name'),
+            'dataset': self.run_config.get('data', {}).get('name')}
+
+
+def _checkpoint_dir(workdir: str) -> str:
+  nested = os.path.join(workdir, _CHECKPOINTS)
+  if os.path.exists(os.path.join(nested, _CONFIG)):
+    return nested
+  if os.path.exists(os.path.join(workdir, _CONFIG)):
+    return workdir
+  raise FileNotFoundError(f'{workdir} holds no GHN training run: no '
+                          f'{os.path.join(nested, _CONFIG)}')
+
+
+def load(workdir: str, step: int | None = None) -> TrainedGHN:
+  """The GHN trained in `workdir` (its checkpoints/ folder), at `step`.
+
+  Raises:
+    FileNotFoundError: no training run or no checkpoint there.
+    ValueError: the stored config or params do not describe a GHN.
+  """
+  from logah_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  directory = _checkpoint_dir(workdir)
+  with open(os.path.join(directory, _CONFIG)) as f:
+    run_config = json.load(f)
+  try:
+    cfg = from_dict(run_config['ghn'])
+    space = run_config['space']
+    family = arch_lib.make_space(space['name']).family
+  except (KeyError, TypeError, ValueError) as e:
+    raise ValueError(f'{directory}/{_CONFIG} does not describe a GHN '
+                     f'training run: {e}') from e
+  with checkpoint.CheckpointManager(directory, async_save=False) as mngr:
+    state, _ = mngr.restore(step)
+    step = mngr.latest_step() if step is None else step
+  if not isinstance(state, dict) or 'params' not in state:
+    raise ValueError(f'{directory}: step {step} holds no GHN params')
+  params = state['params']
+  expected = jax.eval_shape(lambda: api.init(cfg, family, 0))
+  if jax.tree.structure(expected) != jax.tree.structure(params):
+    raise ValueError(f'{directory}: the stored GHN params do not match '
+                     f'{cfg} for family {family!r}')
+  return TrainedGHN(cfg=cfg, family=family, params=params, step=int(step),
+                    directory=directory, run_config=run_config)

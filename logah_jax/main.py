@@ -1,0 +1,63 @@
+r"""Entry point: one config file, one workdir.
+
+  python -m logah_jax.main --config=configs/default.py --workdir=/tmp/run
+  python -m logah_jax.main --config=configs/paper_vits.py:dataset=cifar100,m=4 \
+      --workdir=$HOME/runs/x --config.ghn.rank=64
+
+The config is locked: an override of a key that does not exist is an error.
+`config.job` picks what runs: 'train_ghn' trains (or resumes) a GHN in the
+workdir and, if `config.holdout.enabled`, then predicts and scores a held-out
+target and saves its predicted init.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file (configs/*.py[:variant]).', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None,
+                               'Directory for checkpoints, metrics and plots.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+JOBS = ('train_ghn',)
+
+
+def run(config, workdir: str) -> dict:
+  """Runs `config.job` in `workdir` (also callable from Python and tests)."""
+  # Imported here so that --help and flag errors need no JAX start-up.
+  from logah_jax import parallel, runtime  # pylint: disable=g-import-not-at-top
+  if config.job not in JOBS:
+    raise ValueError(f'config.job={config.job!r} is not one of {JOBS}')
+  parallel.maybe_initialize()
+  if config.compilation_cache != 'off':
+    runtime.enable_compilation_cache(config.compilation_cache or None)
+  from logah_jax.train import ghn_loop, holdout  # pylint: disable=g-import-not-at-top
+  result = {'train': ghn_loop.train_ghn(config, workdir)}
+  if config.holdout.enabled:
+    result['holdout'] = holdout.run_holdout(config, workdir)
+  return result
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:  # orbax logs every file at INFO
+    logging.set_verbosity(logging.WARNING)
+  workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
+  try:
+    run(_CONFIG.value, workdir)
+  except (ValueError, FileNotFoundError) as e:
+    # A bad config, dataset or workdir: one sentence, no traceback.
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,1 @@
+"""Training: the GHN training step and loop, objectives, optimizers."""

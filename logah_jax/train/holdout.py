@@ -1,0 +1,104 @@
+"""After GHN training: predict a held-out, larger target and score it.
+
+The main job's result: the held-out architecture's metric with predicted
+parameters and no training, beside the same architecture with random (the
+references' default) init, and the predicted init saved as an orbax
+checkpoint that any Flax user can restore.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import jax
+
+from logah_jax import arch as arch_lib
+from logah_jax import checkpoint as ckpt_lib
+from logah_jax import ghn as ghn_lib
+from logah_jax import models
+from logah_jax.train import evaluate as eval_lib
+from logah_jax.train import ghn_setup
+from logah_jax.train import report
+
+PREDICTED_DIR = 'predicted_init'
+RESULT_FILE = 'holdout.json'
+
+
+def holdout_arch(config):
+  """The ArchConfig of `config.holdout.arch` in the space's family/shapes."""
+  space = ghn_setup.space_of(config)
+  a = config.holdout.arch
+  if space.family == 'vit':
+    return arch_lib.ViTConfig(
+        depth=a.depth, width=a.width, heads=a.heads,
+        mlp_dim=a.mlp_dim or space.mlp_ratio * a.width, patch=a.patch,
+        image_size=space.image_size, channels=space.channels,
+        num_classes=space.num_classes)
+  return arch_lib.GPT2Config(
+      depth=a.depth, width=a.width, heads=a.heads,
+      vocab_size=space.vocab_size, n_positions=space.n_positions,
+      tie_embeddings=space.tie_embeddings)
+
+
+def code_version() -> str:
+  """The git commit of the code (or 'unknown' outside a checkout)."""
+  here = os.path.dirname(os.path.abspath(__file__))
+  try:
+    out = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=here,
+                         capture_output=True, text=True, timeout=10,
+                         check=True)
+    return out.stdout.strip() or 'unknown'
+  except (OSError, subprocess.SubprocessError):
+    return 'unknown'
+
+
+def run_holdout(config, workdir: str) -> dict:
+  """Predicts, evaluates and saves the held-out target; returns the result."""
+  h = config.holdout
+  target = holdout_arch(config)
+  source = ghn_setup.data_source(config, h.split)
+  trained = ghn_lib.load(workdir)
+  largest = max(arch_lib.num_params(a) for a in
+                ghn_setup.build_run(config).sampler.candidates())
+  predicted = trained.predict(target)
+  random = models.init_params(target, jax.random.key(h.seed))
+  rows = {}
+  for name, params in (('LoGAH prediction' if trained.cfg.decoder ==
+                        'lowrank' else 'GHN-3 prediction', predicted),
+                       ('random init', random)):
+    rows[name] = eval_lib.evaluate(target, params, source,
+                                   batch_size=h.batch_size,
+                                   max_batches=h.max_batches)
+  out_dir = os.path.join(workdir, PREDICTED_DIR)
+  ckpt_lib.save_params(out_dir, predicted, overwrite=True, metadata={
+      'arch': arch_lib.to_dict(target), 'arch_name': target.name,
+      'family': target.family, 'generator': trained.describe(),
+      'code_version': code_version()})
+  result = {'arch': target.name, 'num_params': arch_lib.num_params(target),
+            'largest_training_params': largest,
+            'split': f'{config.data.name}/{h.split}', 'results': rows,
+            'predicted_init': out_dir, 'ghn_step': trained.step}
+  with open(os.path.join(workdir, RESULT_FILE), 'w') as f:
+    json.dump(result, f, indent=2)
+  report.say(format_result(result))
+  return result
+
+
+def format_result(result: dict) -> str:
+  """The Markdown table the main job prints."""
+  rows = result['results']
+  metric = 'accuracy' if any('accuracy' in r for r in rows.values()) else (
+      'perplexity')
+  lines = [f"Held-out {result['arch']} ({result['num_params']:,} params; "
+           f"largest training architecture {result['largest_training_params']:,})"
+           f", no training, on {result['split']}:", '',
+           f'| init | {metric} | loss |', '|---|---|---|']
+  for name, r in rows.items():
+    value = (f"{100 * r['accuracy']:.2f}%" if metric == 'accuracy'
+             else f"{r['perplexity']:.2f}")
+    lines.append(f"| {name} | {value} | {r['loss']:.4f} |")
+  lines.append('')
+  lines.append(f"Predicted init saved to {result['predicted_init']}")
+  return '\n'.join(lines)

@@ -1,0 +1,61 @@
+"""Task losses, metrics and the predicted-parameter regulariser.
+
+One place defines what "loss" means for a target, so GHN training, fine-tuning
+and evaluation can never disagree: cross-entropy over classes for a ViT (with
+optional label smoothing), next-token cross-entropy for GPT-2 (batches hold
+block+1 tokens; inputs [:, :-1], targets [:, 1:]).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from logah_jax import models
+from logah_jax.arch.configs import GPT2Config, ViTConfig
+
+
+def inputs_and_targets(arch, batch):
+  """(model input, integer targets) of a loader batch for `arch`."""
+  if isinstance(arch, ViTConfig):
+    return batch['image'], batch['label']
+  if isinstance(arch, GPT2Config):
+    tokens = batch['tokens']
+    return tokens[:, :-1], tokens[:, 1:]
+  raise ValueError(f'no task for architecture {arch!r}')
+
+
+def cross_entropy(logits, targets, label_smoothing: float = 0.0):
+  """Mean cross-entropy over all leading axes (float32)."""
+  logits = logits.astype(jnp.float32)
+  if label_smoothing:
+    n = logits.shape[-1]
+    labels = optax.smooth_labels(jax.nn.one_hot(targets, n), label_smoothing)
+    return optax.softmax_cross_entropy(logits, labels).mean()
+  return optax.softmax_cross_entropy_with_integer_labels(
+      logits, targets).mean()
+
+
+def task_loss(arch, params, batch, label_smoothing: float = 0.0):
+  """(loss, logits, targets) of target `arch` with `params` on `batch`."""
+  x, targets = inputs_and_targets(arch, batch)
+  logits = models.build(arch).apply({'params': params}, x)
+  return cross_entropy(logits, targets, label_smoothing), logits, targets
+
+
+def correct(logits, targets):
+  """Number of argmax hits (float32 scalar)."""
+  return jnp.sum(jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+
+
+def _safe_norm(x):
+  """Frobenius norm whose gradient at 0 is 0 instead of NaN."""
+  sq = jnp.sum(jnp.square(x.astype(jnp.float32)))
+  positive = sq > 0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+
+
+def frobenius_sum(params):
+  """Σ over tensors of ||w||_F, not squared (spec §8.1), on full-size leaves."""
+  return sum(_safe_norm(leaf) for leaf in jax.tree.leaves(params))

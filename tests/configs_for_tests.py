@@ -1,0 +1,35 @@
+"""Small configs for tests, derived from the real config files."""
+
+import importlib.util
+import os
+
+from logah_jax import config_base
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config_file(name: str, arg: str | None = None):
+  """get_config(arg) of configs/<name>.py, as main.py would call it."""
+  path = os.path.join(ROOT, 'configs', f'{name}.py')
+  spec = importlib.util.spec_from_file_location(f'configs_{name}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def smoke():
+  """configs/default.py:smoke on 4 one-block ViTs, m=2, batch 8, no holdout."""
+  c = load_config_file('default', 'smoke')
+  c.space.width_rules = ((1, 1, 32, 48, 16),)
+  c.space.heads = '4'
+  c.space.patches = (4, 7)
+  c.train.m = 2
+  c.train.pool_size = 4
+  c.data.batch_size = 8
+  c.holdout.enabled = False
+  c.compilation_cache = 'off'
+  return c
+
+
+def optim_section():
+  return config_base.optim_section(3e-4, warmup_steps=2)

@@ -1,0 +1,324 @@
+"""GHN training: the step against a monolithic gradient, compile bound, mesh
+equality, resume equality, NaN guard, load, and bad input."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from logah_jax import arch as arch_lib
+from logah_jax import ghn as ghn_lib
+from logah_jax import models
+from logah_jax import parallel
+from logah_jax.data import Loader, get_dataset
+from logah_jax.train import compiles
+from logah_jax.train import ghn_loop
+from logah_jax.train import ghn_step
+from logah_jax.train import objective
+from logah_jax.train import optim
+from logah_jax.train.sampler import ArchSampler
+
+import configs_for_tests as cft
+
+GHN = ghn_lib.named('logah-tiny')
+
+
+def _tiny_space(**kw):
+  fields = dict(width_rules=((1, 1, 32, 48, 16),), heads=4, patches=(7,))
+  fields.update(kw)
+  return arch_lib.make_space('vits-cpu', **fields)
+
+
+def _fmnist_batches(n, batch_size=8):
+  loader = Loader(get_dataset('fashion_mnist', 'validation'), batch_size,
+                  seed=0)
+  return [next(loader) for _ in range(n)]
+
+
+def _tx(num_steps=10):
+  return optim.make_optimizer(cft.optim_section(), num_steps)[0]
+
+
+def _max_abs_diff(a, b):
+  a, b = jax.device_get(a), jax.device_get(b)
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+# ------------------------------------------------------------- the step
+
+
+def test_step_equals_monolithic_gradient():
+  """Per-arch grads pulled back with jax.vjp = jax.grad of the whole loss."""
+  sampler = ArchSampler(_tiny_space(patches=(4, 7)), 2, seed=0, pool_size=4)
+  archs = [sampler.pool[0], sampler.pool[-1]]
+  assert archs[0] != archs[1]
+  batch = _fmnist_batches(1)[0]
+  tx = _tx()
+  mesh = parallel.make_mesh({'data': 1}, devices=jax.devices()[:1])
+  n_pad = sampler.node_bucket()
+  step = ghn_step.GHNStep(GHN, 'vit', tx, mesh, m=2, n_pad=n_pad, gamma=3e-5)
+  params = ghn_lib.init(GHN, 'vit', 0)
+  state, metrics = step(step.init_state(params), archs, batch)
+
+  inputs = ghn_lib.make_inputs(GHN, 'vit', archs, n_pad)
+  body = ghn_lib.body_function(GHN, 'vit')
+
+  def total_loss(p):
+    x = body(p['body'], inputs)
+    losses = []
+    for b, a in enumerate(archs):
+      n = ghn_lib.num_nodes(GHN, a)
+      w = ghn_lib.decode_function(GHN, a)(p['decoder'], x[b, :n])
+      ce, _, _ = objective.task_loss(a, w, batch)
+      losses.append(ce + 3e-5 * objective.frobenius_sum(w))
+    return sum(losses) / len(losses)
+
+  loss, grads = jax.jit(jax.value_and_grad(total_loss))(params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  expected = optax.apply_updates(params, updates)
+  np.testing.assert_allclose(float(metrics['loss']), float(loss), rtol=1e-5)
+  np.testing.assert_allclose(float(metrics['grad_norm']),
+                             float(optax.tree.norm(grads)), rtol=1e-4)
+  assert _max_abs_diff(state.params, expected) < 1e-6
+  assert int(state.step) == 1
+
+
+def test_compilations_stop_once_every_pool_arch_was_seen():
+  space = _tiny_space(patches=(4, 7))
+  sampler = ArchSampler(space, 2, seed=3, pool_size=6)
+  distinct = sampler.distinct_archs()
+  assert distinct == 4  # widths {32, 48} x patches {4, 7}, 4 heads
+  mesh = parallel.make_mesh({'data': 2}, devices=jax.devices()[:2])
+  step = ghn_step.GHNStep(GHN, 'vit', _tx(40), mesh, m=2,
+                          n_pad=sampler.node_bucket())
+  state = step.init_state(ghn_lib.init(GHN, 'vit', 0))
+  batches = _fmnist_batches(1)
+  seen, s = set(), 0
+  traces0 = ghn_step.trace_counts().get('arch', 0)
+  while len(seen) < distinct:
+    state, _ = step(state, sampler.at(s), batches[0])
+    seen.update(sampler.at(s))
+    s += 1
+  jax.block_until_ready(state)
+  assert ghn_step.trace_counts()['arch'] - traces0 == distinct
+  before = compiles.snapshot()
+  for t in range(s, s + 8):
+    state, m = step(state, sampler.at(t), batches[0])
+    ghn_step.host_metrics(m)
+  assert (compiles.snapshot() - before).count == 0
+  assert ghn_step.trace_counts()['arch'] - traces0 == distinct
+
+
+def test_one_device_and_eight_devices_give_the_same_params():
+  """Same steps on 1 device and on 8 (2 arch groups x 4-way data split).
+
+  Plain SGD, so that a float-rounding difference in a tiny gradient is not
+  amplified into an lr-sized step as Adam's normalisation would.
+  """
+  sampler = ArchSampler(_tiny_space(patches=(4, 7)), 2, seed=0, pool_size=4)
+  batches = _fmnist_batches(2)
+  results, losses = [], []
+  for axes, n_dev in (({'data': 1}, 1), ({'arch': 2, 'data': 4}, 8)):
+    mesh = parallel.make_mesh(axes, devices=jax.devices()[:n_dev])
+    step = ghn_step.GHNStep(GHN, 'vit', optax.sgd(0.1), mesh, m=2,
+                            n_pad=sampler.node_bucket())
+    state = step.init_state(ghn_lib.init(GHN, 'vit', 0))
+    for s, batch in enumerate(batches):
+      state, metrics = step(state, sampler.at(s), batch)
+      losses.append(float(metrics['loss']))
+    results.append(jax.device_get(state.params))
+    if n_dev == 8:
+      assert len(step.groups) == 2
+      leaf = jax.tree.leaves(state.params)[0]
+      assert len(leaf.sharding.device_set) == 8
+  np.testing.assert_allclose(losses[:2], losses[2:], rtol=1e-5)
+  assert _max_abs_diff(*results) < 1e-6
+  assert _max_abs_diff(results[0], ghn_lib.init(GHN, 'vit', 0)) > 1e-3
+
+
+def test_sampler_is_a_function_of_seed_and_step():
+  a = ArchSampler('vits-cpu', 3, seed=5, pool_size=10)
+  b = ArchSampler('vits-cpu', 3, seed=5, pool_size=10)
+  assert [a.at(s) for s in range(5)] == [b.at(s) for s in range(5)]
+  assert all(x in a.pool for s in range(20) for x in a.at(s))
+  fresh = ArchSampler('gpts-cpu', 2, seed=0, pool_size=0)
+  assert fresh.distinct_archs() == 9  # 3 depths x 3 widths, 4 heads
+  assert set(fresh.at(7)) <= set(fresh.candidates())
+  with pytest.raises(ValueError, match='train.m'):
+    ArchSampler('vits-cpu', 0)
+  with pytest.raises(ValueError, match='pool_size'):
+    ArchSampler('vits-cpu', 1, pool_size=-1)
+
+
+# ------------------------------------------------------------- the loop
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('full'))
+  return workdir, ghn_loop.train_ghn(cft.smoke(), workdir)
+
+
+def test_interrupted_run_resumes_to_the_same_params(uninterrupted, tmp_path):
+  _, full = uninterrupted
+  workdir = str(tmp_path)
+  first = ghn_loop.train_ghn(cft.smoke(), workdir, stop_after_steps=4)
+  assert first.step == 4
+  assert _max_abs_diff(first.params, full.params) > 0  # really stopped early
+  resumed = ghn_loop.train_ghn(cft.smoke(), workdir)
+  assert resumed.step == full.step == 6
+  assert _max_abs_diff(resumed.params, full.params) == 0.0
+  rows = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  assert [r['step'] for r in rows] == [2, 4, 6]
+
+
+def test_run_writes_metrics_plot_and_config(uninterrupted):
+  workdir, result = uninterrupted
+  rows = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  assert [r['step'] for r in rows] == [2, 4, 6]
+  for key in ('loss', 'ce', 'reg', 'acc', 'grad_norm', 'lr', 'arch_per_s',
+              'compiles'):
+    assert all(np.isfinite(r[key]) for r in rows), key
+  with open(os.path.join(workdir, 'training_curves.png'), 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  stored = json.load(open(os.path.join(workdir, 'checkpoints',
+                                       'config.json')))
+  assert stored['ghn']['hid'] == 64 and stored['train']['m'] == 2
+  assert result.traces['body'] >= 1
+
+
+def test_ghn_load_returns_the_trained_ghn(uninterrupted):
+  workdir, result = uninterrupted
+  trained = ghn_lib.load(workdir)
+  assert trained.step == 6 and trained.family == 'vit'
+  assert trained.cfg == ghn_lib.named('logah-tiny')
+  assert _max_abs_diff(trained.params, result.params) == 0.0
+  target = arch_lib.ViTConfig(depth=5, width=96, heads=4, mlp_dim=384,
+                              patch=7, image_size=28, channels=1,
+                              num_classes=10)
+  got = trained.predict(target)
+  want = ghn_lib.predict(trained.cfg, result.params, target)
+  assert _max_abs_diff(got, want) == 0.0
+  with pytest.raises(FileNotFoundError, match='no GHN training run'):
+    ghn_lib.load(os.path.join(workdir, 'nothing-here'))
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(
+    uninterrupted, tmp_path, monkeypatch):
+  real = ghn_loop._make_loader
+
+  def poisoned(config, *args):
+    loader = real(config, *args)
+    original = loader.__class__.__next__
+
+    class Poisoned(loader.__class__):
+      def __next__(self):
+        batch = original(self)
+        if self.step == 5:  # the batch of step 5
+          batch['image'] = batch['image'] * np.nan
+        return batch
+    loader.__class__ = Poisoned
+    return loader
+
+  monkeypatch.setattr(ghn_loop, '_make_loader', poisoned)
+  workdir = str(tmp_path)
+  with pytest.raises(ghn_loop.NonFiniteLossError, match='step 5.*step 3'):
+    ghn_loop.train_ghn(cft.smoke(), workdir)
+  monkeypatch.undo()
+  trained = ghn_lib.load(workdir)
+  assert trained.step == 3
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(trained.params))
+
+
+def test_workdir_of_another_config_is_refused_before_training(uninterrupted):
+  workdir, _ = uninterrupted
+  config = cft.smoke()
+  config.optim.lr = 1e-3
+  before = compiles.snapshot()
+  with pytest.raises(ValueError, match="optim.lr"):
+    ghn_loop.train_ghn(config, workdir)
+  assert (compiles.snapshot() - before).count == 0
+
+
+@pytest.mark.parametrize('field,value,match', [
+    ('data.name', 'mnist', 'Unknown dataset'),
+    ('space.name', 'vits-9k', 'unknown'),
+    ('train.m', 0, 'train.m'),
+    ('data.batch_size', 0, 'data.batch_size'),
+    ('train.num_steps', 0, 'train.num_steps'),
+    ('optim.warmup_steps', 100, 'warmup_steps'),
+    ('space.channels', 3, 'channels'),
+    ('data.name', 'shakespeare', 'text dataset'),
+])
+def test_bad_config_is_one_clear_error(tmp_path, field, value, match):
+  config = cft.smoke()
+  section, key = field.split('.')
+  config[section][key] = value
+  before = compiles.snapshot()
+  with pytest.raises(ValueError, match=match):
+    ghn_loop.train_ghn(config, str(tmp_path))
+  assert (compiles.snapshot() - before).count == 0
+  assert not os.path.exists(os.path.join(tmp_path, 'checkpoints'))
+
+
+# ----------------------------------------------------- pieces of the loss
+
+
+def test_frobenius_sum_and_its_gradient_at_zero():
+  tree = {'a': jnp.arange(6.0).reshape(2, 3), 'b': jnp.zeros((4,))}
+  want = np.linalg.norm(np.arange(6.0))
+  np.testing.assert_allclose(float(objective.frobenius_sum(tree)), want,
+                             rtol=1e-6)
+  g = jax.grad(objective.frobenius_sum)(tree)
+  assert np.all(np.isfinite(g['b'])) and np.all(g['b'] == 0)
+  np.testing.assert_allclose(g['a'], np.arange(6.0).reshape(2, 3) / want,
+                             rtol=1e-6)
+
+
+def test_cross_entropy_matches_numpy_with_label_smoothing():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(5, 7)).astype(np.float32)
+  targets = rng.integers(0, 7, 5)
+  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  hard = -logp[np.arange(5), targets].mean()
+  smooth = 0.9 * hard + 0.1 * (-logp.mean(-1)).mean()
+  np.testing.assert_allclose(objective.cross_entropy(logits, targets), hard,
+                             rtol=1e-5)
+  np.testing.assert_allclose(objective.cross_entropy(logits, targets, 0.1),
+                             smooth, rtol=1e-5)
+
+
+def test_gpt_task_loss_is_next_token():
+  arch = arch_lib.GPT2Config(depth=1, width=16, heads=2, vocab_size=11,
+                             n_positions=8)
+  params = models.init_params(arch, jax.random.key(0))
+  tokens = np.arange(10, dtype=np.int32).reshape(2, 5) % 11
+  loss, logits, targets = objective.task_loss(arch, params,
+                                              {'tokens': tokens})
+  assert logits.shape == (2, 4, 11)
+  np.testing.assert_array_equal(targets, tokens[:, 1:])
+  want = objective.cross_entropy(
+      models.build(arch).apply({'params': params}, tokens[:, :-1]),
+      tokens[:, 1:])
+  np.testing.assert_allclose(loss, want, rtol=1e-6)
+
+
+def test_schedule_warms_up_then_decays_and_checks_fields():
+  sched = optim.schedule(lr=3e-4, num_steps=100, warmup_steps=10,
+                         warmup_init=1e-5)
+  np.testing.assert_allclose(float(sched(0)), 1e-5, rtol=1e-5)
+  np.testing.assert_allclose(float(sched(10)), 3e-4, rtol=1e-5)
+  np.testing.assert_allclose(float(sched(55)), 1.5e-4, rtol=1e-2)
+  assert float(sched(100)) < 1e-8
+  with pytest.raises(ValueError, match='optim.schedule'):
+    optim.schedule(lr=1.0, num_steps=10, kind='linear')
+  bad = cft.optim_section()
+  bad.name = 'lamb'
+  with pytest.raises(ValueError, match='optim.name'):
+    optim.make_optimizer(bad, 10)

@@ -1,0 +1,108 @@
+"""The entry point and the config files: launch, locked overrides, holdout."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from logah_jax import arch as arch_lib
+from logah_jax import checkpoint
+from logah_jax import main as main_lib
+from logah_jax import models
+from logah_jax.train import ghn_setup
+from logah_jax.train import holdout
+
+import configs_for_tests as cft
+
+ROOT = cft.ROOT
+CONFIG_VARIANTS = [
+    ('default', None), ('default', 'smoke'),
+    ('shakespeare_gpts', None), ('shakespeare_gpts', 'bpe'),
+    ('shakespeare_gpts', 'smoke'),
+    ('paper_vits', None), ('paper_vits', 'dataset=cifar100,ghn=logah-small,m=4'),
+    ('paper_vits', 'ghn=ghn3-tiny,m=8'),
+    ('paper_gpts', None), ('paper_gpts', 'dataset=wikitext103,ghn=logah-base'),
+    ('paper_gpts', 'ghn=logah-large,m=2'),
+]
+
+
+@pytest.mark.parametrize('name,arg', CONFIG_VARIANTS)
+def test_every_config_variant_is_valid(name, arg):
+  config = cft.load_config_file(name, arg)
+  run = ghn_setup.build_run(config)  # every check a launch makes first
+  assert run.num_steps >= 1
+  target = holdout.holdout_arch(config)
+  largest = max(arch_lib.num_params(a) for a in run.sampler.candidates())
+  assert arch_lib.num_params(target) > largest  # held out and larger
+  doc = open(os.path.join(ROOT, 'configs', f'{name}.py')).read()
+  assert f'--config=configs/{name}.py' in doc  # the docstring's launch line
+
+
+def test_paper_settings_follow_the_spec():
+  c = cft.load_config_file('paper_vits', 'dataset=cifar100,m=4')
+  assert (c.optim.lr, c.optim.weight_decay, c.optim.clip_norm) == (3e-4, 1e-2,
+                                                                  5.0)
+  assert c.data.batch_size == 64 and c.data.augment and c.train.m == 4
+  assert c.ghn.num_classes == 100 and c.train.gamma == 3e-5
+  assert c.train.num_steps == 300 * 781
+  g = cft.load_config_file('paper_gpts', 'dataset=wikitext2')
+  assert (g.optim.lr, g.train.m, g.data.batch_size) == (1e-4, 2, 6)
+  assert g.data.block_size == 1024 and g.space.vocab_size == 50257
+  with pytest.raises(ValueError, match='variant key'):
+    cft.load_config_file('paper_vits', 'datset=cifar10')
+
+
+def _main(*args):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  return subprocess.run([sys.executable, '-m', 'logah_jax.main', *args],
+                        capture_output=True, text=True, cwd=ROOT, env=env,
+                        timeout=120)
+
+
+def test_mistyped_override_is_an_error(tmp_path):
+  out = _main('--config=configs/default.py:smoke', '--config.ghn.rnak=3',
+              f'--workdir={tmp_path}')
+  assert out.returncode != 0
+  assert 'rnak' in out.stderr
+  assert not os.listdir(tmp_path)
+
+
+def test_bad_value_override_is_one_line_error(tmp_path):
+  out = _main('--config=configs/default.py:smoke', '--config.train.m=0',
+              f'--workdir={tmp_path}')
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines()[-1].startswith('error: config.train.m=0')
+  assert 'Traceback' not in out.stderr
+
+
+def test_main_job_trains_predicts_scores_and_saves(tmp_path):
+  config = cft.load_config_file('default', 'smoke')
+  config.compilation_cache = 'off'
+  config.holdout.batch_size = 200
+  workdir = str(tmp_path)
+  result = main_lib.run(config, workdir)
+  h = result['holdout']
+  assert h['num_params'] > h['largest_training_params']
+  for row in h['results'].values():
+    assert 0.0 <= row['accuracy'] <= 1.0 and row['examples'] == 200
+  assert json.load(open(os.path.join(workdir, 'holdout.json'))) == h
+  target = holdout.holdout_arch(config)
+  abstract = models.abstract_params(target)
+  restored = checkpoint.restore_params(os.path.join(workdir,
+                                                    'predicted_init'),
+                                       abstract_params=abstract)
+  expected = cft_predict(workdir, target)
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(expected)):
+    np.testing.assert_array_equal(a, b)
+  meta = checkpoint.read_metadata(os.path.join(workdir, 'predicted_init'))
+  assert meta['arch'] == arch_lib.to_dict(target)
+  assert meta['generator']['step'] == 6 and meta['code_version']
+
+
+def cft_predict(workdir, target):
+  from logah_jax import ghn  # pylint: disable=g-import-not-at-top
+  return ghn.load(workdir).predict(target)
