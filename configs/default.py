@@ -2,10 +2,12 @@ r"""The main job: LoGAH-Tiny on small ViTs and Fashion-MNIST, on a CPU.
 
 Trains LoGAH-Tiny on `vits-cpu` (ViTs of depth 2-4, width 32-96, patch 4 or 7
 on 28x28 grayscale images), then predicts the parameters of a held-out ViT
-deeper and wider than any training architecture (depth 6, width 128), reports
-its Fashion-MNIST test accuracy with the predicted parameters and no training
-(beside random init for scale), and saves the predicted init as an orbax
-checkpoint in WORKDIR/predicted_init.
+deeper and larger than any training architecture (depth 6, width 96: 679K
+parameters against at most 240K in training), reports its Fashion-MNIST test
+accuracy with the predicted parameters and no training (beside random init
+for scale), and saves the predicted init as an orbax checkpoint in
+WORKDIR/predicted_init. About 6.5 minutes on 2 CPU cores with an empty
+compilation cache (3 of them compiling the 42 architectures of the space).
 
   python -m logah_jax.main --config=configs/default.py --workdir=/tmp/logah_demo
 
@@ -24,11 +26,11 @@ def get_config(arg: str | None = None):
   c = config_base.ghn_training(
       ghn='logah-tiny', space='vits-cpu',
       data=config_base.data_section('fashion_mnist', batch_size=64),
-      lr=3e-4, num_steps=6 if smoke else 1500, m=1,
+      lr=3e-4, num_steps=6 if smoke else 1000, m=1,
       warmup_steps=2 if smoke else 100, pool_size=3 if smoke else 1000,
       every_steps=3 if smoke else 250)
   c.holdout = config_base.holdout_section(
-      True, depth=6, width=128, heads=4, patch=4, split='test',
+      True, depth=6, width=96, heads=6, patch=4, split='test',
       batch_size=500, max_batches=1 if smoke else 0)
   c.log_every_steps = 2 if smoke else 25
   return c

@@ -2,7 +2,7 @@ r"""LoGAH-Tiny on small GPT-2s and the Shakespeare plays, on a CPU.
 
 `gpts-cpu` (GPT-2s of depth 2-4, width 32-96, 4 heads, untied) with the byte
 tokenizer (vocabulary 256) and 128-token blocks; validation and test are whole
-held-out plays. The held-out target is a depth-6, width-128 GPT-2, evaluated
+held-out plays. The held-out target is a depth-6, width-96 GPT-2, evaluated
 (loss and perplexity on the validation plays) with predicted and random params.
 
   python -m logah_jax.main --config=configs/shakespeare_gpts.py \
@@ -33,7 +33,7 @@ def get_config(arg: str | None = None):
   if bpe:
     c.space.vocab_size = 50257
   c.holdout = config_base.holdout_section(
-      True, depth=6, width=128, heads=4, split='validation', batch_size=16,
+      True, depth=6, width=96, heads=4, split='validation', batch_size=16,
       max_batches=2 if smoke else 0)
   c.log_every_steps = 2 if smoke else 25
   return c

@@ -142,6 +142,20 @@ def test_one_device_and_eight_devices_give_the_same_params():
   assert _max_abs_diff(results[0], ghn_lib.init(GHN, 'vit', 0)) > 1e-3
 
 
+def test_bfloat16_graphormer_trains_with_float32_params():
+  cfg = ghn_lib.named('logah-tiny', dtype='bfloat16')
+  sampler = ArchSampler(_tiny_space(), 1, seed=0, pool_size=1)
+  mesh = parallel.make_mesh({'data': 1}, devices=jax.devices()[:1])
+  step = ghn_step.GHNStep(cfg, 'vit', _tx(), mesh, m=1,
+                          n_pad=sampler.node_bucket())
+  state = step.init_state(ghn_lib.init(cfg, 'vit', 0))
+  for s, batch in enumerate(_fmnist_batches(2)):
+    state, metrics = step(state, sampler.at(s), batch)
+    assert bool(metrics['finite']) and np.isfinite(float(metrics['loss']))
+  assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype('float32')}
+  assert int(state.step) == 2
+
+
 def test_sampler_is_a_function_of_seed_and_step():
   a = ArchSampler('vits-cpu', 3, seed=5, pool_size=10)
   b = ArchSampler('vits-cpu', 3, seed=5, pool_size=10)

@@ -134,7 +134,6 @@ def _train(config, run, mesh, loader, mngr, workdir, stop_after_steps):
   bar = report.Progress(run.num_steps, start, 'GHN')
   rate = _Rate(run.sampler.m)
   window, last = [], {}
-  step = start
   try:
     for step in range(start, end):
       archs = run.sampler.at(step)
@@ -160,12 +159,6 @@ def _train(config, run, mesh, loader, mngr, workdir, stop_after_steps):
         window = []
       mngr.save(done, state, extra=_extra(done, loader, run.sampler),
                 force=done == end)
-  except KeyboardInterrupt:
-    if int(state.step) == step:  # the interrupted step was not applied
-      report.say(f'interrupted: saving step {step}')
-      mngr.save(step, state, extra=_extra(step, loader, run.sampler),
-                force=True)
-    raise
   finally:
     bar.close()
     mngr.wait_until_finished()

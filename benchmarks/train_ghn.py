@@ -1,0 +1,138 @@
+"""Speed and memory of a GHN training step, against the original PyTorch code.
+
+The same architectures and orders as the reference (spec/original-figures.md):
+LoGAH-Tiny, random init, AdamW, clip 5, regulariser 3e-5; 20 ViTs-1K
+architectures (patch 2, 32 px, 100 classes) with a batch of 64 random images
+at m = 1 and m = 4, and GPT-2s (8 heads, vocabulary 50257) with a batch of
+2 x 256 random tokens at m = 2. Each run is a fresh process (peak RSS is that
+run's). The steps run twice: the first pass compiles each architecture once
+(its seconds are printed apart), the second pass over the same order is the
+steady state (median s/step and architectures/s).
+
+    .venv/bin/python benchmarks/train_ghn.py                  # all three
+    .venv/bin/python benchmarks/train_ghn.py --runs vit-m4
+"""
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+# The original LoGAH on the same kind of machine (2 vCPU, torch CPU, fp32):
+# (s/step median, architectures/s, peak RSS GiB).
+ORIGINAL = {'vit-m1': (6.92, 0.144, 4.11), 'vit-m4': (22.26, 0.180, 10.58),
+            'gpt-m2': (3.39, 0.590, 3.34)}
+
+# depth, width, heads of the reference's 20 ViTs (MLP = 4 x width).
+VITS = [(8, 224, 4), (4, 352, 8), (3, 384, 6), (8, 256, 4), (5, 384, 12),
+        (5, 384, 3), (7, 192, 3), (4, 288, 12), (9, 160, 8), (8, 160, 8),
+        (7, 160, 4), (8, 224, 8), (4, 256, 4), (6, 160, 8), (7, 128, 8),
+        (7, 192, 3), (8, 224, 8), (3, 512, 8), (5, 320, 8), (9, 160, 8)]
+VIT_M1 = [[i] for i in (18, 11, 15, 18, 7, 12, 18, 5, 6, 2, 15, 19, 0, 17, 9,
+                        0, 18, 2, 1, 8, 2)]
+VIT_M4 = [[18, 1, 19, 8], [11, 1, 18, 17], [15, 13, 12, 5], [18, 0, 13, 2],
+          [7, 1, 2, 19], [12, 6, 10, 8], [18, 14, 6, 4], [5, 18, 13, 16],
+          [6, 1, 5, 9], [2, 16, 15, 17], [15, 13, 3, 10]]
+GPT_M2 = [[(7, 112), (3, 200)], [(6, 96), (4, 152)], [(8, 88), (7, 128)],
+          [(9, 136), (3, 256)], [(4, 176), (9, 136)], [(4, 168), (4, 168)],
+          [(3, 248), (7, 96)], [(3, 200), (8, 72)], [(5, 152), (3, 184)]]
+RUNS = ('vit-m1', 'vit-m4', 'gpt-m2')
+
+
+def _steps(run: str):
+  from logah_jax import arch  # pylint: disable=g-import-not-at-top
+  if run.startswith('vit'):
+    vits = [arch.ViTConfig(depth=d, width=w, heads=h, mlp_dim=4 * w, patch=2,
+                           image_size=32, channels=3, num_classes=100)
+            for d, w, h in VITS]
+    order = VIT_M1 if run == 'vit-m1' else VIT_M4
+    return [[vits[i] for i in step] for step in order]
+  return [[arch.GPT2Config(depth=d, width=w, heads=8, vocab_size=50257,
+                           n_positions=1024, tie_embeddings=False)
+           for d, w in step] for step in GPT_M2]
+
+
+def run_one(run: str, ghn_name: str) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from logah_jax import config_base, ghn, parallel  # pylint: disable=g-import-not-at-top
+  from logah_jax.arch import batching  # pylint: disable=g-import-not-at-top
+  from logah_jax.train import compiles, ghn_step, optim  # pylint: disable=g-import-not-at-top
+  steps = _steps(run)
+  family = steps[0][0].family
+  cfg = ghn.named(ghn_name, num_classes=100)
+  rng = np.random.default_rng(0)
+  if family == 'vit':
+    batch = {'image': rng.normal(size=(64, 32, 32, 3)).astype(np.float32),
+             'label': rng.integers(0, 100, 64).astype(np.int32)}
+  else:
+    batch = {'tokens': rng.integers(0, 50257, (2, 257)).astype(np.int32)}
+  lr = 3e-4 if family == 'vit' else 1e-4
+  tx, _ = optim.make_optimizer(config_base.optim_section(lr), 10**6)
+  n_pad = batching.bucket_size(max(ghn.num_nodes(cfg, a) for s in steps
+                                   for a in s))
+  mesh = parallel.make_mesh({'data': -1})
+  step = ghn_step.GHNStep(cfg, family, tx, mesh, m=len(steps[0]),
+                          n_pad=n_pad)
+  state = step.init_state(ghn.init(cfg, family, 0))
+  jax.block_until_ready(state)
+  before = compiles.snapshot()
+  t0 = time.perf_counter()
+  for archs in steps:  # first pass: compiles every architecture once
+    state, metrics = step(state, archs, batch)
+    ghn_step.host_metrics(metrics)
+  first_pass = time.perf_counter() - t0
+  compiled = compiles.snapshot() - before
+  times = []
+  for archs in steps[1:]:  # steady state: same order, nothing to compile
+    t0 = time.perf_counter()
+    state, metrics = step(state, archs, batch)
+    ghn_step.host_metrics(metrics)
+    times.append(time.perf_counter() - t0)
+  assert (compiles.snapshot() - before).count == compiled.count, 'recompiled'
+  s_step = statistics.median(times)
+  return {'run': run, 'm': len(steps[0]), 's_step': s_step,
+          'min': min(times), 'max': max(times),
+          'arch_s': len(steps[0]) / s_step, 'compile_s': compiled.seconds,
+          'compiles': compiled.count, 'first_pass_s': first_pass,
+          'rss_gib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+          'device': str(jax.devices()[0].device_kind),
+          'n_devices': jax.device_count()}
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('--runs', nargs='+', default=list(RUNS), choices=RUNS)
+  p.add_argument('--ghn', default='logah-tiny')
+  p.add_argument('--child', help=argparse.SUPPRESS)
+  args = p.parse_args()
+  if args.child:
+    print('RESULT ' + json.dumps(run_one(args.child, args.ghn)), flush=True)
+    return
+  rows = []
+  for run in args.runs:
+    out = subprocess.run([sys.executable, __file__, '--child', run, '--ghn',
+                          args.ghn], capture_output=True, text=True)
+    line = [l for l in out.stdout.splitlines() if l.startswith('RESULT ')]
+    if out.returncode or not line:
+      sys.exit(f'{run} failed:\n{out.stderr[-3000:]}')
+    rows.append(json.loads(line[0][7:]))
+  print(f'GHN training step, {args.ghn}, {rows[0]["device"]} x '
+        f'{rows[0]["n_devices"]}; steady state = median over the order\'s '
+        'steps after each architecture compiled once')
+  print('| run | s/step [min-max] | arch/s | compile s (count) | peak RSS GiB '
+        '| original s/step | arch/s | GiB | x arch/s | x memory |')
+  print('|---|---|---|---|---|---|---|---|---|---|')
+  for r in rows:
+    o_step, o_rate, o_rss = ORIGINAL[r['run']]
+    print(f"| {r['run']} | {r['s_step']:.3f} [{r['min']:.2f}-{r['max']:.2f}] "
+          f"| {r['arch_s']:.3f} | {r['compile_s']:.1f} ({r['compiles']}) | "
+          f"{r['rss_gib']:.2f} | {o_step} | {o_rate} | {o_rss} | "
+          f"{r['arch_s'] / o_rate:.2f} | {r['rss_gib'] / o_rss:.2f} |")
+
+
+if __name__ == '__main__':
+  main()
