@@ -39,6 +39,8 @@ def run(config, workdir: str) -> dict:
   if config.compilation_cache != 'off':
     runtime.enable_compilation_cache(config.compilation_cache or None)
   from logah_jax.train import ghn_loop, holdout  # pylint: disable=g-import-not-at-top
+  if config.holdout.enabled:
+    holdout.check_holdout(config)
   result = {'train': ghn_loop.train_ghn(config, workdir)}
   if config.holdout.enabled:
     result['holdout'] = holdout.run_holdout(config, workdir)

@@ -79,6 +79,22 @@ def test_bad_value_override_is_one_line_error(tmp_path):
   assert 'Traceback' not in out.stderr
 
 
+@pytest.mark.parametrize('key,value,match', [
+    ('heads', 5, 'heads'), ('width', 0, 'width')])
+def test_bad_holdout_fails_before_training(tmp_path, key, value, match):
+  config = cft.load_config_file('default', 'smoke')
+  config.compilation_cache = 'off'
+  config.holdout.arch[key] = value
+  with pytest.raises(ValueError, match=match):
+    main_lib.run(config, str(tmp_path))
+  assert not os.path.exists(os.path.join(tmp_path, 'checkpoints'))
+  config = cft.load_config_file('default', 'smoke')
+  config.compilation_cache = 'off'
+  config.holdout.split = 'valid'
+  with pytest.raises(ValueError, match='holdout.split'):
+    main_lib.run(config, str(tmp_path))
+
+
 def test_main_job_trains_predicts_scores_and_saves(tmp_path):
   config = cft.load_config_file('default', 'smoke')
   config.compilation_cache = 'off'

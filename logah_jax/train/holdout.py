@@ -16,6 +16,7 @@ import jax
 
 from logah_jax import arch as arch_lib
 from logah_jax import checkpoint as ckpt_lib
+from logah_jax import data as data_lib
 from logah_jax import ghn as ghn_lib
 from logah_jax import models
 from logah_jax.train import evaluate as eval_lib
@@ -40,6 +41,24 @@ def holdout_arch(config):
       depth=a.depth, width=a.width, heads=a.heads,
       vocab_size=space.vocab_size, n_positions=space.n_positions,
       tie_embeddings=space.tie_embeddings)
+
+
+def check_holdout(config) -> None:
+  """Raises ValueError for a held-out target that can't be built or predicted.
+
+  Called before training, so a typo in `config.holdout` does not surface only
+  after the GHN has trained.
+  """
+  try:
+    target = holdout_arch(config)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f'config.holdout.arch: {e}') from e
+  ghn_lib.check_archs(ghn_setup.ghn_config(config), target.family, [target])
+  data = config.data
+  if config.holdout.split not in data_lib.describe(
+      data.name, data.get('tokenizer', 'gpt2'))['splits']:
+    raise ValueError(f'config.holdout.split={config.holdout.split!r} is not '
+                     f'a split of {data.name}')
 
 
 def code_version() -> str:
