@@ -111,7 +111,7 @@ def test_main_job_trains_predicts_scores_and_saves(tmp_path):
   restored = checkpoint.restore_params(os.path.join(workdir,
                                                     'predicted_init'),
                                        abstract_params=abstract)
-  expected = cft_predict(workdir, target)
+  expected = _predict_with_loaded_ghn(workdir, target)
   for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(expected)):
     np.testing.assert_array_equal(a, b)
   meta = checkpoint.read_metadata(os.path.join(workdir, 'predicted_init'))
@@ -119,6 +119,6 @@ def test_main_job_trains_predicts_scores_and_saves(tmp_path):
   assert meta['generator']['step'] == 6 and meta['code_version']
 
 
-def cft_predict(workdir, target):
+def _predict_with_loaded_ghn(workdir, target):
   from logah_jax import ghn  # pylint: disable=g-import-not-at-top
   return ghn.load(workdir).predict(target)

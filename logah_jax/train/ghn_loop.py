@@ -10,7 +10,6 @@ exactly the updates an uninterrupted one makes.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 
@@ -209,13 +208,3 @@ def _plot(workdir: str, config) -> None:
                        os.path.join(workdir, report.PLOT_FILE), _CURVES,
                        f'GHN training: {config.space.name} on '
                        f'{config.data.name}')
-
-
-def read_config(workdir: str) -> dict:
-  """The config a GHN run in `workdir` was trained with (config.json)."""
-  path = os.path.join(ghn_setup.checkpoint_dir(workdir), ckpt_lib.CONFIG_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{workdir} holds no GHN training run: no {path}')
-  with open(path) as f:
-    return json.load(f)
-

@@ -22,7 +22,7 @@ PLOT_FILE = 'training_curves.png'
 
 
 def _group_counts(params, depth: int) -> list[tuple[str, tuple, int]]:
-  """(path prefix, example shape, count) per subtree `depth` levels deep."""
+  """(path prefix, tensors, parameters) per subtree `depth` levels deep."""
   rows: dict[str, list] = {}
 
   def walk(tree, path):
