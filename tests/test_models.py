@@ -15,6 +15,7 @@ import pytest
 
 from logah_jax import arch, models
 from logah_jax.arch import GPT2Config, ViTConfig
+from logah_jax.export import hf_gpt2
 from logah_jax.models import layers
 
 SMALL_VIT = ViTConfig(depth=2, width=24, heads=3, mlp_dim=48, patch=4,
@@ -237,23 +238,6 @@ def _vit_reference(sd, images, cfg):
   return x[:, 0] @ sd['heads.head.weight'].T + sd['heads.head.bias']
 
 
-def _hf_gpt2_state_dict(p, cfg):
-  """Flax GPT-2 params -> HF GPT2LMHeadModel layout (Conv1D is (in, out))."""
-  sd = {'transformer.wte.weight': p['wte']['embedding'],
-        'transformer.wpe.weight': p['wpe']['embedding'],
-        'transformer.ln_f.weight': p['ln_f']['scale'],
-        'transformer.ln_f.bias': p['ln_f']['bias']}
-  sd['lm_head.weight'] = (p['wte']['embedding'] if cfg.tie_embeddings
-                          else p['lm_head']['kernel'].T)
-  for i in range(cfg.depth):
-    for path, leaf in jax.tree.leaves_with_path(p[f'h_{i}']):
-      names = [k.key for k in path]
-      names[-1] = {'scale': 'weight', 'kernel': 'weight'}.get(names[-1],
-                                                              names[-1])
-      sd[f'transformer.h.{i}.' + '.'.join(names)] = leaf
-  return sd
-
-
 def _gpt2_reference(sd, tokens, cfg):
   """HF GPT-2 (eager attention, gelu_new) forward, float64."""
   t = tokens.shape[1]
@@ -268,7 +252,8 @@ def _gpt2_reference(sd, tokens, cfg):
     h = _gelu_tanh(h @ w('mlp.c_fc.weight') + w('mlp.c_fc.bias'))
     x = x + h @ w('mlp.c_proj.weight') + w('mlp.c_proj.bias')
   x = _ln(x, sd['transformer.ln_f.weight'], sd['transformer.ln_f.bias'], 1e-5)
-  return x @ sd['lm_head.weight'].T
+  # Tied: HF has no lm_head.weight in the checkpoint and reuses wte.
+  return x @ sd.get('lm_head.weight', sd['transformer.wte.weight']).T
 
 
 def _assert_close(got, want):
@@ -302,7 +287,7 @@ def test_gpt2_matches_numpy_reference(cfg):
   params = _random_params(cfg, seed=3)
   tokens = jax.random.randint(jax.random.key(4), (2, 12), 0, cfg.vocab_size)
   got = models.build(cfg).apply({'params': params}, tokens)
-  want = _gpt2_reference(_hf_gpt2_state_dict(_np(params), cfg),
+  want = _gpt2_reference(_np(hf_gpt2.state_dict(params, cfg)),
                          np.asarray(tokens), cfg)
   _assert_close(got, want)
 
