@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 import jax
 
@@ -23,3 +24,15 @@ def enable_compilation_cache(directory: str | None = None) -> str:
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
   return directory
+
+
+def code_version() -> str:
+  """The git commit of the code (or 'unknown' outside a checkout)."""
+  here = os.path.dirname(os.path.abspath(__file__))
+  try:
+    out = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=here,
+                         capture_output=True, text=True, timeout=10,
+                         check=True)
+    return out.stdout.strip() or 'unknown'
+  except (OSError, subprocess.SubprocessError):
+    return 'unknown'

@@ -29,9 +29,10 @@ def stored_shape(leaf) -> tuple[int, ...]:
   return tuple(shape) if shape is not None else tuple(np.shape(leaf))
 
 
-def check_tree(stored, target, directory) -> None:
+def check_tree(stored, target, directory, *, what: str = 'checkpoint'
+               ) -> None:
   """Raises ValueError naming the first leaf whose path or shape differs."""
-  where = f'checkpoint {directory}'
+  where = f'{what} {directory}'
   flatten = jax.tree_util.tree_flatten_with_path
   stored_shapes = {path_str(p): stored_shape(leaf)
                    for p, leaf in flatten(stored)[0]}
@@ -41,14 +42,14 @@ def check_tree(stored, target, directory) -> None:
     seen.add(name)
     if name not in stored_shapes:
       raise ValueError(f"{where}: target expects parameter '{name}' of shape "
-                       f'{want} but the checkpoint has no such leaf')
+                       f'{want} but the {what} has no such leaf')
     if stored_shapes[name] != want:
       raise ValueError(f"{where}: parameter '{name}' does not match: "
-                       f'checkpoint has {stored_shapes[name]}, target expects '
+                       f'{what} has {stored_shapes[name]}, target expects '
                        f'{want}')
   for name, have in stored_shapes.items():
     if name not in seen:
-      raise ValueError(f"{where}: checkpoint has parameter '{name}' of shape "
+      raise ValueError(f"{where}: {what} has parameter '{name}' of shape "
                        f'{have} that the target lacks')
 
 

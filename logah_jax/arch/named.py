@@ -9,6 +9,8 @@ ImageNet variant. GPT-2 models are tied like Hugging Face's default; the
 
 from __future__ import annotations
 
+import dataclasses
+
 from logah_jax.arch.configs import ArchConfig, GPT2Config, ViTConfig
 from logah_jax.arch.configs import replace_fields
 
@@ -58,3 +60,61 @@ def named(name: str, **overrides) -> ArchConfig:
     raise ValueError(f'named architecture name={name!r} is unknown; '
                      f'known: {", ".join(names())}.')
   return replace_fields(NAMED[name], **overrides)
+
+
+def _typed(field_type, key: str, value: str, spec: str):
+  if field_type in (bool, 'bool'):
+    if value.lower() not in ('true', 'false'):
+      raise ValueError(f'architecture {spec!r}: {key}={value!r} must be '
+                       'true or false')
+    return value.lower() == 'true'
+  try:
+    return int(value)
+  except ValueError:
+    raise ValueError(f'architecture {spec!r}: {key}={value!r} must be an '
+                     'int') from None
+
+
+def parse(spec: str) -> ArchConfig:
+  """An ArchConfig from one string, as configs and command lines give it.
+
+  'NAME' is a named architecture (`gpt2-large`, `vit-s/2`); 'NAME:k=v,...'
+  replaces fields of it; 'vit:k=v,...' or 'gpt2:k=v,...' spells every
+  required field out (a ViT's mlp_dim defaults to 4 x width). Examples:
+  'vit-b/2:num_classes=100', 'vit:depth=6,width=96,heads=6,patch=4,
+  image_size=28,channels=1,num_classes=10', 'gpt2:depth=6,width=96,heads=6,
+  vocab_size=256,n_positions=128'.
+  """
+  if not isinstance(spec, str) or not spec.strip():
+    raise ValueError(f'architecture {spec!r}: expected NAME or '
+                     'NAME:field=value,...')
+  head, _, tail = spec.strip().partition(':')
+  fields = {}
+  if tail.strip():
+    for part in tail.split(','):
+      key, sep, value = part.partition('=')
+      if not sep:
+        raise ValueError(f'architecture {spec!r}: {part!r} is not '
+                         'field=value')
+      fields[key.strip()] = value.strip()
+  head = head.strip()
+  if head in ('vit', 'gpt2'):
+    cls = ViTConfig if head == 'vit' else GPT2Config
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - set(types))
+    if unknown:
+      raise ValueError(f'architecture {spec!r}: {cls.__name__} has no field '
+                       f'{unknown[0]!r}; fields: {", ".join(types)}')
+    values = {k: _typed(types[k], k, v, spec) for k, v in fields.items()}
+    if cls is ViTConfig and 'width' in values:
+      values.setdefault('mlp_dim', 4 * values['width'])
+    missing = [f.name for f in dataclasses.fields(cls)
+               if f.default is dataclasses.MISSING and f.name not in values]
+    if missing:
+      raise ValueError(f'architecture {spec!r}: missing field(s) '
+                       f'{", ".join(missing)}')
+    return cls(**values)
+  base = named(head)
+  types = {f.name: f.type for f in dataclasses.fields(base)}
+  return named(head, **{k: _typed(types.get(k), k, v, spec)
+                        for k, v in fields.items()})

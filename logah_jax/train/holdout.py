@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 
 import jax
 
@@ -19,6 +18,7 @@ from logah_jax import checkpoint as ckpt_lib
 from logah_jax import data as data_lib
 from logah_jax import ghn as ghn_lib
 from logah_jax import models
+from logah_jax import runtime
 from logah_jax.train import evaluate as eval_lib
 from logah_jax.train import ghn_setup
 from logah_jax.train import report
@@ -61,18 +61,6 @@ def check_holdout(config) -> None:
                      f'a split of {data.name}')
 
 
-def code_version() -> str:
-  """The git commit of the code (or 'unknown' outside a checkout)."""
-  here = os.path.dirname(os.path.abspath(__file__))
-  try:
-    out = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=here,
-                         capture_output=True, text=True, timeout=10,
-                         check=True)
-    return out.stdout.strip() or 'unknown'
-  except (OSError, subprocess.SubprocessError):
-    return 'unknown'
-
-
 def run_holdout(config, workdir: str) -> dict:
   """Predicts, evaluates and saves the held-out target; returns the result."""
   h = config.holdout
@@ -94,7 +82,7 @@ def run_holdout(config, workdir: str) -> dict:
   ckpt_lib.save_params(out_dir, predicted, overwrite=True, metadata={
       'arch': arch_lib.to_dict(target), 'arch_name': target.name,
       'family': target.family, 'generator': trained.describe(),
-      'code_version': code_version()})
+      'code_version': runtime.code_version()})
   result = {'arch': target.name, 'num_params': arch_lib.num_params(target),
             'largest_training_params': largest,
             'split': f'{config.data.name}/{h.split}', 'results': rows,

@@ -1,0 +1,40 @@
+"""The one interface every initialisation method implements.
+
+A method turns (ArchConfig, seed) into a params pytree with exactly the tree,
+shapes and dtypes of `models.abstract_params(arch)`, so fine-tuning and the
+comparison harness never special-case a method. One-time work a method needs
+(training a GHN; later, pretraining the small model a growth method grows)
+goes in `prepare`, which is idempotent and cached on disk, so a comparison
+over several seeds pays for it once.
+"""
+
+from __future__ import annotations
+
+from logah_jax import models
+from logah_jax import tree_compare
+
+
+class InitMethod:
+  """Base class: override `params` (and `prepare`, `describe` if needed)."""
+
+  name: str = ''
+  # True when every seed gives the same params (a GHN prediction): seeds then
+  # vary only the data order of the fine-tuning run.
+  deterministic: bool = False
+
+  def prepare(self) -> None:
+    """One-time, cached work before `params` can be called (default: none)."""
+
+  def params(self, arch, seed: int):
+    raise NotImplementedError
+
+  def describe(self) -> dict:
+    """JSON-able provenance, stored with the init and in result tables."""
+    return {'method': self.name}
+
+  def __call__(self, arch, seed: int):
+    """`params(arch, seed)`, checked against the architecture's tree."""
+    out = self.params(arch, seed)
+    tree_compare.check_tree(out, models.abstract_params(arch),
+                            f'{self.name!r} for {arch.name}', what='init')
+    return out
