@@ -119,3 +119,67 @@ def parse_arg(arg: str | None, defaults: dict) -> dict:
       raise ValueError(f'config variant {key}={value!r}: expected '
                        f'{kind.__name__}') from e
   return out
+
+
+def eval_section(*, split: str = 'test', every_steps: int = 100,
+                 batch_size: int = 500, max_batches: int = 0):
+  """Held-out evaluation during fine-tuning (every_steps 0: start and end)."""
+  return ml_collections.ConfigDict(dict(
+      split=split, every_steps=every_steps, batch_size=batch_size,
+      max_batches=max_batches))
+
+
+def finetuning(*, arch: str, data: ml_collections.ConfigDict,
+               optim: ml_collections.ConfigDict, num_steps: int,
+               init: str = 'random', ghn_workdir: str = '',
+               eval_every_steps: int = 100, eval_split: str = 'test',
+               every_steps: int = 500) -> ml_collections.ConfigDict:
+  """A complete fine-tuning config (job 'finetune').
+
+  `arch` is an architecture string (`arch.parse`: 'gpt2-medium',
+  'vit:depth=6,width=96,...'); `init` an init method ('random',
+  'orthogonal', 'logah', 'logah-transpose', 'ghn3' with `ghn_workdir`, or
+  'checkpoint:DIR'). `seed` draws the init and the data order.
+  """
+  c = ml_collections.ConfigDict()
+  c.job = 'finetune'
+  c.seed = 0
+  c.arch = arch
+  c.init = ml_collections.ConfigDict(dict(
+      method=init, ghn_workdir=ghn_workdir, ghn_step=-1))  # -1: latest
+  c.data = data
+  c.train = ml_collections.ConfigDict(dict(num_steps=num_steps,
+                                           label_smoothing=0.0))
+  c.optim = optim
+  c.eval = eval_section(split=eval_split, every_steps=eval_every_steps)
+  c.mesh = ml_collections.ConfigDict(dict(data=-1))
+  c.param_sharding = 'replicate'  # or 'fsdp' for targets too big to copy
+  c.checkpoint = ml_collections.ConfigDict(dict(
+      every_steps=every_steps, keep=2, async_save=True))
+  c.log_every_steps = 25
+  c.compilation_cache = ''
+  return c
+
+
+def comparison(*, ghn_train: ml_collections.ConfigDict,
+               finetune: ml_collections.ConfigDict, seeds: int = 3,
+               methods: str = 'random,orthogonal,logah,logah-transpose,ghn3',
+               ghn3_name: str = 'ghn3-tiny') -> ml_collections.ConfigDict:
+  """A comparison config (job 'compare'): methods x seeds on one target.
+
+  `ghn_train` is the LoGAH training config every GHN method derives from
+  (GHN-3 swaps in `ghn3_name`'s full-rank decoder); `finetune` the run each
+  (method, seed) makes. `ghn_workdir` '' keeps the GHNs in WORKDIR/ghn.
+  """
+  c = ml_collections.ConfigDict()
+  c.job = 'compare'
+  c.methods = methods
+  c.seeds = seeds
+  c.ghn3_name = ghn3_name
+  c.ghn_workdir = ''
+  with ghn_train.unlocked():
+    ghn_train.holdout.enabled = False
+  c.ghn_train = ghn_train
+  c.finetune = finetune
+  c.compilation_cache = ''
+  return c

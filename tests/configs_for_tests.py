@@ -33,3 +33,21 @@ def smoke():
 
 def optim_section():
   return config_base.optim_section(3e-4, warmup_steps=2)
+
+
+TINY_VIT = ('vit:depth=1,width=32,heads=4,patch=7,image_size=28,channels=1,'
+            'num_classes=10')
+
+
+def finetune_smoke(arch: str = TINY_VIT, steps: int = 6):
+  """configs/finetune.py:smoke on a one-block ViT, batch 8, eval on 50."""
+  c = load_config_file('finetune', 'smoke')
+  c.arch = arch
+  c.data.batch_size = 8
+  c.train.num_steps = steps
+  c.eval.batch_size = 50
+  c.eval.every_steps = 2
+  c.checkpoint.every_steps = 2
+  c.checkpoint.async_save = False
+  c.compilation_cache = 'off'
+  return c

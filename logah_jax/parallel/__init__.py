@@ -3,6 +3,7 @@
 from logah_jax.parallel.distributed import is_main_process
 from logah_jax.parallel.distributed import maybe_initialize
 from logah_jax.parallel.mesh import ARCH
+from logah_jax.parallel.mesh import RULES
 from logah_jax.parallel.mesh import DATA
 from logah_jax.parallel.mesh import arch_groups
 from logah_jax.parallel.mesh import data_sharded

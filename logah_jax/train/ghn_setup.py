@@ -59,8 +59,12 @@ def space_of(config) -> arch_lib.Space:
     raise ValueError(f'config.space: {e}') from e
 
 
-def check_data_matches(space: arch_lib.Space, data) -> None:
-  """The dataset must fit the architectures: image shape/classes or vocab."""
+def check_data_matches(space, data, prefix: str = 'config.space') -> None:
+  """The dataset must fit the architectures: image shape/classes or vocab.
+
+  `space` is a Space or an ArchConfig (both carry these fields); `prefix`
+  names it in errors.
+  """
   info = data_lib.describe(data.name, data.get('tokenizer', 'gpt2'))
   if space.family == 'vit':
     if info['kind'] != 'image':
@@ -68,24 +72,24 @@ def check_data_matches(space: arch_lib.Space, data) -> None:
                        'a ViT space needs images')
     h, w, c = info['image_shape']
     if data.name != 'imagenet2012' and (h, w) != (space.image_size,) * 2:
-      raise ValueError(f'config.space.image_size={space.image_size} but '
+      raise ValueError(f'{prefix}.image_size={space.image_size} but '
                        f'{data.name} images are {h}x{w}')
     if c != space.channels:
-      raise ValueError(f'config.space.channels={space.channels} but '
+      raise ValueError(f'{prefix}.channels={space.channels} but '
                        f'{data.name} images have {c} channels')
     if info['num_classes'] != space.num_classes:
-      raise ValueError(f'config.space.num_classes={space.num_classes} but '
+      raise ValueError(f'{prefix}.num_classes={space.num_classes} but '
                        f'{data.name} has {info["num_classes"]} classes')
     return
   if info['kind'] != 'text':
     raise ValueError(f'config.data.name={data.name!r} is an image dataset; '
                      'a GPT-2 space needs text')
   if info['vocab_size'] != space.vocab_size:
-    raise ValueError(f'config.space.vocab_size={space.vocab_size} but the '
+    raise ValueError(f'{prefix}.vocab_size={space.vocab_size} but the '
                      f'{data.tokenizer!r} tokenizer has {info["vocab_size"]}')
   if data.block_size > space.n_positions:
     raise ValueError(f'config.data.block_size={data.block_size} exceeds '
-                     f'config.space.n_positions={space.n_positions}')
+                     f'{prefix}.n_positions={space.n_positions}')
 
 
 def build_run(config) -> GHNRun:

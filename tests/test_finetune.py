@@ -1,0 +1,144 @@
+"""Fine-tuning from any init: steps, evaluation, resume, faults, sharding."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs_for_tests import finetune_smoke
+from logah_jax import arch as arch_lib
+from logah_jax import inits
+from logah_jax import parallel
+from logah_jax.train import compiles
+from logah_jax.train import finetune_loop
+from logah_jax.train import finetune_step
+from logah_jax.train.ghn_loop import NonFiniteLossError
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line)['loss'] for line in f]
+
+
+def test_evaluates_init_and_intervals_and_saves(tmp_path):
+  c = finetune_smoke()
+  result = finetune_loop.finetune(c, str(tmp_path))
+  assert [r['step'] for r in result.evals] == [0, 2, 4, 6]
+  arch = arch_lib.parse(c.arch)
+  random0 = inits.make('random')(arch, c.seed)
+  # step 0 is the init itself, evaluated before any update
+  from logah_jax.train import evaluate  # pylint: disable=g-import-not-at-top
+  from logah_jax.train import ghn_setup  # pylint: disable=g-import-not-at-top
+  want = evaluate.evaluate(arch, random0, ghn_setup.data_source(c, 'test'),
+                           batch_size=50, max_batches=1)
+  assert result.evals[0]['eval_loss'] == pytest.approx(want['loss'], rel=1e-6)
+  assert 0 <= result.evals[-1]['eval_accuracy'] <= 1
+  assert result.step == 6 and len(_losses(tmp_path)) == 3
+  assert os.path.exists(tmp_path / 'training_curves.png')
+  assert sorted(os.listdir(tmp_path / 'checkpoints'))[:2] == ['4', '6']
+
+
+def test_resume_is_bit_identical_and_steady_state_does_not_compile(tmp_path):
+  c = finetune_smoke()
+  full = finetune_loop.finetune(c, str(tmp_path / 'full'))
+  part = str(tmp_path / 'part')
+  finetune_loop.finetune(c, part, stop_after_steps=4)
+  before = compiles.snapshot()
+  resumed = finetune_loop.finetune(c, part)
+  for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(resumed.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert [r['step'] for r in resumed.evals] == [0, 2, 4, 6]
+  assert _losses(part) == _losses(tmp_path / 'full')
+  del before
+  stepper_traces = []
+
+  class Counting(finetune_step.FinetuneStep):
+    def _update(self, state, batch):
+      stepper_traces.append(1)
+      return super()._update(state, batch)
+  arch = arch_lib.parse(c.arch)
+  from logah_jax.train import optim  # pylint: disable=g-import-not-at-top
+  tx, _ = optim.make_optimizer(c.optim, 10)
+  step = Counting(arch, tx, parallel.make_mesh({'data': -1}))
+  state = step.init_state(inits.make('random')(arch, 0))
+  from logah_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from logah_jax.train import ghn_setup  # pylint: disable=g-import-not-at-top
+  loader = data_lib.Loader(ghn_setup.data_source(c), 8, seed=0)
+  state, _ = step(state, next(loader))
+  snap = compiles.snapshot()
+  for _ in range(4):
+    state, metrics = step(state, next(loader))
+  jax.block_until_ready(metrics)
+  assert len(stepper_traces) == 1
+  assert (compiles.snapshot() - snap).count == 0
+
+
+def test_bad_config_fails_before_any_work(tmp_path):
+  cases = {
+      'arch': ('vit:depth=1,width=32', 'config.arch'),
+      'eval.split': ('dev', 'config.eval.split'),
+      'train.num_steps': (0, 'config.train.num_steps'),
+      'init.method': ('magic', 'config.init'),
+      'param_sharding': ('zero3', 'config.param_sharding'),
+  }
+  for key, (value, field) in cases.items():
+    c = finetune_smoke()
+    section, _, leaf = key.rpartition('.')
+    (c[section] if section else c)[leaf] = value
+    with pytest.raises(ValueError, match=field.replace('.', r'\.')):
+      finetune_loop.finetune(c, str(tmp_path / key))
+    assert not os.path.exists(tmp_path / key / 'checkpoints')
+  c = finetune_smoke(arch='vit:depth=1,width=32,heads=4,patch=8,image_size=32,'
+                     'channels=1,num_classes=10')
+  with pytest.raises(ValueError, match='image_size=32 but fashion_mnist'):
+    finetune_loop.finetune(c, str(tmp_path / 'size'))
+
+
+class _NaNInit(inits.InitMethod):
+  name = 'nan'
+
+  def params(self, arch, seed):
+    p = inits.make('random')(arch, seed)
+    return jax.tree.map(lambda x: x * np.nan, p)
+
+
+def test_non_finite_loss_stops_with_checkpoint_intact(tmp_path):
+  c = finetune_smoke()
+  with pytest.raises(NonFiniteLossError, match='fine-tuning step 1: loss nan'):
+    finetune_loop.finetune(c, str(tmp_path), init=_NaNInit())
+  assert not [d for d in os.listdir(tmp_path / 'checkpoints')
+              if d.isdigit()]
+
+
+def test_one_device_and_eight_with_fsdp_agree():
+  """Two SGD steps on 1 device and on 8 (batch split, params FSDP-split)."""
+  c = finetune_smoke()
+  c.optim.name = 'sgd'
+  arch = arch_lib.parse(c.arch)
+  from logah_jax.train import optim  # pylint: disable=g-import-not-at-top
+  tx, _ = optim.make_optimizer(c.optim, 10)
+  params = inits.make('random')(arch, 0)
+  rng = np.random.RandomState(0)
+  batches = [{'image': rng.rand(8, 28, 28, 1).astype(np.float32),
+              'label': rng.randint(0, 10, 8).astype(np.int32)}
+             for _ in range(2)]
+  out = {}
+  for rule, n_dev in (('replicate', 1), ('fsdp', 8)):
+    mesh = parallel.make_mesh({'data': n_dev}, devices=jax.devices()[:n_dev])
+    step = finetune_step.FinetuneStep(arch, tx, mesh, param_rule=rule,
+                                      fsdp_min_mb=0)
+    state = step.init_state(params)
+    for batch in batches:
+      state, metrics = step(state, batch)
+    out[rule] = (state, metrics)
+  kernel = out['fsdp'][0].params['encoder_layer_0']['mlp']['fc1']['kernel']
+  assert kernel.sharding.spec != out['replicate'][0].params[
+      'encoder_layer_0']['mlp']['fc1']['kernel'].sharding.spec
+  assert len({str(s.index) for s in kernel.addressable_shards}) == 8
+  np.testing.assert_allclose(float(out['fsdp'][1]['loss']),
+                             float(out['replicate'][1]['loss']), rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(out['fsdp'][0].params),
+                  jax.tree.leaves(out['replicate'][0].params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
