@@ -5,9 +5,15 @@ r"""Entry point: one config file, one workdir.
       --workdir=$HOME/runs/x --config.ghn.rank=64
 
 The config is locked: an override of a key that does not exist is an error.
-`config.job` picks what runs: 'train_ghn' trains (or resumes) a GHN in the
-workdir and, if `config.holdout.enabled`, then predicts and scores a held-out
-target and saves its predicted init.
+`config.job` picks what runs:
+  train_ghn  trains (or resumes) a GHN in the workdir; with
+             `config.holdout.enabled` it then predicts and scores a held-out
+             target, saves its predicted init and, with `config.demo`,
+             fine-tunes it beside random init (configs/default.py).
+  predict    predicts one architecture with a trained GHN and saves the init
+             as an orbax checkpoint (configs/predict.py).
+  finetune   fine-tunes one target from one init (configs/finetune.py).
+  compare    init methods x seeds on one target and budget (configs/compare_*).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ _WORKDIR = flags.DEFINE_string('workdir', None,
                                'Directory for checkpoints, metrics and plots.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
-JOBS = ('train_ghn',)
+JOBS = ('train_ghn', 'predict', 'finetune', 'compare')
 
 
 def run(config, workdir: str) -> dict:
@@ -38,6 +44,15 @@ def run(config, workdir: str) -> dict:
   parallel.maybe_initialize()
   if config.compilation_cache != 'off':
     runtime.enable_compilation_cache(config.compilation_cache or None)
+  if config.job == 'predict':
+    from logah_jax.inits import save  # pylint: disable=g-import-not-at-top
+    return {'predict': save.run_predict(config, workdir)}
+  if config.job == 'finetune':
+    from logah_jax.train import finetune_loop  # pylint: disable=g-import-not-at-top
+    return {'finetune': finetune_loop.finetune(config, workdir)}
+  if config.job == 'compare':
+    from logah_jax.train import compare  # pylint: disable=g-import-not-at-top
+    return {'compare': compare.run_compare(config, workdir)}
   from logah_jax.train import ghn_loop, holdout  # pylint: disable=g-import-not-at-top
   if config.holdout.enabled:
     holdout.check_holdout(config)
@@ -55,7 +70,7 @@ def main(argv):
   workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
   try:
     run(_CONFIG.value, workdir)
-  except (ValueError, FileNotFoundError) as e:
+  except (ValueError, FileNotFoundError, FileExistsError) as e:
     # A bad config, dataset or workdir: one sentence, no traceback.
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

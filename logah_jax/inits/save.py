@@ -1,0 +1,71 @@
+"""Inits as checkpoints: save any method's params, and the predict job.
+
+A saved init is `save_params`'s layout (`{'params': ...}` plus JSON
+metadata), so a user restores it with orbax and Flax alone (README). The
+metadata names the architecture, the method and, for a prediction, which GHN
+checkpoint produced it, and the code version.
+"""
+
+from __future__ import annotations
+
+import os
+
+from logah_jax import arch as arch_lib
+from logah_jax import checkpoint as ckpt_lib
+from logah_jax import ghn as ghn_lib
+from logah_jax import runtime
+from logah_jax.inits import ghn_prediction
+from logah_jax.inits.base import InitMethod
+
+
+def metadata(method: InitMethod, arch, seed: int) -> dict:
+  described = method.describe()
+  return {'arch': arch_lib.to_dict(arch), 'arch_name': arch.name,
+          'family': arch.family, 'method': method.name, 'seed': seed,
+          **{k: v for k, v in described.items() if k != 'method'},
+          'code_version': runtime.code_version()}
+
+
+def save_init(method: InitMethod, arch, seed: int, directory: str, *,
+              overwrite: bool = False, params=None) -> str:
+  """Saves `method(arch, seed)` (or the given `params`) at `directory`."""
+  if params is None:
+    params = method(arch, seed)
+  ckpt_lib.save_params(directory, params, overwrite=overwrite,
+                       metadata=metadata(method, arch, seed))
+  return directory
+
+
+def _check_output(workdir: str, overwrite: bool) -> None:
+  """Refuses a non-empty output unless overwrite (before any work)."""
+  if os.path.isdir(workdir) and not os.listdir(workdir):
+    os.rmdir(workdir)  # an empty directory the user made: fine to use
+  elif os.path.exists(workdir) and not overwrite:
+    raise FileExistsError(f'--workdir={workdir} already exists; pass '
+                          '--config.overwrite=True to replace it')
+
+
+def run_predict(config, workdir: str) -> dict:
+  """The 'predict' job: GHN in config.ghn_workdir -> init for config.arch."""
+  try:
+    arch = arch_lib.parse(config.arch)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f'config.arch: {e}') from e
+  if not config.ghn_workdir:
+    raise ValueError('config.ghn_workdir is empty: give the workdir of a GHN '
+                     'training run')
+  _check_output(workdir, config.overwrite)
+  step = None if config.ghn_step < 0 else config.ghn_step
+  trained = ghn_lib.load(config.ghn_workdir, step)
+  if trained.family != arch.family:
+    raise ValueError(f'config.arch={config.arch!r} is a {arch.family} but the '
+                     f'GHN in {config.ghn_workdir} predicts {trained.family} '
+                     'models')
+  ghn_lib.check_archs(trained.cfg, arch.family, [arch])
+  name = ghn_prediction.method_of(trained.cfg)
+  method = ghn_prediction.GHNPrediction(name, config.ghn_workdir, step=step)
+  save_init(method, arch, 0, workdir, overwrite=config.overwrite)
+  print(f'{name} init of {arch.name} ({arch_lib.num_params(arch):,} params) '
+        f'from the GHN at step {trained.step} saved to {workdir}')
+  return {'directory': workdir, 'arch': arch.name, 'method': name,
+          'ghn_step': trained.step}

@@ -1,0 +1,167 @@
+"""Predicted inits as checkpoints: the predict job, restore (also sharded and
+without logah_jax, as README shows), mismatch errors, GHN init methods."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs_for_tests import ROOT, load_config_file, smoke
+from logah_jax import arch as arch_lib
+from logah_jax import checkpoint
+from logah_jax import ghn as ghn_lib
+from logah_jax import inits
+from logah_jax import main as main_lib
+from logah_jax import models
+from logah_jax.train import ghn_loop
+
+TARGET = ('vit:depth=3,width=64,heads=4,patch=7,image_size=28,channels=1,'
+          'num_classes=10')
+
+
+@pytest.fixture(scope='module')
+def ghn_workdir(tmp_path_factory):
+  c = smoke()
+  c.train.num_steps = 2
+  c.optim.warmup_steps = 1
+  workdir = str(tmp_path_factory.mktemp('ghn'))
+  ghn_loop.train_ghn(c, workdir)
+  return workdir
+
+
+def _predict_config(ghn_workdir, arch=TARGET):
+  c = load_config_file('predict')
+  c.ghn_workdir = ghn_workdir
+  c.arch = arch
+  c.compilation_cache = 'off'
+  return c
+
+
+def test_predict_job_writes_params_layout_and_metadata(ghn_workdir, tmp_path):
+  out = str(tmp_path / 'init')
+  result = main_lib.run(_predict_config(ghn_workdir), out)
+  arch = arch_lib.parse(TARGET)
+  assert result['predict']['method'] == 'logah'
+  restored = checkpoint.restore_params(
+      out, abstract_params=models.abstract_params(arch))
+  want = ghn_lib.load(ghn_workdir).predict(arch)
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  meta = checkpoint.read_metadata(out)
+  assert arch_lib.from_dict(meta['arch']) == arch
+  assert meta['method'] == 'logah' and meta['generator']['step'] == 2
+  assert meta['generator']['ghn']['decoder'] == 'lowrank'
+  assert meta['code_version']
+  # an existing output is refused before any work, and left as it was
+  before = sorted(os.listdir(out))
+  with pytest.raises(FileExistsError, match='overwrite'):
+    main_lib.run(_predict_config(ghn_workdir), out)
+  assert sorted(os.listdir(out)) == before
+
+
+def test_predict_job_rejects_bad_input(ghn_workdir, tmp_path):
+  for arch, match in (('gpt2-small', 'is a gpt2 but the GHN'),
+                      ('vit:depth=3', 'config.arch'),
+                      ('vit-q', 'config.arch')):
+    with pytest.raises(ValueError, match=match):
+      main_lib.run(_predict_config(ghn_workdir, arch), str(tmp_path / 'o'))
+  with pytest.raises(FileNotFoundError, match='holds no GHN training run'):
+    main_lib.run(_predict_config(str(tmp_path)), str(tmp_path / 'o'))
+  assert not os.path.exists(tmp_path / 'o')
+
+
+def test_restore_into_other_architecture_names_param_and_shapes(
+    ghn_workdir, tmp_path):
+  out = str(tmp_path / 'init')
+  main_lib.run(_predict_config(ghn_workdir), out)
+  other = arch_lib.parse(TARGET.replace('width=64', 'width=48'))
+  with pytest.raises(ValueError, match=re.escape(
+      "parameter 'class_token' does not match: checkpoint has (1, 1, 64), "
+      'target expects (1, 1, 48)')):
+    checkpoint.restore_params(out, abstract_params=models.abstract_params(
+        other))
+  with pytest.raises(ValueError, match="'class_token'"):
+    inits.make(f'checkpoint:{out}')(other, 0)
+
+
+def _readme_snippet() -> str:
+  text = open(os.path.join(ROOT, 'README.md')).read()
+  start = text.index('<!-- restore-snippet -->')
+  block = text[start:].split('```python\n', 1)[1].split('```', 1)[0]
+  return block
+
+
+def test_readme_restores_into_a_sharded_train_state_without_logah_jax(
+    ghn_workdir, tmp_path):
+  """README's snippet, run with jax/flax/optax/orbax only, on 8 devices."""
+  out = str(tmp_path / 'init')
+  main_lib.run(_predict_config(ghn_workdir), out)
+  snippet = _readme_snippet()
+  assert 'logah_jax' not in snippet
+  arch = arch_lib.parse(TARGET)
+  model, x = models.build(arch), models.dummy_input(arch, 8)
+  namespace = {'path': out, 'model': model, 'x': x}
+  exec(snippet, namespace)  # pylint: disable=exec-used
+  state = namespace['state']
+  assert namespace['metadata']['arch']['width'] == 64
+  kernel = state.params['encoder_layer_0']['mlp']['fc1']['kernel']
+  assert len(kernel.sharding.device_set) == 8
+  assert kernel.sharding.spec[-1] == 'data'  # split, not just replicated
+  want = checkpoint.restore_params(out)
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  grads = jax.tree.map(np.ones_like, state.params)
+  assert int(state.apply_gradients(grads=grads).step) == 1
+
+
+def test_ghn_method_checks_decoder_and_caches_prediction(ghn_workdir):
+  arch = arch_lib.parse(TARGET)
+  method = inits.make('logah', ghn_workdir=ghn_workdir)
+  assert method.deterministic
+  a, b = method(arch, 0), method(arch, 1)
+  assert a is b  # predicted once for all seeds of a comparison
+  assert method.describe()['generator']['step'] == 2
+  for name, field in (('ghn3', 'decoder'),
+                      ('logah-transpose', 'factorization')):
+    with pytest.raises(ValueError, match=f'has {field}='):
+      inits.make(name, ghn_workdir=ghn_workdir).prepare()
+
+
+def test_training_config_swaps_only_the_decoder():
+  base = smoke()
+  t = inits.training_config(base, 'logah-transpose')
+  assert t.ghn.factorization == 'transpose' and base.ghn.factorization == (
+      'paper')
+  g = inits.training_config(base, 'ghn3')
+  assert g.ghn.decoder == 'fullrank' and g.ghn.hid == base.ghn.hid
+  assert g.ghn.num_classes == base.ghn.num_classes
+  assert g.data.to_dict() == base.data.to_dict()
+  assert g.optim.to_dict() == base.optim.to_dict()
+  with pytest.raises(ValueError, match='config.ghn3_name'):
+    inits.training_config(base, 'ghn3', 'logah-tiny')
+
+
+def test_predict_job_from_the_command_line(ghn_workdir, tmp_path):
+  out = str(tmp_path / 'cli')
+  proc = subprocess.run(
+      [sys.executable, '-m', 'logah_jax.main', '--config=configs/predict.py',
+       f'--config.ghn_workdir={ghn_workdir}', f'--config.arch={TARGET}',
+       '--config.compilation_cache=off', f'--workdir={out}'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env={**os.environ, 'PYTHONPATH': ROOT})
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert 'saved to' in proc.stdout
+  again = subprocess.run(
+      [sys.executable, '-m', 'logah_jax.main', '--config=configs/predict.py',
+       f'--config.ghn_workdir={ghn_workdir}', f'--config.arch={TARGET}',
+       '--config.compilation_cache=off', f'--workdir={out}'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env={**os.environ, 'PYTHONPATH': ROOT})
+  assert again.returncode == 2 and 'error:' in again.stderr
+  assert json.loads(open(os.path.join(out, 'metadata', 'metadata')).read())[
+      'method'] == 'logah'
