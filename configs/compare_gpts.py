@@ -2,9 +2,9 @@ r"""Text comparison: every init method x 3 seeds on a GPT-2 wider and deeper
 than any GHN training architecture, fine-tuned on Shakespeare (bytes).
 
 GHNs: LoGAH-Tiny (both factorisations) and GHN-3-Tiny trained as in
-configs/shakespeare_gpts.py (m = 2) on 16 architectures of `gpts-cpu` (depth
-2-4, width 32-96). Target: GPT-2 depth 6, width 128, 4 heads, untied, 128
-tokens (1.3M params). Fine-tuning: 150 AdamW steps of 16 x 128 tokens,
+configs/shakespeare_gpts.py (m = 2), but for 600 steps instead of 1,500 to fit
+a 2-core CPU, on 16 architectures of `gpts-cpu` (depth 2-4, width 32-96).
+Target: GPT-2 depth 6, width 128, 4 heads, untied, 128 tokens (1.3M params). Fine-tuning: 150 AdamW steps of 16 x 128 tokens,
 evaluated every 25 steps on 32 validation blocks. docs/results.md has the
 numbers.
 
@@ -30,7 +30,7 @@ def get_config(arg: str | None = None):
                                   tokenizer='bytes', block_size=128)
   ghn = config_base.ghn_training(
       ghn='logah-tiny', space='gpts-cpu', data=data, lr=3e-4,
-      num_steps=4 if smoke else 1000, m=2, warmup_steps=1 if smoke else 100,
+      num_steps=4 if smoke else 600, m=2, warmup_steps=1 if smoke else 50,
       pool_size=2 if smoke else 16, every_steps=500)
   steps = 4 if smoke else 150
   ft = config_base.finetuning(

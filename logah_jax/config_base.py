@@ -92,7 +92,24 @@ def ghn_training(*, ghn: str, space: str, data: ml_collections.ConfigDict,
   c.log_every_steps = 10
   c.compilation_cache = ''  # '' = ~/.cache/logah_jax/xla; 'off' = none
   c.holdout = holdout_section()
+  c.demo = demo_section()
   return c
+
+
+def demo_section(enabled: bool = False, *, num_steps: int = 100,
+                 eval_every_steps: int = 25, eval_max_batches: int = 2,
+                 batch_size: int = 64, lr: float = 5e-4,
+                 warmup_steps: int = 10) -> ml_collections.ConfigDict:
+  """After the held-out score: fine-tune it from predicted and random init.
+
+  Same budget and recipe for both (AdamW, cosine, weight decay 0.05, clip 1);
+  evaluated on the held-out split every `eval_every_steps` steps
+  (`eval_max_batches` batches of holdout.batch_size; 0 = all).
+  """
+  return ml_collections.ConfigDict(dict(
+      enabled=enabled, num_steps=num_steps, eval_every_steps=eval_every_steps,
+      eval_max_batches=eval_max_batches, batch_size=batch_size, lr=lr,
+      warmup_steps=warmup_steps))
 
 
 def parse_arg(arg: str | None, defaults: dict) -> dict:

@@ -54,11 +54,23 @@ def run(config, workdir: str) -> dict:
     from logah_jax.train import compare  # pylint: disable=g-import-not-at-top
     return {'compare': compare.run_compare(config, workdir)}
   from logah_jax.train import ghn_loop, holdout  # pylint: disable=g-import-not-at-top
+  demo = config.get('demo') and config.demo.enabled
+  if demo and not config.holdout.enabled:
+    raise ValueError('config.demo.enabled needs config.holdout.enabled (the '
+                     'demo fine-tunes the held-out target)')
   if config.holdout.enabled:
     holdout.check_holdout(config)
+  if demo:
+    from logah_jax.train import demo as demo_lib, finetune_loop  # pylint: disable=g-import-not-at-top
+    try:  # fail before training, naming the section
+      finetune_loop.build_run(demo_lib.demo_config(config))
+    except ValueError as e:
+      raise ValueError(f'config.demo: {e}') from e
   result = {'train': ghn_loop.train_ghn(config, workdir)}
   if config.holdout.enabled:
     result['holdout'] = holdout.run_holdout(config, workdir)
+  if demo:
+    result['demo'] = demo_lib.run_demo(config, workdir)
   return result
 
 

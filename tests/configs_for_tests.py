@@ -27,6 +27,7 @@ def smoke():
   c.train.pool_size = 4
   c.data.batch_size = 8
   c.holdout.enabled = False
+  c.demo.enabled = False
   c.compilation_cache = 'off'
   return c
 

@@ -117,6 +117,31 @@ def test_main_job_trains_predicts_scores_and_saves(tmp_path):
   meta = checkpoint.read_metadata(os.path.join(workdir, 'predicted_init'))
   assert meta['arch'] == arch_lib.to_dict(target)
   assert meta['generator']['step'] == 6 and meta['code_version']
+  # the demo: both inits fine-tuned on the same budget, table and plot
+  demo = result['demo']
+  assert demo['methods'] == ['LoGAH init', 'random init']
+  assert demo['num_steps'] == 2 and demo['target'] == target.name
+  for row in demo['methods_summary'].values():
+    assert row['seeds'] == 1 and 0 <= row['final']['mean'] <= 1
+  # step 0 of the fine-tuning is the init itself: the held-out score
+  logah0 = demo['methods_summary']['LoGAH init']['step0']['mean']
+  assert logah0 == pytest.approx(h['results']['LoGAH prediction']['accuracy'],
+                                 abs=1e-6)
+  for name in ('compare.md', 'compare.json', 'compare.png'):
+    assert os.path.exists(os.path.join(workdir, 'demo', name))
+
+
+def test_demo_needs_the_holdout(tmp_path):
+  config = cft.load_config_file('default', 'smoke')
+  config.holdout.enabled = False
+  with pytest.raises(ValueError, match='config.demo.enabled needs'):
+    main_lib.run(config, str(tmp_path))
+  config = cft.load_config_file('default', 'smoke')
+  config.compilation_cache = 'off'
+  config.demo.lr = -1.0
+  with pytest.raises(ValueError, match=r'config\.demo: .*lr=-1\.0'):
+    main_lib.run(config, str(tmp_path))
+  assert not os.path.exists(os.path.join(tmp_path, 'checkpoints'))
 
 
 def _predict_with_loaded_ghn(workdir, target):

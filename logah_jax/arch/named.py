@@ -118,3 +118,10 @@ def parse(spec: str) -> ArchConfig:
   types = {f.name: f.type for f in dataclasses.fields(base)}
   return named(head, **{k: _typed(types.get(k), k, v, spec)
                         for k, v in fields.items()})
+
+
+def to_spec(cfg: ArchConfig) -> str:
+  """The string `parse` reads back into `cfg` ('vit:depth=6,width=96,...')."""
+  fields = ','.join(f'{f.name}={str(getattr(cfg, f.name)).lower()}'
+                    for f in dataclasses.fields(cfg))
+  return f'{cfg.family}:{fields}'

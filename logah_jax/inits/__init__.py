@@ -45,6 +45,6 @@ def make(spec: str, *, ghn_workdir: str = '', ghn_train_config=None,
                    f"or '{CHECKPOINT_PREFIX}DIR'")
 
 
-__all__ = ['CheckpointInit', 'GHNPrediction', 'GHN_METHODS', 'InitMethod',
+__all__ = ['CHECKPOINT_PREFIX', 'CheckpointInit', 'GHNPrediction', 'GHN_METHODS', 'InitMethod',
            'METHODS', 'OrthogonalInit', 'RandomInit', 'make',
            'training_config']

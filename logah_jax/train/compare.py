@@ -46,15 +46,6 @@ def _seeds(config) -> list[int]:
   return list(range(n))
 
 
-def _run_config(config, method: str, seed: int):
-  c = copy.deepcopy(config.finetune)
-  with c.unlocked():
-    c.seed = seed
-    c.init.method = method
-    c.compilation_cache = config.compilation_cache
-  return c
-
-
 def _plan(config, workdir):
   """Checks everything (no training yet) and builds the init methods."""
   names, seeds = methods_of(config), _seeds(config)
@@ -77,31 +68,33 @@ def _plan(config, workdir):
   return run, methods, seeds
 
 
-def run_compare(config, workdir: str) -> dict:
-  """Runs (or resumes) the whole comparison; returns the summary."""
-  run, methods, seeds = _plan(config, workdir)
-  os.makedirs(workdir, exist_ok=True)
+def finetune_all(methods: dict, seeds, finetune_config, workdir: str,
+                 compilation_cache: str = '') -> dict:
+  """Fine-tunes every (method, seed); returns {method: {seed: eval rows}}.
+
+  `methods` maps a label to an InitMethod; runs go to
+  `<workdir>/runs/<label>/seed<k>` and resume (or are read back) there.
+  """
   curves = {}
-  for name, method in methods.items():
-    report.say(f'=== init method {name} ===')
+  for label, method in methods.items():
+    report.say(f'=== init {label} ===')
     method.prepare()
-    if method.deterministic:
-      init_save.save_init(method, run.arch, 0,
-                          os.path.join(workdir, 'inits', name),
-                          overwrite=True)
-    curves[name] = {}
+    curves[label] = {}
     for seed in seeds:
+      c = copy.deepcopy(finetune_config)
+      with c.unlocked():
+        c.seed = seed
+        c.init.method = method.name
+        c.compilation_cache = compilation_cache
       result = finetune_loop.finetune(
-          _run_config(config, name, seed),
-          os.path.join(workdir, 'runs', name, f'seed{seed}'), init=method)
-      curves[name][seed] = result.evals
-  summary = compare_report.summarize(
-      curves, family=run.arch.family, num_steps=run.num_steps,
-      baseline='random')
-  summary.update(target=run.arch.name, data=config.finetune.data.name,
-                 split=config.finetune.eval.split, seeds=seeds,
-                 methods=list(methods),
-                 describe={n: m.describe() for n, m in methods.items()})
+          c, os.path.join(workdir, 'runs', label, f'seed{seed}'),
+          init=method)
+      curves[label][seed] = result.evals
+  return curves
+
+
+def write_results(curves: dict, summary: dict, workdir: str) -> str:
+  """compare.json, compare.md and compare.png; returns the Markdown table."""
   with open(os.path.join(workdir, RESULT_JSON), 'w') as f:
     json.dump(summary, f, indent=2)
   table = compare_report.markdown(summary)
@@ -109,4 +102,27 @@ def run_compare(config, workdir: str) -> dict:
     f.write(table + '\n')
   compare_report.plot(curves, summary, os.path.join(workdir, RESULT_PNG))
   report.say(table, f'Curves: {os.path.join(workdir, RESULT_PNG)}')
+  return table
+
+
+def run_compare(config, workdir: str) -> dict:
+  """Runs (or resumes) the whole comparison; returns the summary."""
+  run, methods, seeds = _plan(config, workdir)
+  os.makedirs(workdir, exist_ok=True)
+  for name, method in methods.items():
+    if method.deterministic:  # keep the prediction a user can restore
+      method.prepare()
+      init_save.save_init(method, run.arch, 0,
+                          os.path.join(workdir, 'inits', name),
+                          overwrite=True)
+  curves = finetune_all(methods, seeds, config.finetune, workdir,
+                        config.compilation_cache)
+  summary = compare_report.summarize(
+      curves, family=run.arch.family, num_steps=run.num_steps,
+      baseline='random')
+  summary.update(target=run.arch.name, data=config.finetune.data.name,
+                 split=config.finetune.eval.split, seeds=seeds,
+                 methods=list(methods),
+                 describe={n: m.describe() for n, m in methods.items()})
+  write_results(curves, summary, workdir)
   return summary

@@ -27,7 +27,7 @@ from logah_jax.train import report
 
 # Keys that may change when a run is resumed: they do not affect training.
 RESUMABLE_KEYS = ckpt_lib.DEFAULT_IGNORE_KEYS + (
-    'holdout', 'compilation_cache', 'checkpoint.async_save', 'job')
+    'holdout', 'demo', 'compilation_cache', 'checkpoint.async_save', 'job')
 _CURVES = ('loss', 'ce', 'acc', 'reg', 'grad_norm', 'lr')
 
 

@@ -1,0 +1,60 @@
+"""The end of the main job: the held-out target fine-tuned briefly from its
+predicted init and from random init, on the same budget, with a table and a
+plot (the comparison harness on two methods and one seed)."""
+
+from __future__ import annotations
+
+import os
+
+from logah_jax import arch as arch_lib
+from logah_jax import config_base
+from logah_jax import inits
+from logah_jax.train import compare
+from logah_jax.train import compare_report
+from logah_jax.train import holdout
+
+DEMO_DIR = 'demo'
+
+
+def demo_config(config):
+  """The fine-tuning config of the demo, from `config.demo` and the run's."""
+  d = config.demo
+  target = holdout.holdout_arch(config)
+  data = config.data.to_dict()
+  data.update(augment=False, split=config.data.split)
+  ft = config_base.finetuning(
+      arch=arch_lib.to_spec(target), data=config_base.data_section(
+          data['name'], batch_size=d.batch_size, split=data['split'],
+          tokenizer=data['tokenizer'], block_size=data['block_size']),
+      optim=config_base.optim_section(d.lr, warmup_steps=d.warmup_steps,
+                                      weight_decay=5e-2, clip_norm=1.0),
+      num_steps=d.num_steps, eval_split=config.holdout.split,
+      eval_every_steps=d.eval_every_steps, every_steps=d.num_steps)
+  ft.data.data_dir = config.data.data_dir
+  ft.eval.batch_size = config.holdout.batch_size
+  ft.eval.max_batches = d.eval_max_batches
+  ft.log_every_steps = max(1, d.num_steps // 10)
+  return ft
+
+
+def run_demo(config, workdir: str) -> dict:
+  """Fine-tunes the held-out target from both inits; returns the summary."""
+  ft = demo_config(config)
+  out = os.path.join(workdir, DEMO_DIR)
+  os.makedirs(out, exist_ok=True)
+  predicted = inits.make(
+      inits.CHECKPOINT_PREFIX + os.path.join(workdir, holdout.PREDICTED_DIR))
+  ghn = predicted.describe()['metadata']['generator']['ghn']
+  label = 'LoGAH' if ghn['decoder'] == 'lowrank' else 'GHN-3'
+  methods = {f'{label} init': predicted, 'random init': inits.make('random')}
+  curves = compare.finetune_all(methods, [config.seed], ft, out,
+                                config.compilation_cache)
+  target = holdout.holdout_arch(config)
+  summary = compare_report.summarize(curves, family=target.family,
+                                     num_steps=ft.train.num_steps,
+                                     baseline='random init')
+  summary.update(target=target.name, data=config.data.name,
+                 split=config.holdout.split, seeds=[config.seed],
+                 methods=list(methods))
+  compare.write_results(curves, summary, out)
+  return summary
