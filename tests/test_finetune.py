@@ -45,13 +45,11 @@ def test_resume_is_bit_identical_and_steady_state_does_not_compile(tmp_path):
   full = finetune_loop.finetune(c, str(tmp_path / 'full'))
   part = str(tmp_path / 'part')
   finetune_loop.finetune(c, part, stop_after_steps=4)
-  before = compiles.snapshot()
   resumed = finetune_loop.finetune(c, part)
   for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(resumed.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert [r['step'] for r in resumed.evals] == [0, 2, 4, 6]
   assert _losses(part) == _losses(tmp_path / 'full')
-  del before
   stepper_traces = []
 
   class Counting(finetune_step.FinetuneStep):
@@ -90,6 +88,10 @@ def test_bad_config_fails_before_any_work(tmp_path):
     with pytest.raises(ValueError, match=field.replace('.', r'\.')):
       finetune_loop.finetune(c, str(tmp_path / key))
     assert not os.path.exists(tmp_path / key / 'checkpoints')
+  c = finetune_smoke()
+  c.data.batch_size = 6  # the 8 fake devices split the batch
+  with pytest.raises(ValueError, match='batch_size=6 is not divisible by the 8'):
+    finetune_loop.finetune(c, str(tmp_path / 'rows'))
   c = finetune_smoke(arch='vit:depth=1,width=32,heads=4,patch=8,image_size=32,'
                      'channels=1,num_classes=10')
   with pytest.raises(ValueError, match='image_size=32 but fashion_mnist'):

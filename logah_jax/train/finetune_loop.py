@@ -126,6 +126,10 @@ def finetune(config, workdir: str, *, init: inits.InitMethod | None = None,
   method = init or init_method(config)
   os.makedirs(workdir, exist_ok=True)
   mesh = parallel.make_mesh(dict(config.mesh))
+  if config.data.batch_size % mesh.shape[parallel.DATA]:
+    raise ValueError(f'config.data.batch_size={config.data.batch_size} is not '
+                     f'divisible by the {mesh.shape[parallel.DATA]} devices of '
+                     f"the mesh's '{parallel.DATA}' axis")
   ckpt = config.checkpoint
   with ckpt_lib.CheckpointManager(
       ghn_setup.checkpoint_dir(workdir), max_to_keep=ckpt.keep,
