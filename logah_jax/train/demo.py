@@ -20,12 +20,11 @@ def demo_config(config):
   """The fine-tuning config of the demo, from `config.demo` and the run's."""
   d = config.demo
   target = holdout.holdout_arch(config)
-  data = config.data.to_dict()
-  data.update(augment=False, split=config.data.split)
+  data = config.data  # the GHN's training split, without augmentation
   ft = config_base.finetuning(
       arch=arch_lib.to_spec(target), data=config_base.data_section(
-          data['name'], batch_size=d.batch_size, split=data['split'],
-          tokenizer=data['tokenizer'], block_size=data['block_size']),
+          data.name, batch_size=d.batch_size, split=data.split,
+          tokenizer=data.tokenizer, block_size=data.block_size),
       optim=config_base.optim_section(d.lr, warmup_steps=d.warmup_steps,
                                       weight_decay=5e-2, clip_norm=1.0),
       num_steps=d.num_steps, eval_split=config.holdout.split,
