@@ -20,7 +20,8 @@ def test_parse_architecture_strings():
       'vit-b/2', num_classes=100)
   assert VIT.mlp_dim == 128 and VIT.channels == 1
   assert GPT.tie_embeddings is False and GPT.vocab_size == 61
-  for cfg in (VIT, GPT, arch_lib.named('vit-b/2'), arch_lib.named('gpt2-small')):
+  for cfg in (VIT, GPT, arch_lib.named('vit-b/2'),
+              arch_lib.named('gpt2-small')):
     assert arch_lib.parse(arch_lib.to_spec(cfg)) == cfg
   for spec, match in (('vit:depth=6', 'missing field'),
                       ('vit-s:dept=3', "no field 'dept'"),
