@@ -52,3 +52,19 @@ def finetune_smoke(arch: str = TINY_VIT, steps: int = 6):
   c.checkpoint.async_save = False
   c.compilation_cache = 'off'
   return c
+
+
+def random_params(cfg, seed=0, std=0.3):
+  """Non-default params: every leaf N(0, std^2), LN scales around 1, so no
+  layout or mapping test passes by accident."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from logah_jax import models  # pylint: disable=g-import-not-at-top
+  abstract = models.abstract_params(cfg)
+  paths, treedef = jax.tree.flatten_with_path(abstract)
+  keys = jax.random.split(jax.random.key(seed), len(paths))
+  leaves = []
+  for (path, leaf), key in zip(paths, keys):
+    x = std * jax.random.normal(key, leaf.shape, jnp.float32)
+    leaves.append(1.0 + x if path[-1].key == 'scale' else x)
+  return jax.tree.unflatten(treedef, leaves)

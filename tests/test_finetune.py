@@ -50,16 +50,11 @@ def test_resume_is_bit_identical_and_steady_state_does_not_compile(tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert [r['step'] for r in resumed.evals] == [0, 2, 4, 6]
   assert _losses(part) == _losses(tmp_path / 'full')
-  stepper_traces = []
-
-  class Counting(finetune_step.FinetuneStep):
-    def _update(self, state, batch):
-      stepper_traces.append(1)
-      return super()._update(state, batch)
   arch = arch_lib.parse(c.arch)
   from logah_jax.train import optim  # pylint: disable=g-import-not-at-top
   tx, _ = optim.make_optimizer(c.optim, 10)
-  step = Counting(arch, tx, parallel.make_mesh({'data': -1}))
+  step = finetune_step.FinetuneStep(arch, tx,
+                                    parallel.make_mesh({'data': -1}))
   state = step.init_state(inits.make('random')(arch, 0))
   from logah_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   from logah_jax.train import ghn_setup  # pylint: disable=g-import-not-at-top
@@ -69,7 +64,7 @@ def test_resume_is_bit_identical_and_steady_state_does_not_compile(tmp_path):
   for _ in range(4):
     state, metrics = step(state, next(loader))
   jax.block_until_ready(metrics)
-  assert len(stepper_traces) == 1
+  assert step.traces == 1
   assert (compiles.snapshot() - snap).count == 0
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from configs_for_tests import random_params
 from logah_jax import arch, checkpoint, models
 from logah_jax.arch import GPT2Config, ViTConfig
 from logah_jax.export import hf_gpt2
@@ -29,18 +30,6 @@ HF_TIED = GPT2Config(depth=2, width=64, heads=4, vocab_size=503,
                      n_positions=128)
 HF_UNTIED = GPT2Config(depth=2, width=64, heads=4, vocab_size=503,
                        n_positions=128, tie_embeddings=False)
-
-
-def _random_params(cfg, seed=0, std=0.3):
-  """Every leaf N(0, std^2) (LN scales around 1), so no layout is trivial."""
-  abstract = models.abstract_params(cfg)
-  paths, treedef = jax.tree.flatten_with_path(abstract)
-  keys = jax.random.split(jax.random.key(seed), len(paths))
-  leaves = []
-  for (path, leaf), key in zip(paths, keys):
-    x = std * jax.random.normal(key, leaf.shape, jnp.float32)
-    leaves.append(1.0 + x if path[-1].key == 'scale' else x)
-  return jax.tree.unflatten(treedef, leaves)
 
 
 def _hf_shapes(cfg):
@@ -69,7 +58,7 @@ def _hf_shapes(cfg):
 
 @pytest.mark.parametrize('cfg', [TIED, UNTIED])
 def test_state_dict_names_shapes_and_values(cfg):
-  params = _random_params(cfg)
+  params = random_params(cfg)
   sd = hf_gpt2.state_dict(params, cfg)
   assert {k: v.shape for k, v in sd.items()} == _hf_shapes(cfg)
   assert len(sd) == 4 + 12 * cfg.depth + (not cfg.tie_embeddings)
@@ -92,7 +81,7 @@ def test_state_dict_names_shapes_and_values(cfg):
 
 
 def test_state_dict_casts_bfloat16_to_float32():
-  params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), _random_params(TIED))
+  params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), random_params(TIED))
   sd = hf_gpt2.state_dict(params, TIED)
   assert {v.dtype for v in sd.values()} == {np.dtype(np.float32)}
   np.testing.assert_array_equal(sd['transformer.wte.weight'],
@@ -122,7 +111,7 @@ def test_config_json():
 
 @pytest.mark.parametrize('cfg', [TIED, UNTIED])
 def test_export_round_trip(tmp_path, cfg):
-  params = _random_params(cfg, seed=1)
+  params = random_params(cfg, seed=1)
   out = hf_gpt2.export(params, cfg, tmp_path / 'hf')
   assert out == str(tmp_path / 'hf')
   assert sorted(os.listdir(out)) == ['config.json', 'model.safetensors']
@@ -143,7 +132,7 @@ def test_export_refuses_existing_dir_unless_overwrite(tmp_path):
   out = tmp_path / 'hf'
   out.mkdir()
   (out / 'keep.txt').write_text('mine')
-  params = _random_params(TIED)
+  params = random_params(TIED)
   with pytest.raises(FileExistsError, match='already exists'):
     hf_gpt2.export(params, TIED, out)
   assert os.listdir(out) == ['keep.txt']
@@ -154,7 +143,7 @@ def test_export_refuses_existing_dir_unless_overwrite(tmp_path):
 
 def test_export_errors_write_nothing(tmp_path):
   out = tmp_path / 'hf'
-  params = _random_params(TIED)
+  params = random_params(TIED)
   bad = jax.tree.map(lambda x: x, params)
   bad['h_1']['mlp']['c_fc']['kernel'] = jnp.zeros((16, 32))
   with pytest.raises(ValueError, match=r"'h_1/mlp/c_fc/kernel' has shape "
@@ -181,7 +170,7 @@ def _save_init(path, cfg, params):
 
 
 def test_export_checkpoint(tmp_path):
-  params = _random_params(UNTIED, seed=2)
+  params = random_params(UNTIED, seed=2)
   _save_init(tmp_path / 'init', UNTIED, params)
   out = hf_gpt2.export_checkpoint(tmp_path / 'init', tmp_path / 'hf')
   loaded = load_file(os.path.join(out, 'model.safetensors'))
@@ -205,7 +194,7 @@ def _cli(*args):
 
 
 def test_command_line(tmp_path):
-  _save_init(tmp_path / 'init', TIED, _random_params(TIED))
+  _save_init(tmp_path / 'init', TIED, random_params(TIED))
   run = _cli(f'--init_dir={tmp_path / "init"}', f'--out_dir={tmp_path / "hf"}')
   assert run.returncode == 0, run.stderr
   assert sorted(os.listdir(tmp_path / 'hf')) == ['config.json',
@@ -243,7 +232,7 @@ def _hf_logits(out_dir, tokens):
 def test_transformers_logits_match(tmp_path, cfg):
   pytest.importorskip('torch')
   pytest.importorskip('transformers')
-  params = _random_params(cfg, seed=3, std=0.1)
+  params = random_params(cfg, seed=3, std=0.1)
   tokens = jax.random.randint(jax.random.key(4), (2, cfg.n_positions), 0,
                               cfg.vocab_size)
   want = np.asarray(models.build(cfg).apply({'params': params}, tokens))
@@ -264,7 +253,7 @@ def test_transformers_logits_match(tmp_path, cfg):
 def test_transformers_loads_exported_checkpoint(tmp_path):
   pytest.importorskip('torch')
   pytest.importorskip('transformers')
-  params = _random_params(HF_UNTIED, seed=5, std=0.1)
+  params = random_params(HF_UNTIED, seed=5, std=0.1)
   _save_init(tmp_path / 'init', HF_UNTIED, params)
   out = hf_gpt2.export_checkpoint(tmp_path / 'init', tmp_path / 'hf')
   tokens = jax.random.randint(jax.random.key(6), (3, 40), 0,

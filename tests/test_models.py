@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs_for_tests import random_params
 from logah_jax import arch, models
 from logah_jax.arch import GPT2Config, ViTConfig
 from logah_jax.export import hf_gpt2
@@ -32,20 +33,6 @@ def _count(cfg):
 
 def _shapes(tree):
   return jax.tree.map(lambda x: tuple(x.shape), tree)
-
-
-def _random_params(cfg, seed=0, std=0.3):
-  """Non-default params: every leaf N(0, std^2), LN scales around 1."""
-  abstract = models.abstract_params(cfg)
-  paths, treedef = jax.tree.flatten_with_path(abstract)
-  keys = jax.random.split(jax.random.key(seed), len(paths))
-  leaves = []
-  for (path, leaf), key in zip(paths, keys):
-    x = std * jax.random.normal(key, leaf.shape, jnp.float32)
-    if path[-1].key == 'scale':
-      x = 1.0 + x
-    leaves.append(x)
-  return jax.tree.unflatten(treedef, leaves)
 
 
 # ------------------------------------------------------------------ counts
@@ -131,7 +118,7 @@ def test_api_inputs_and_errors():
   # The cache hands out fresh containers: editing one cannot corrupt it.
   models.abstract_params(SMALL_VIT).pop('head')
   assert 'head' in models.abstract_params(SMALL_VIT)
-  params = _random_params(SMALL_VIT)
+  params = random_params(SMALL_VIT)
   with pytest.raises(ValueError, match='does not match'):
     models.build(SMALL_VIT).apply({'params': params}, jnp.zeros((1, 16, 16, 3)))
 
@@ -267,7 +254,7 @@ def _assert_close(got, want):
 
 
 def test_vit_matches_numpy_reference():
-  params = _random_params(SMALL_VIT, seed=1)
+  params = random_params(SMALL_VIT, seed=1)
   images = jax.random.normal(jax.random.key(2), (2, 8, 8, 3))
   got = models.build(SMALL_VIT).apply({'params': params}, images)
   want = _vit_reference(_torchvision_state_dict(_np(params), SMALL_VIT),
@@ -284,7 +271,7 @@ def test_vit_matches_numpy_reference():
 
 @pytest.mark.parametrize('cfg', [SMALL_GPT, SMALL_GPT_UNTIED])
 def test_gpt2_matches_numpy_reference(cfg):
-  params = _random_params(cfg, seed=3)
+  params = random_params(cfg, seed=3)
   tokens = jax.random.randint(jax.random.key(4), (2, 12), 0, cfg.vocab_size)
   got = models.build(cfg).apply({'params': params}, tokens)
   want = _gpt2_reference(_np(hf_gpt2.state_dict(params, cfg)),
@@ -389,7 +376,7 @@ def test_vit_default_init():
 
 
 def test_gpt2_is_causal():
-  params = _random_params(SMALL_GPT_UNTIED, seed=5)
+  params = random_params(SMALL_GPT_UNTIED, seed=5)
   model = models.build(SMALL_GPT_UNTIED)
   a = jax.random.randint(jax.random.key(6), (2, 10), 0, 37)
   b = a.at[:, 6].set((a[:, 6] + 1) % 37)
@@ -401,7 +388,7 @@ def test_gpt2_is_causal():
 
 @pytest.mark.parametrize('cfg', [SMALL_VIT, SMALL_GPT])
 def test_jit_and_grad(cfg):
-  params = _random_params(cfg, seed=7)
+  params = random_params(cfg, seed=7)
   x = models.dummy_input(cfg, 2)
   if cfg.family == 'vit':
     x = jax.random.normal(jax.random.key(8), x.shape)
@@ -417,7 +404,7 @@ def test_jit_and_grad(cfg):
 
 
 def test_too_long_sequence_raises():
-  params = _random_params(SMALL_GPT)
+  params = random_params(SMALL_GPT)
   model = models.build(SMALL_GPT)
   tokens = jnp.zeros((1, 13), jnp.int32)
   with pytest.raises(ValueError, match='exceeds n_positions=12'):
@@ -432,7 +419,7 @@ def test_bfloat16_compute(cfg):
   x = models.dummy_input(cfg, 2)
   params = jax.jit(model.init)(jax.random.key(0), x)['params']
   assert {p.dtype for p in jax.tree.leaves(params)} == {jnp.dtype('float32')}
-  params = _random_params(cfg, seed=9, std=0.1)
+  params = random_params(cfg, seed=9, std=0.1)
   if cfg.family == 'vit':
     x = jax.random.normal(jax.random.key(10), x.shape)
   got = jax.jit(model.apply)({'params': params}, x)

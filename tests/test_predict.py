@@ -148,20 +148,18 @@ def test_training_config_swaps_only_the_decoder():
 
 def test_predict_job_from_the_command_line(ghn_workdir, tmp_path):
   out = str(tmp_path / 'cli')
-  proc = subprocess.run(
-      [sys.executable, '-m', 'logah_jax.main', '--config=configs/predict.py',
-       f'--config.ghn_workdir={ghn_workdir}', f'--config.arch={TARGET}',
-       '--config.compilation_cache=off', f'--workdir={out}'],
-      cwd=ROOT, capture_output=True, text=True, timeout=300,
-      env={**os.environ, 'PYTHONPATH': ROOT})
+
+  def predict():
+    return subprocess.run(
+        [sys.executable, '-m', 'logah_jax.main', '--config=configs/predict.py',
+         f'--config.ghn_workdir={ghn_workdir}', f'--config.arch={TARGET}',
+         '--config.compilation_cache=off', f'--workdir={out}'],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, 'PYTHONPATH': ROOT})
+  proc = predict()
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert 'saved to' in proc.stdout
-  again = subprocess.run(
-      [sys.executable, '-m', 'logah_jax.main', '--config=configs/predict.py',
-       f'--config.ghn_workdir={ghn_workdir}', f'--config.arch={TARGET}',
-       '--config.compilation_cache=off', f'--workdir={out}'],
-      cwd=ROOT, capture_output=True, text=True, timeout=300,
-      env={**os.environ, 'PYTHONPATH': ROOT})
+  again = predict()
   assert again.returncode == 2 and 'error:' in again.stderr
   assert json.loads(open(os.path.join(out, 'metadata', 'metadata')).read())[
       'method'] == 'logah'

@@ -26,6 +26,7 @@ from logah_jax.train import compiles
 from logah_jax.train import evaluate as eval_lib
 from logah_jax.train import finetune_step
 from logah_jax.train import ghn_setup
+from logah_jax.train import ghn_step
 from logah_jax.train import optim
 from logah_jax.train import report
 from logah_jax.train.ghn_loop import NonFiniteLossError
@@ -57,12 +58,6 @@ class FinetuneResult:
   seconds: float
 
 
-def _nonneg_int(value, field: str) -> int:
-  if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-    raise ValueError(f'{field}={value!r} must be an int >= 0')
-  return value
-
-
 def target_arch(config) -> arch_lib.ArchConfig:
   try:
     return arch_lib.parse(config.arch)
@@ -74,22 +69,16 @@ def build_run(config) -> FinetuneRun:
   """Checks every field a fine-tuning run reads; raises ValueError naming it."""
   arch = target_arch(config)
   ghn_setup.check_data_matches(arch, config.data, prefix='config.arch')
-  num_steps = config.train.num_steps
-  if isinstance(num_steps, bool) or not isinstance(num_steps, int) or (
-      num_steps < 1):
-    raise ValueError(f'config.train.num_steps={num_steps!r} must be an int '
-                     '>= 1')
-  if config.data.batch_size < 1:
-    raise ValueError(f'config.data.batch_size={config.data.batch_size} must '
-                     'be >= 1')
+  num_steps = ghn_setup.check_int(config.train.num_steps,
+                                  'config.train.num_steps')
+  ghn_setup.check_int(config.data.batch_size, 'config.data.batch_size')
   if not 0 <= config.train.label_smoothing < 1:
     raise ValueError(f'config.train.label_smoothing='
                      f'{config.train.label_smoothing} must be in [0, 1)')
   ev = config.eval
-  _nonneg_int(ev.every_steps, 'config.eval.every_steps')
-  _nonneg_int(ev.max_batches, 'config.eval.max_batches')
-  if ev.batch_size < 1:
-    raise ValueError(f'config.eval.batch_size={ev.batch_size} must be >= 1')
+  ghn_setup.check_int(ev.every_steps, 'config.eval.every_steps', 0)
+  ghn_setup.check_int(ev.max_batches, 'config.eval.max_batches', 0)
+  ghn_setup.check_int(ev.batch_size, 'config.eval.batch_size')
   splits = data_lib.describe(config.data.name, config.data.get(
       'tokenizer', 'gpt2'))['splits']
   if ev.split not in splits:
@@ -188,8 +177,7 @@ def _finetune(config, run, method, mesh, mngr, workdir, stop_after_steps):
   try:
     for step in range(start, end):
       state, metrics = stepper(state, next(loader))
-      m = {k: float(np.asarray(v)) for k, v in
-           jax.device_get(metrics).items()}
+      m = ghn_step.host_metrics(metrics)
       done = step + 1
       if not m['finite']:
         raise NonFiniteLossError(

@@ -32,9 +32,10 @@ class GHNRun:
   schedule: object
 
 
-def _positive_int(value, field: str) -> int:
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    raise ValueError(f'{field}={value!r} must be an int >= 1')
+def check_int(value, field: str, minimum: int = 1) -> int:
+  """`value` if it is an int >= minimum, else ValueError naming `field`."""
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    raise ValueError(f'{field}={value!r} must be an int >= {minimum}')
   return value
 
 
@@ -97,9 +98,9 @@ def build_run(config) -> GHNRun:
   cfg = ghn_config(config)
   space = space_of(config)
   train = config.train
-  m = _positive_int(train.m, 'config.train.m')
-  _positive_int(config.data.batch_size, 'config.data.batch_size')
-  num_steps = _positive_int(train.num_steps, 'config.train.num_steps')
+  m = check_int(train.m, 'config.train.m')
+  check_int(config.data.batch_size, 'config.data.batch_size')
+  num_steps = check_int(train.num_steps, 'config.train.num_steps')
   if train.gamma < 0:
     raise ValueError(f'config.train.gamma={train.gamma} must be >= 0')
   if not 0 <= train.label_smoothing < 1:
