@@ -8,8 +8,10 @@ accuracy with the predicted parameters and no training (beside random init
 for scale), saves the predicted init as an orbax checkpoint in
 WORKDIR/predicted_init, and ends with the comparison: that ViT fine-tuned for
 100 steps from the predicted init and from random init, same budget, with a
-table and a plot in WORKDIR/demo. About 8 minutes on 2 CPU cores with an
-empty compilation cache (3 of them compiling the 42 architectures).
+table and a plot in WORKDIR/demo. On 2 CPU cores with an empty compilation
+cache the GHN part measured 6.5 minutes (3 of them compiling the 42
+architectures); the demo's two fine-tunes took 49 s each on a CPU shared
+with another job, so expect about 8 minutes in all.
 
   python -m logah_jax.main --config=configs/default.py --workdir=/tmp/logah_demo
 
