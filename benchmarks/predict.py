@@ -20,8 +20,9 @@ import time
 
 _START = time.perf_counter()
 
-# The original LoGAH (LoGAH-Tiny, torch 2.13 CPU, 2 cores), spec/original-figures.md:
-# end-to-end seconds (build model + graph + predict) and peak RSS (GiB).
+# The original PyTorch LoGAH (LoGAH-Tiny, torch 2.13 CPU), measured on a 2-core
+# machine of the same kind: end-to-end seconds (build model + graph + predict)
+# and peak RSS (GiB).
 ORIGINAL = {
     'gpt2-small-untied': (6.60, 2.93),
     'gpt2-large-untied': (29.28, 8.58),
@@ -100,7 +101,7 @@ def main():
     row['warm_first_s'] = runs[1]['first_s']
     rows.append(row)
   print(f'{args.ghn} predicting on {rows[0]["device"]}; original = the '
-        'PyTorch LoGAH on a 2-core CPU (end-to-end, spec/original-figures.md)')
+        'PyTorch LoGAH on a 2-core CPU (end-to-end)')
   head = (f'{"target":<19}{"params":>9}{"first s":>9}{"steady s":>10}'
           f'{"cold s":>8}{"cold*":>7}{"RSS GiB":>9}{"RSS/fp32":>9}'
           f'{"orig s":>8}{"x first":>9}{"x steady":>9}{"x cold":>8}{"x cold*":>8}'

@@ -1,10 +1,10 @@
 r"""The paper's GPT-2 settings: LoGAH on GPTs-1K with WikiText-2/103.
 
-Spec §8.2: AdamW lr 1e-4, weight decay 1e-2, clip 5, 6 blocks of 1024 GPT-2
-BPE tokens per step, m = 2, cosine schedule after a 5-epoch warm-up. Needs
-wiki.{train,valid,test}.raw in DATA_DIR/wikitext-2-raw or
-DATA_DIR/wikitext-103-raw (see BUILD.md). Launch, e.g. LoGAH-Base on
-WikiText-103 over all local accelerators:
+The paper's recipe (docs/algorithm.md §6.2): AdamW lr 1e-4, weight decay
+1e-2, clip 5, 6 blocks of 1024 GPT-2 BPE tokens per step, m = 2, cosine
+schedule after a 5-epoch warm-up. Needs wiki.{train,valid,test}.raw in
+DATA_DIR/wikitext-2-raw or DATA_DIR/wikitext-103-raw (see BUILD.md). Launch,
+e.g. LoGAH-Base on WikiText-103 over all local accelerators:
 
   python -m logah_jax.main \
       --config=configs/paper_gpts.py:dataset=wikitext103,ghn=logah-base \

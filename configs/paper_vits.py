@@ -1,10 +1,11 @@
 r"""The paper's ViT settings: LoGAH (or GHN-3) on ViTs-1K with CIFAR-10/100.
 
-Spec §8.2: AdamW lr 3e-4, weight decay 1e-2, clip 5, batch 64 with crop+flip
-augmentation, cosine schedule after a 5-epoch warm-up, 300 epochs of
-782 steps; meta-batch m = 1 (Table 2) or 4 / 8 (ablation). Needs the tfds
-CIFAR sets under DATA_DIR/tfds (see BUILD.md). Launch, e.g. LoGAH-Small, m=4,
-CIFAR-100, sharded over all local accelerators:
+The paper's recipe (docs/algorithm.md §6.2): AdamW lr 3e-4, weight decay
+1e-2, clip 5, batch 64 with crop+flip augmentation, cosine schedule after a
+5-epoch warm-up, 300 epochs of 782 steps; meta-batch m = 1 (Table 2) or 4 / 8
+(ablation). Needs the tfds CIFAR sets under DATA_DIR/tfds (see BUILD.md).
+Launch, e.g. LoGAH-Small, m=4, CIFAR-100, sharded over all local
+accelerators:
 
   python -m logah_jax.main \
       --config=configs/paper_vits.py:dataset=cifar100,ghn=logah-small,m=4 \
@@ -37,7 +38,7 @@ def get_config(arg: str | None = None):
   c.space.num_classes = classes
   c.ghn.num_classes = classes
   c.log_every_steps = 50
-  # ViT-S/2, never seen in training (spec §7.3), evaluated after training.
+  # ViT-S/2 (paper App. C), never seen in training, evaluated after training.
   c.holdout = config_base.holdout_section(
       True, depth=12, width=384, heads=6, patch=2, split='test',
       batch_size=500)

@@ -36,7 +36,8 @@ def test_untied_gpt2_adds_one_vocab_matrix(size):
     ('gpt2-small-untied', 163.04), ('gpt2-medium-untied', 406.29),
     ('gpt2-large-untied', 838.36)])
 def test_paper_measured_counts(name, millions):
-  # spec/logah.md §7.3, measured on the original code (CIFAR-100 ViTs).
+  # Counts of the reference PyTorch models, measured by instantiating them
+  # (CIFAR-100 ViTs); the paper's App. C gives them rounded.
   cfg = arch.named(name, num_classes=100) if name.startswith('vit') else (
       arch.named(name))
   assert round(arch.num_params(cfg) / 1e6, 2) == millions

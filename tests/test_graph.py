@@ -1,4 +1,4 @@
-"""Architecture graphs (spec §2, §3.2-3.3) and their dense batching."""
+"""Architecture graphs (docs/algorithm.md §1-§3) and their dense batching."""
 
 import collections
 import importlib.util
@@ -24,8 +24,9 @@ def _sampled(space, n=200):
 
 # ---------------------------------------------------------------- templates
 
-# Measured counts (spec §2.4). GPT-2 edge counts follow from its template:
-# 5 (untied) / 4 (tied) stem edges, 15 per block, 1 into ln_f.
+# Counts of the original code's graphs (docs/algorithm.md §1). GPT-2 edge
+# counts follow from its template: 5 (untied) / 4 (tied) stem edges, 15 per
+# block, 1 into ln_f.
 COUNTS = {
     'vit-s/2': (152, 175), 'vit-s/16': (152, 175), 'vit-b/2': (152, 175),
     'vit-b/16': (152, 175), 'vit-l/2': (296, 343), 'vit-l/16': (296, 343),
@@ -152,7 +153,8 @@ def test_dist_matches_bfs(name, cutoff):
 
 
 def test_max_path_lengths_and_cutoff_truncation():
-  # spec §2.4: ViT-S max shortest path 32, ViT-L 56 (cut by cutoff 50).
+  # docs/algorithm.md §1: ViT-S max shortest path 32, ViT-L 56 (cut by
+  # cutoff 50).
   assert arch.to_graph(arch.named('vit-s/2')).dist.max() == 32
   full = arch.to_graph(arch.named('vit-l/16'))
   cut = arch.to_graph(arch.named('vit-l/16'), cutoff=50)

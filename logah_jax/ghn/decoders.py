@@ -2,14 +2,14 @@
 
 Both map node embeddings [n, D] to matrices [n, rows, cols] for a requested
 (rows, cols); the write-back module turns those into target tensors. Decoders
-run in float32 whatever the Graphormer's dtype (spec §8.2).
+run in float32 whatever the Graphormer's dtype (docs/algorithm.md §3).
 
-Low-rank (spec §5.2): an MLP gives [n, 2r, r]; a last linear layer M4 (r -> K)
-gives Y [n, 2r, K] from which factors A [K, r] and B [r, K] are read, and
-W = A[:rows] @ B[:, :cols]. The 'paper' factorisation reads A and B from Y by a
-row-major reinterpretation (the paper's code); 'transpose' takes A = Y[:r]^T,
-B = Y[r:]. Only the parts of Y that the requested rows and columns depend on
-are computed, never the full n x 2r x K tensor.
+Low-rank (docs/algorithm.md §4.2): an MLP gives [n, 2r, r]; a last linear
+layer M4 (r -> K) gives Y [n, 2r, K] from which factors A [K, r] and B [r, K]
+are read, and W = A[:rows] @ B[:, :cols]. The 'paper' factorisation reads A
+and B from Y by a row-major reinterpretation (the paper's code); 'transpose'
+takes A = Y[:r]^T, B = Y[r:]. Only the parts of Y that the requested rows and
+columns depend on are computed, never the full n x 2r x K tensor.
 """
 
 from __future__ import annotations

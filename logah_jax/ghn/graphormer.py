@@ -1,10 +1,10 @@
 """The GHN body: node embeddings and a Graphormer over dense padded graphs.
 
 Axis letters: B graphs, N nodes (padded to a bucket), D = hid, H heads,
-S = D / H. Exact port of spec/logah.md §3-§4: op + shape embeddings; layer 0
-adds degree and input-distance embeddings and computes one per-head edge bias
-from the forward/backward distances, which every later layer re-uses; padded
-nodes are masked out of attention; a final LayerNorm.
+S = D / H. Exact port of GHN-3's body (docs/algorithm.md §2-§3): op + shape
+embeddings; layer 0 adds degree and input-distance embeddings and computes
+one per-head edge bias from the forward/backward distances, which every later
+layer re-uses; padded nodes are masked out of attention; a final LayerNorm.
 """
 
 from __future__ import annotations

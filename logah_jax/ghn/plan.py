@@ -1,11 +1,11 @@
 """What to decode for each node of an architecture, decided on the host.
 
 For one (GHN config, architecture) pair this computes, from integers only:
-each parameter node's decoding key (spec §5.1), the part of the decoded block
-its tensors need (rows and columns, so nothing else is computed), and for each
-of its slots how the block becomes the Flax leaf: slicing and tiling (§5.5),
-normalisation (§5.6) and the layout change. Nodes with identical requests are
-grouped so that the decoder runs once per group.
+each parameter node's decoding key (docs/algorithm.md §4.1), the part of
+the decoded block its tensors need (rows and columns, so nothing else is
+computed), and for each of its slots how the block becomes the Flax leaf:
+slicing and tiling (§5.1), normalisation (§5.2) and the layout change. Nodes
+with identical requests are grouped so that the decoder runs once per group.
 """
 
 from __future__ import annotations
@@ -54,7 +54,10 @@ class Request:
 
 @dataclasses.dataclass(frozen=True)
 class NodePlan:
-  """A parameter node: its original decoding key (spec §5.1), request, slots."""
+  """A parameter node: its decoding key, request and slots.
+
+  The key is the one the original code groups by (docs/algorithm.md §4.1).
+  """
 
   node: int
   key: tuple[int, ...]

@@ -2,8 +2,9 @@
 
 The shape encoder embeds each node's 4-D shape through two lookup tables
 (channels, spatial); decoding groups nodes by a "key" that clamps each
-dimension (spec/logah.md §3.2, §5.1). Both are pure functions of integers, so
-they run once per (GHN config, architecture) and never inside jit.
+dimension (docs/algorithm.md §2, §4.1). Both are pure functions of
+integers, so they run once per (GHN config, architecture) and never inside
+jit.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def shape_indices(shapes4d: np.ndarray, family: str, num_classes: int,
 
 
 def min_size(size: int, limit: int) -> int:
-  """Decoded size of one dimension (spec §5.1 `min_sz`)."""
+  """Decoded size of one dimension (`min_sz`, docs/algorithm.md §4.1)."""
   n = min(size, limit)
   if n % 3 == 0:
     n = n // 3 * 4

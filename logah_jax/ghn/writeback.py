@@ -1,10 +1,10 @@
 """From node embeddings to a target's params pytree (traced, per architecture).
 
 `decode_arch` runs the decoder once per request group of an ArchPlan and turns
-each node's block into its Flax leaves: tile (spec §5.5), normalise (§5.6),
-change layout. The plan is static, so under jit this compiles once per
-architecture; the result has exactly the structure, shapes and dtypes of the
-target model's `init`.
+each node's block into its Flax leaves: tile (docs/algorithm.md §5.1),
+normalise (§5.2), change layout. The plan is static, so under jit this
+compiles once per architecture; the result has exactly the structure, shapes
+and dtypes of the target model's `init`.
 """
 
 from __future__ import annotations
@@ -59,7 +59,10 @@ def _decode_group(cfg: GHNConfig, params, x, hidden, req: Request):
 
 
 def _tile(x, axis: int, size: int):
-  """Repeat `x` along `axis` until it covers `size`, then cut (spec §5.5)."""
+  """Repeat `x` along `axis` until it covers `size`, then cut.
+
+  docs/algorithm.md §5.1.
+  """
   have = x.shape[axis]
   if have >= size:
     return jax.lax.slice_in_dim(x, 0, size, axis=axis)
@@ -83,7 +86,7 @@ def _lowrank_matrix(a, b, sp: SlotPlan):
 
   Tiling A @ B equals A tiled along rows times B tiled along columns, so the
   tiled, normalised tensor is the product of [t0, r] and [r, t1] factors and
-  no decoded block or tiled copy is ever materialised (spec §5.5 tiling).
+  no decoded block or tiled copy is ever materialised (docs/algorithm.md §5.1).
   """
   shape = sp.slot.ref_shape
   a = _tile(a, 0, shape[0])
