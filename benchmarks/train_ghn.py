@@ -1,6 +1,6 @@
 """Speed and memory of a GHN training step, against the original PyTorch code.
 
-The same architectures and orders as the reference (spec/original-figures.md):
+The same architectures and orders as the reference run of the original code:
 LoGAH-Tiny, random init, AdamW, clip 5, regulariser 3e-5; 20 ViTs-1K
 architectures (patch 2, 32 px, 100 classes) with a batch of 64 random images
 at m = 1 and m = 4, and GPT-2s (8 heads, vocabulary 50257) with a batch of
@@ -58,9 +58,9 @@ def _steps(run: str):
 def run_one(run: str, ghn_name: str) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from logah_jax import config_base, ghn, parallel  # pylint: disable=g-import-not-at-top
+  from logah_jax import compiles, config_base, ghn, parallel  # pylint: disable=g-import-not-at-top
   from logah_jax.arch import batching  # pylint: disable=g-import-not-at-top
-  from logah_jax.train import compiles, ghn_step, optim  # pylint: disable=g-import-not-at-top
+  from logah_jax.train import ghn_step, loop, optim  # pylint: disable=g-import-not-at-top
   steps = _steps(run)
   family = steps[0][0].family
   cfg = ghn.named(ghn_name, num_classes=100)
@@ -83,14 +83,14 @@ def run_one(run: str, ghn_name: str) -> dict:
   t0 = time.perf_counter()
   for archs in steps:  # first pass: compiles every architecture once
     state, metrics = step(state, archs, batch)
-    ghn_step.host_metrics(metrics)
+    loop.host_metrics(metrics)
   first_pass = time.perf_counter() - t0
   compiled = compiles.snapshot() - before
   times = []
   for archs in steps[1:]:  # steady state: same order, nothing to compile
     t0 = time.perf_counter()
     state, metrics = step(state, archs, batch)
-    ghn_step.host_metrics(metrics)
+    loop.host_metrics(metrics)
     times.append(time.perf_counter() - t0)
   assert (compiles.snapshot() - before).count == compiled.count, 'recompiled'
   s_step = statistics.median(times)

@@ -47,6 +47,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from logah_jax import tree_compare
+from logah_jax.validation import ConfigError, InputNotFoundError
+from logah_jax.validation import OutputExistsError
 
 CONFIG_FILE = 'config.json'
 # Config keys that may change between a run and its resumption.
@@ -108,10 +110,10 @@ def _abstract_from_metadata(tree):
       lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), tree)
 
 
-def _corrupt(where, e: Exception) -> ValueError:
+def _corrupt(where, e: Exception) -> ConfigError:
   msg = str(e).splitlines()[0][:300] if str(e) else ''
-  return ValueError(f'{where} is not a readable checkpoint (corrupt or '
-                    f'incomplete?): {type(e).__name__}: {msg}')
+  return ConfigError(f'{where} is not a readable checkpoint (corrupt or '
+                     f'incomplete?): {type(e).__name__}: {msg}')
 
 
 def _rmtree(path: epath.Path, quiet: bool) -> None:
@@ -184,11 +186,11 @@ class CheckpointManager:
     try:
       stored = json.loads(path.read_text())
     except ValueError as e:
-      raise ValueError(f'{path} is not valid JSON: {e}') from e
+      raise ConfigError(f'{path} is not valid JSON: {e}') from e
     diff = tree_compare.first_diff(stored, self._config, ignore)
     if diff:
       key, old, new = diff
-      raise ValueError(
+      raise ConfigError(
           f'{self.directory} holds checkpoints of another config: key '
           f"'{key}' is {old!r} there but {new!r} now (use a new workdir, or "
           'add the key to ignore_keys if it may change)')
@@ -236,10 +238,10 @@ class CheckpointManager:
     steps = self.all_steps()
     if step is None:
       if not steps:
-        raise FileNotFoundError(f'no checkpoint in {self.directory}')
+        raise InputNotFoundError(f'no checkpoint in {self.directory}')
       step = steps[-1]
     elif step not in steps:
-      raise ValueError(f'no step {step} in {self.directory}; it has {steps}')
+      raise ConfigError(f'no step {step} in {self.directory}; it has {steps}')
     self._mngr.wait_until_finished()  # never read a step still being written
     where = self.directory / str(step)
     try:
@@ -299,8 +301,8 @@ def save_params(directory, params, *, metadata: Mapping[str, Any],
   """
   path = epath.Path(directory)
   if path.exists() and not overwrite:
-    raise FileExistsError(f'{path} already exists; pass overwrite=True to '
-                          'replace it')
+    raise OutputExistsError(f'{path} already exists; pass overwrite=True to '
+                            'replace it')
   metadata = tree_compare.jsonable(dict(metadata), 'metadata')
   tree = {'params': _to_savable(params)}
   tmp = path.parent / (path.name + _TMP_SUFFIX)
@@ -337,10 +339,10 @@ def _require_item(path: epath.Path, item: str) -> None:
     old = path.parent / (path.name + _OLD_SUFFIX)
     hint = (f'; an interrupted overwrite left the previous checkpoint at {old}'
             if old.exists() else '')
-    raise FileNotFoundError(f'no checkpoint at {path}{hint}')
+    raise InputNotFoundError(f'no checkpoint at {path}{hint}')
   if not (path / item).is_dir():
-    raise ValueError(f'{path} is not a params checkpoint: it has no orbax item '
-                     f"'{item}'")
+    raise ConfigError(f'{path} is not a params checkpoint: it has no orbax '
+                      f"item '{item}'")
 
 
 def _stored_params(path: epath.Path):
@@ -352,8 +354,8 @@ def _stored_params(path: epath.Path):
   except Exception as e:
     raise _corrupt(path, e) from e
   if not isinstance(tree, Mapping) or set(tree) != {'params'}:
-    raise ValueError(f"{path}: item '{_PARAMS}' does not hold a "
-                     "{'params': ...} tree")
+    raise ConfigError(f"{path}: item '{_PARAMS}' does not hold a "
+                      "{'params': ...} tree")
   return tree['params']
 
 

@@ -5,6 +5,9 @@ r"""Entry point: one config file, one workdir.
       --workdir=$HOME/runs/x --config.ghn.rank=64
 
 The config is locked: an override of a key that does not exist is an error.
+A config that cannot work (a bad value, a missing dataset or GHN, an output
+that exists) is reported as one line `error: ...` with exit code 2, before any
+expensive work; any other exception is a bug and shows its traceback.
 `config.job` picks what runs:
   train_ghn  trains (or resumes) a GHN in the workdir; with
              `config.holdout.enabled` it then predicts and scores a held-out
@@ -26,6 +29,16 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from logah_jax import parallel
+from logah_jax import runtime
+from logah_jax.inits import save
+from logah_jax.train import compare
+from logah_jax.train import demo as demo_lib
+from logah_jax.train import finetuning
+from logah_jax.train import ghn_training
+from logah_jax.train import holdout
+from logah_jax.validation import ConfigError
+
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file (configs/*.py[:variant]).', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None,
@@ -37,36 +50,30 @@ JOBS = ('train_ghn', 'predict', 'finetune', 'compare')
 
 def run(config, workdir: str) -> dict:
   """Runs `config.job` in `workdir` (also callable from Python and tests)."""
-  # Imported here so that --help and flag errors need no JAX start-up.
-  from logah_jax import parallel, runtime  # pylint: disable=g-import-not-at-top
   if config.job not in JOBS:
-    raise ValueError(f'config.job={config.job!r} is not one of {JOBS}')
+    raise ConfigError(f'config.job={config.job!r} is not one of {JOBS}')
   parallel.maybe_initialize()
   if config.compilation_cache != 'off':
     runtime.enable_compilation_cache(config.compilation_cache or None)
   if config.job == 'predict':
-    from logah_jax.inits import save  # pylint: disable=g-import-not-at-top
     return {'predict': save.run_predict(config, workdir)}
   if config.job == 'finetune':
-    from logah_jax.train import finetune_loop  # pylint: disable=g-import-not-at-top
-    return {'finetune': finetune_loop.finetune(config, workdir)}
+    return {'finetune': finetuning.finetune(config, workdir)}
   if config.job == 'compare':
-    from logah_jax.train import compare  # pylint: disable=g-import-not-at-top
     return {'compare': compare.run_compare(config, workdir)}
-  from logah_jax.train import ghn_loop, holdout  # pylint: disable=g-import-not-at-top
   demo = config.get('demo') and config.demo.enabled
   if demo and not config.holdout.enabled:
-    raise ValueError('config.demo.enabled needs config.holdout.enabled (the '
-                     'demo fine-tunes the held-out target)')
+    raise ConfigError('config.demo.enabled needs config.holdout.enabled (the '
+                      'demo fine-tunes the held-out target)')
+  run = ghn_training.build_run(config)
   if config.holdout.enabled:
     holdout.check_holdout(config)
   if demo:
-    from logah_jax.train import demo as demo_lib, finetune_loop  # pylint: disable=g-import-not-at-top
     try:  # fail before training, naming the section
-      finetune_loop.build_run(demo_lib.demo_config(config))
-    except ValueError as e:
-      raise ValueError(f'config.demo: {e}') from e
-  result = {'train': ghn_loop.train_ghn(config, workdir)}
+      finetuning.build_run(demo_lib.demo_config(config))
+    except ConfigError as e:
+      raise ConfigError(f'config.demo: {e}') from e
+  result = {'train': ghn_training.train(run, workdir)}
   if config.holdout.enabled:
     result['holdout'] = holdout.run_holdout(config, workdir)
   if demo:
@@ -82,7 +89,7 @@ def main(argv):
   workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
   try:
     run(_CONFIG.value, workdir)
-  except (ValueError, FileNotFoundError, FileExistsError) as e:
+  except ConfigError as e:
     # A bad config, dataset or workdir: one sentence, no traceback.
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

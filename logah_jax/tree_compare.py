@@ -10,6 +10,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from logah_jax.validation import ConfigError
+
 
 def path_str(path) -> str:
   """'encoder_layer_0/mlp/fc1/kernel' for a jax key path."""
@@ -41,16 +43,16 @@ def check_tree(stored, target, directory, *, what: str = 'checkpoint'
     name, want = path_str(p), stored_shape(leaf)
     seen.add(name)
     if name not in stored_shapes:
-      raise ValueError(f"{where}: target expects parameter '{name}' of shape "
-                       f'{want} but the {what} has no such leaf')
+      raise ConfigError(f"{where}: target expects parameter '{name}' of shape "
+                        f'{want} but the {what} has no such leaf')
     if stored_shapes[name] != want:
-      raise ValueError(f"{where}: parameter '{name}' does not match: "
-                       f'{what} has {stored_shapes[name]}, target expects '
-                       f'{want}')
+      raise ConfigError(f"{where}: parameter '{name}' does not match: "
+                        f'{what} has {stored_shapes[name]}, target expects '
+                        f'{want}')
   for name, have in stored_shapes.items():
     if name not in seen:
-      raise ValueError(f"{where}: {what} has parameter '{name}' of shape "
-                       f'{have} that the target lacks')
+      raise ConfigError(f"{where}: {what} has parameter '{name}' of shape "
+                        f'{have} that the target lacks')
 
 
 def _json_default(x):

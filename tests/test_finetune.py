@@ -9,12 +9,16 @@ import pytest
 
 from configs_for_tests import finetune_smoke
 from logah_jax import arch as arch_lib
+from logah_jax import compiles
+from logah_jax import data as data_lib
 from logah_jax import inits
 from logah_jax import parallel
-from logah_jax.train import compiles
-from logah_jax.train import finetune_loop
+from logah_jax.train import evaluate
 from logah_jax.train import finetune_step
-from logah_jax.train.ghn_loop import NonFiniteLossError
+from logah_jax.train import finetuning
+from logah_jax.train import optim
+from logah_jax.train.data_spec import DataSpec
+from logah_jax.train.loop import NonFiniteLossError
 
 
 def _losses(workdir):
@@ -24,14 +28,13 @@ def _losses(workdir):
 
 def test_evaluates_init_and_intervals_and_saves(tmp_path):
   c = finetune_smoke()
-  result = finetune_loop.finetune(c, str(tmp_path))
+  result = finetuning.finetune(c, str(tmp_path))
   assert [r['step'] for r in result.evals] == [0, 2, 4, 6]
   arch = arch_lib.parse(c.arch)
   random0 = inits.make('random')(arch, c.seed)
   # step 0 is the init itself, evaluated before any update
-  from logah_jax.train import evaluate  # pylint: disable=g-import-not-at-top
-  from logah_jax.train import ghn_setup  # pylint: disable=g-import-not-at-top
-  want = evaluate.evaluate(arch, random0, ghn_setup.data_source(c, 'test'),
+  want = evaluate.evaluate(arch, random0,
+                           DataSpec.from_config(c.data).source('test'),
                            batch_size=50, max_batches=1)
   assert result.evals[0]['eval_loss'] == pytest.approx(want['loss'], rel=1e-6)
   assert 0 <= result.evals[-1]['eval_accuracy'] <= 1
@@ -42,29 +45,27 @@ def test_evaluates_init_and_intervals_and_saves(tmp_path):
 
 def test_resume_is_bit_identical_and_steady_state_does_not_compile(tmp_path):
   c = finetune_smoke()
-  full = finetune_loop.finetune(c, str(tmp_path / 'full'))
+  full = finetuning.finetune(c, str(tmp_path / 'full'))
   part = str(tmp_path / 'part')
-  finetune_loop.finetune(c, part, stop_after_steps=4)
-  resumed = finetune_loop.finetune(c, part)
+  finetuning.finetune(c, part, stop_after_steps=4)
+  resumed = finetuning.finetune(c, part)
   for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(resumed.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert [r['step'] for r in resumed.evals] == [0, 2, 4, 6]
   assert _losses(part) == _losses(tmp_path / 'full')
   arch = arch_lib.parse(c.arch)
-  from logah_jax.train import optim  # pylint: disable=g-import-not-at-top
   tx, _ = optim.make_optimizer(c.optim, 10)
+  traces = compiles.trace_counts().get(finetune_step.TRACE_NAME, 0)
   step = finetune_step.FinetuneStep(arch, tx,
                                     parallel.make_mesh({'data': -1}))
   state = step.init_state(inits.make('random')(arch, 0))
-  from logah_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-  from logah_jax.train import ghn_setup  # pylint: disable=g-import-not-at-top
-  loader = data_lib.Loader(ghn_setup.data_source(c), 8, seed=0)
+  loader = data_lib.Loader(DataSpec.from_config(c.data).source(), 8, seed=0)
   state, _ = step(state, next(loader))
   snap = compiles.snapshot()
   for _ in range(4):
     state, metrics = step(state, next(loader))
   jax.block_until_ready(metrics)
-  assert step.traces == 1
+  assert compiles.trace_counts()[finetune_step.TRACE_NAME] - traces == 1
   assert (compiles.snapshot() - snap).count == 0
 
 
@@ -81,16 +82,16 @@ def test_bad_config_fails_before_any_work(tmp_path):
     section, _, leaf = key.rpartition('.')
     (c[section] if section else c)[leaf] = value
     with pytest.raises(ValueError, match=field.replace('.', r'\.')):
-      finetune_loop.finetune(c, str(tmp_path / key))
+      finetuning.finetune(c, str(tmp_path / key))
     assert not os.path.exists(tmp_path / key / 'checkpoints')
   c = finetune_smoke()
   c.data.batch_size = 6  # the 8 fake devices split the batch
   with pytest.raises(ValueError, match='batch_size=6 is not divisible by the 8'):
-    finetune_loop.finetune(c, str(tmp_path / 'rows'))
+    finetuning.finetune(c, str(tmp_path / 'rows'))
   c = finetune_smoke(arch='vit:depth=1,width=32,heads=4,patch=8,image_size=32,'
                      'channels=1,num_classes=10')
   with pytest.raises(ValueError, match='image_size=32 but fashion_mnist'):
-    finetune_loop.finetune(c, str(tmp_path / 'size'))
+    finetuning.finetune(c, str(tmp_path / 'size'))
 
 
 class _NaNInit(inits.InitMethod):
@@ -104,7 +105,7 @@ class _NaNInit(inits.InitMethod):
 def test_non_finite_loss_stops_with_checkpoint_intact(tmp_path):
   c = finetune_smoke()
   with pytest.raises(NonFiniteLossError, match='fine-tuning step 1: loss nan'):
-    finetune_loop.finetune(c, str(tmp_path), init=_NaNInit())
+    finetuning.finetune(c, str(tmp_path), init=_NaNInit())
   assert not [d for d in os.listdir(tmp_path / 'checkpoints')
               if d.isdigit()]
 
@@ -114,7 +115,6 @@ def test_one_device_and_eight_with_fsdp_agree():
   c = finetune_smoke()
   c.optim.name = 'sgd'
   arch = arch_lib.parse(c.arch)
-  from logah_jax.train import optim  # pylint: disable=g-import-not-at-top
   tx, _ = optim.make_optimizer(c.optim, 10)
   params = inits.make('random')(arch, 0)
   rng = np.random.RandomState(0)

@@ -20,7 +20,8 @@ SMALL = ghn.GHNConfig(hid=32, layers=2, heads=4, rank=8,
 SMALL_GHN3 = ghn.GHNConfig(decoder='fullrank', hid=32, layers=2, heads=4,
                            max_shape=(32, 32, 16, 16), num_classes=10)
 
-# LoGAH Table 1 and GHN-3 (spec/logah.md §6.2), written as literals.
+# LoGAH Table 1 and GHN-3 (arXiv 2405.16287 Table 1; docs/algorithm.md §4),
+# written as literals.
 PAPER_COUNTS = {
     ('logah-tiny', 'vit', None): 2_539_324,
     ('logah-small', 'vit', None): 21_404_604,
@@ -96,7 +97,8 @@ def test_min_size_examples():
 
 
 def test_key_table_matches_the_original_for_vit_s():
-  # spec §5.1, measured on the original code for ViT-S/2 on CIFAR-100.
+  # The keys the original code produces for ViT-S/2 on CIFAR-100
+  # (docs/algorithm.md §4.1).
   cfg = arch.named('vit-s/2', num_classes=100)
   keys = collections.Counter(p.key for p in plan_lib.make_plan(TINY, cfg).nodes)
   assert keys == {(512, 4, 2, 2): 1, (512, 0): 50, (1, 384, 16, 16): 1,
@@ -250,7 +252,7 @@ def test_fresh_ghn_predicts_unit_norm_weights_and_small_biases():
   assert float(jnp.abs(layer['mlp']['fc1']['bias']).max()) < 0.1
 
 
-def test_normalisation_is_exactly_the_spec_rule():
+def test_normalisation_is_exactly_the_published_rule():
   cfg = arch.GPT2Config(depth=8, width=64, heads=4, vocab_size=256,
                         n_positions=32, tie_embeddings=False)
   params = ghn.init(SMALL, 'gpt2', 0)
@@ -258,7 +260,8 @@ def test_normalisation_is_exactly_the_spec_rule():
   raw = ghn.predict(dataclasses.replace(SMALL, normalize=False), params, cfg)
   close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
   # HF Conv1D (in, out): fan-in scaling uses numel(p[0]) = out features
-  # (spec §5.6), beta = 2; residual projections also / sqrt(2 * depth) = 4.
+  # (docs/algorithm.md §5.2), beta = 2; residual projections also
+  # / sqrt(2 * depth) = 4.
   for name, out_f, residual in [('c_attn', 192, False), ('c_proj', 64, True)]:
     scale = np.sqrt(2 / out_f) / (4.0 if residual else 1.0)
     close(pred['h_2']['attn'][name]['kernel'],

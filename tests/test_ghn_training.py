@@ -11,15 +11,17 @@ import optax
 import pytest
 
 from logah_jax import arch as arch_lib
+from logah_jax import compiles
 from logah_jax import ghn as ghn_lib
 from logah_jax import models
 from logah_jax import parallel
 from logah_jax.data import Loader, get_dataset
-from logah_jax.train import compiles
-from logah_jax.train import ghn_loop
 from logah_jax.train import ghn_step
+from logah_jax.train import ghn_training
+from logah_jax.train import loop
 from logah_jax.train import objective
 from logah_jax.train import optim
+from logah_jax.train.data_spec import DataSpec
 from logah_jax.train.sampler import ArchSampler
 
 import configs_for_tests as cft
@@ -100,19 +102,19 @@ def test_compilations_stop_once_every_pool_arch_was_seen():
   state = step.init_state(ghn_lib.init(GHN, 'vit', 0))
   batches = _fmnist_batches(1)
   seen, s = set(), 0
-  traces0 = ghn_step.trace_counts().get('arch', 0)
+  traces0 = compiles.trace_counts('ghn_step').get('arch', 0)
   while len(seen) < distinct:
     state, _ = step(state, sampler.at(s), batches[0])
     seen.update(sampler.at(s))
     s += 1
   jax.block_until_ready(state)
-  assert ghn_step.trace_counts()['arch'] - traces0 == distinct
+  assert compiles.trace_counts('ghn_step')['arch'] - traces0 == distinct
   before = compiles.snapshot()
   for t in range(s, s + 8):
     state, m = step(state, sampler.at(t), batches[0])
-    ghn_step.host_metrics(m)
+    loop.host_metrics(m)
   assert (compiles.snapshot() - before).count == 0
-  assert ghn_step.trace_counts()['arch'] - traces0 == distinct
+  assert compiles.trace_counts('ghn_step')['arch'] - traces0 == distinct
 
 
 def test_one_device_and_eight_devices_give_the_same_params():
@@ -176,16 +178,16 @@ def test_sampler_is_a_function_of_seed_and_step():
 @pytest.fixture(scope='module')
 def uninterrupted(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('full'))
-  return workdir, ghn_loop.train_ghn(cft.smoke(), workdir)
+  return workdir, ghn_training.train_ghn(cft.smoke(), workdir)
 
 
 def test_interrupted_run_resumes_to_the_same_params(uninterrupted, tmp_path):
   _, full = uninterrupted
   workdir = str(tmp_path)
-  first = ghn_loop.train_ghn(cft.smoke(), workdir, stop_after_steps=4)
+  first = ghn_training.train_ghn(cft.smoke(), workdir, stop_after_steps=4)
   assert first.step == 4
   assert _max_abs_diff(first.params, full.params) > 0  # really stopped early
-  resumed = ghn_loop.train_ghn(cft.smoke(), workdir)
+  resumed = ghn_training.train_ghn(cft.smoke(), workdir)
   assert resumed.step == full.step == 6
   assert _max_abs_diff(resumed.params, full.params) == 0.0
   rows = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
@@ -225,10 +227,10 @@ def test_ghn_load_returns_the_trained_ghn(uninterrupted):
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(
     uninterrupted, tmp_path, monkeypatch):
-  real = ghn_loop._make_loader
+  real = DataSpec.loader
 
-  def poisoned(config, *args):
-    loader = real(config, *args)
+  def poisoned(data, *args):
+    loader = real(data, *args)
     original = loader.__class__.__next__
 
     class Poisoned(loader.__class__):
@@ -240,10 +242,10 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(
     loader.__class__ = Poisoned
     return loader
 
-  monkeypatch.setattr(ghn_loop, '_make_loader', poisoned)
+  monkeypatch.setattr(DataSpec, 'loader', poisoned)
   workdir = str(tmp_path)
-  with pytest.raises(ghn_loop.NonFiniteLossError, match='step 5.*step 3'):
-    ghn_loop.train_ghn(cft.smoke(), workdir)
+  with pytest.raises(loop.NonFiniteLossError, match='step 5.*step 3'):
+    ghn_training.train_ghn(cft.smoke(), workdir)
   monkeypatch.undo()
   trained = ghn_lib.load(workdir)
   assert trained.step == 3
@@ -256,7 +258,7 @@ def test_workdir_of_another_config_is_refused_before_training(uninterrupted):
   config.optim.lr = 1e-3
   before = compiles.snapshot()
   with pytest.raises(ValueError, match="optim.lr"):
-    ghn_loop.train_ghn(config, workdir)
+    ghn_training.train_ghn(config, workdir)
   assert (compiles.snapshot() - before).count == 0
 
 
@@ -276,7 +278,7 @@ def test_bad_config_is_one_clear_error(tmp_path, field, value, match):
   config[section][key] = value
   before = compiles.snapshot()
   with pytest.raises(ValueError, match=match):
-    ghn_loop.train_ghn(config, str(tmp_path))
+    ghn_training.train_ghn(config, str(tmp_path))
   assert (compiles.snapshot() - before).count == 0
   assert not os.path.exists(os.path.join(tmp_path, 'checkpoints'))
 

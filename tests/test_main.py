@@ -13,7 +13,7 @@ from logah_jax import arch as arch_lib
 from logah_jax import checkpoint
 from logah_jax import main as main_lib
 from logah_jax import models
-from logah_jax.train import ghn_setup
+from logah_jax.train import ghn_training
 from logah_jax.train import holdout
 
 import configs_for_tests as cft
@@ -33,7 +33,7 @@ CONFIG_VARIANTS = [
 @pytest.mark.parametrize('name,arg', CONFIG_VARIANTS)
 def test_every_config_variant_is_valid(name, arg):
   config = cft.load_config_file(name, arg)
-  run = ghn_setup.build_run(config)  # every check a launch makes first
+  run = ghn_training.build_run(config)  # every check a launch makes first
   assert run.num_steps >= 1
   target = holdout.holdout_arch(config)
   largest = max(arch_lib.num_params(a) for a in run.sampler.candidates())

@@ -18,7 +18,8 @@ from logah_jax import ghn as ghn_lib
 from logah_jax import inits
 from logah_jax import main as main_lib
 from logah_jax import models
-from logah_jax.train import ghn_loop
+from logah_jax.train import compare
+from logah_jax.train import ghn_training
 
 TARGET = ('vit:depth=3,width=64,heads=4,patch=7,image_size=28,channels=1,'
           'num_classes=10')
@@ -30,7 +31,7 @@ def ghn_workdir(tmp_path_factory):
   c.train.num_steps = 2
   c.optim.warmup_steps = 1
   workdir = str(tmp_path_factory.mktemp('ghn'))
-  ghn_loop.train_ghn(c, workdir)
+  ghn_training.train_ghn(c, workdir)
   return workdir
 
 
@@ -134,16 +135,16 @@ def test_ghn_method_checks_decoder_and_caches_prediction(ghn_workdir):
 
 def test_training_config_swaps_only_the_decoder():
   base = smoke()
-  t = inits.training_config(base, 'logah-transpose')
+  t = compare.ghn_training_config(base, 'logah-transpose')
   assert t.ghn.factorization == 'transpose' and base.ghn.factorization == (
       'paper')
-  g = inits.training_config(base, 'ghn3')
+  g = compare.ghn_training_config(base, 'ghn3')
   assert g.ghn.decoder == 'fullrank' and g.ghn.hid == base.ghn.hid
   assert g.ghn.num_classes == base.ghn.num_classes
   assert g.data.to_dict() == base.data.to_dict()
   assert g.optim.to_dict() == base.optim.to_dict()
   with pytest.raises(ValueError, match='config.ghn3_name'):
-    inits.training_config(base, 'ghn3', 'logah-tiny')
+    compare.ghn_training_config(base, 'ghn3', 'logah-tiny')
 
 
 def test_predict_job_from_the_command_line(ghn_workdir, tmp_path):

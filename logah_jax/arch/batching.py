@@ -14,6 +14,7 @@ import flax.struct
 import numpy as np
 
 from logah_jax.arch.graph import ArchGraph
+from logah_jax.validation import check_int
 
 NODE_BUCKETS = (64, 128, 256, 512)
 _BEYOND = 256  # past the last bucket, pad to a multiple of this
@@ -25,8 +26,7 @@ def bucket_size(n: int) -> int:
   The smallest bucket that holds `n`; past 512 the next multiple of 256, so
   even very deep targets add only a few extra shapes.
   """
-  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-    raise ValueError(f'bucket_size: n={n!r} must be a positive int.')
+  check_int(n, 'bucket_size: n')
   for bucket in NODE_BUCKETS:
     if n <= bucket:
       return bucket
@@ -41,8 +41,8 @@ class DenseGraphBatch:
   """
 
   op_ids: np.ndarray       # [B, N] int32, row of the op-type table
-  shapes4d: np.ndarray     # [B, N, 4] int32, spec §3.2 4-D shapes
-  dist: np.ndarray         # [B, N, N] int32, the A matrix (spec §2.2)
+  shapes4d: np.ndarray     # [B, N, 4] int32, docs/algorithm.md §2
+  dist: np.ndarray         # [B, N, N] int32, docs/algorithm.md §1
   node_mask: np.ndarray    # [B, N] bool, True on real nodes
   in_degree: np.ndarray    # [B, N] int32, direct edges only
   out_degree: np.ndarray   # [B, N] int32, direct edges only
@@ -75,9 +75,8 @@ def batch_graphs(graphs: Sequence[ArchGraph],
   largest = max(g.n_nodes for g in graphs)
   if n_pad is None:
     n_pad = bucket_size(largest)
-  elif isinstance(n_pad, bool) or not isinstance(n_pad, (int, np.integer)) or (
-      n_pad < 1):
-    raise ValueError(f'batch_graphs: n_pad={n_pad!r} must be a positive int.')
+  else:
+    check_int(n_pad, 'batch_graphs: n_pad')
   for i, g in enumerate(graphs):
     if g.n_nodes > n_pad:
       raise ValueError(

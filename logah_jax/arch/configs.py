@@ -11,22 +11,20 @@ from __future__ import annotations
 import dataclasses
 from typing import Union
 
+from logah_jax.validation import ConfigError, check_int
+
 
 def _check_positive_ints(cfg, names):
+  """Each field must be an int >= 1; numpy ints are stored as Python ints."""
   for name in names:
-    value = getattr(cfg, name)
-    if isinstance(value, bool) or not isinstance(value, int):
-      raise ValueError(
-          f'{type(cfg).__name__}.{name}={value!r} must be an int.')
-    if value <= 0:
-      raise ValueError(
-          f'{type(cfg).__name__}.{name}={value} must be positive.')
+    value = check_int(getattr(cfg, name), f'{type(cfg).__name__}.{name}')
+    object.__setattr__(cfg, name, value)
 
 
 def _check_divisible(cfg, name, divisor_name):
   value, divisor = getattr(cfg, name), getattr(cfg, divisor_name)
   if value % divisor:
-    raise ValueError(
+    raise ConfigError(
         f'{type(cfg).__name__}.{name}={value} is not divisible by '
         f'{divisor_name}={divisor}.')
 
@@ -86,8 +84,8 @@ class GPT2Config:
                                 'n_positions'))
     _check_divisible(self, 'width', 'heads')
     if not isinstance(self.tie_embeddings, bool):
-      raise ValueError(f'GPT2Config.tie_embeddings={self.tie_embeddings!r} '
-                       'must be a bool.')
+      raise ConfigError(f'GPT2Config.tie_embeddings={self.tie_embeddings!r} '
+                        'must be a bool.')
 
   @property
   def mlp_dim(self) -> int:
@@ -109,8 +107,8 @@ def replace_fields(obj, **overrides):
   fields = {f.name for f in dataclasses.fields(obj)}
   for key in overrides:
     if key not in fields:
-      raise ValueError(f'{type(obj).__name__} has no field {key!r}; fields: '
-                       f'{", ".join(sorted(fields))}.')
+      raise ConfigError(f'{type(obj).__name__} has no field {key!r}; fields: '
+                        f'{", ".join(sorted(fields))}.')
   return dataclasses.replace(obj, **overrides) if overrides else obj
 
 
@@ -130,5 +128,5 @@ def from_dict(d: dict) -> ArchConfig:
     return ViTConfig(**d)
   if family == 'gpt2':
     return GPT2Config(**d)
-  raise ValueError(f'ArchConfig family={family!r} is unknown; '
-                   f'expected one of {FAMILIES}.')
+  raise ConfigError(f'ArchConfig family={family!r} is unknown; '
+                    f'expected one of {FAMILIES}.')

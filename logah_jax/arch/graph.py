@@ -2,7 +2,7 @@
 
 The original LoGAH code traces a PyTorch forward pass and filters the autograd
 graph. We do not trace: the graphs of the two families are fixed by their
-configs, so they are written down directly (spec/logah.md §2.4) and checked
+configs, so they are written down directly (docs/algorithm.md §1) and checked
 against the measured node/edge counts in tests. Every parameter-carrying node
 names the leaves of the Flax params pytree it owns (`Slot`), together with the
 reference (PyTorch / Hugging Face) layout the hypernetwork predicts and the axes
@@ -21,8 +21,10 @@ import numpy as np
 from scipy.sparse import csgraph, csr_matrix
 
 from logah_jax.arch.configs import ArchConfig, GPT2Config, ViTConfig
+from logah_jax.validation import check_int
 
-# Index = row of the op-type embedding table (spec §2.1, the ppuda order).
+# Index = row of the op-type embedding table, in the ppuda order
+# (docs/algorithm.md §1).
 OP_TYPES = ('max_pool', 'avg_pool', 'sep_conv', 'dil_conv', 'conv', 'msa',
             'cse', 'sum', 'concat', 'input', 'bias', 'bn', 'ln', 'pos_enc',
             'glob_avg')
@@ -76,7 +78,10 @@ class Node:
 
 
 def shape_to_4d(shape: tuple[int, ...] | None) -> tuple[int, int, int, int]:
-  """Spec §3.2: the 4-D form of a stored tensor shape seen by the encoder."""
+  """The 4-D form of a stored tensor shape seen by the encoder.
+
+  docs/algorithm.md §2.
+  """
   if shape is None:
     return (0, 0, 0, 0)
   if len(shape) == 1:
@@ -102,8 +107,9 @@ def _readonly(x: np.ndarray) -> np.ndarray:
 class ArchGraph:
   """A target network as a DAG in topological order, node 0 = input.
 
-  `dist` is the A matrix of spec §2.2 step 4: 1 on direct edges i->j, the
-  shortest directed path length l for 2 <= l <= cutoff, else 0 (diagonal 0).
+  `dist` is the distance matrix of docs/algorithm.md §1: 1 on direct edges
+  i->j, the shortest directed path length l for 2 <= l <= cutoff, else 0
+  (diagonal 0).
   """
 
   cfg: ArchConfig
@@ -168,7 +174,10 @@ class _Builder:
                     [Slot(path + ('bias',), 'bias', (out_f,))], [w])
 
   def layer_norm(self, name, path, width, src):
-    """One `ln` node owning both the scale and the bias (spec §2.2 step 2)."""
+    """One `ln` node owning both the scale and the bias.
+
+    docs/algorithm.md §1.
+    """
     return self.add(f'{name}.weight', 'ln', (width,), [
         Slot(path + ('scale',), 'norm_scale', (width,)),
         Slot(path + ('bias',), 'norm_bias', (width,))], [src])
@@ -214,7 +223,7 @@ def _gpt2_nodes(cfg: GPT2Config) -> _Builder:
   inp = b.add('input', 'input')
   if cfg.tie_embeddings:
     # The reference sees the shared tensor once, as the lm_head Linear
-    # weight (type conv), feeding the embedding sum (spec §2.3).
+    # weight (type conv), feeding the embedding sum (docs/algorithm.md §1).
     tok = b.add('lm_head.weight', 'conv', (v, d),
                 [Slot(('wte', 'embedding'), 'weight', (v, d))], [inp])
   else:
@@ -287,14 +296,11 @@ def _build(cfg: ArchConfig, cutoff: int) -> ArchGraph:
 def to_graph(cfg: ArchConfig, cutoff: int = 250) -> ArchGraph:
   """The graph of `cfg` with virtual edges up to `cutoff` hops (cached).
 
-  One cutoff is used for training and evaluation alike (spec §10.4); the
-  returned arrays are read-only because the graph is shared via the cache.
+  One cutoff is used for training and evaluation alike (see
+  docs/algorithm.md §8); the returned arrays are read-only because the graph
+  is shared via the cache.
   """
   if not isinstance(cfg, (ViTConfig, GPT2Config)):
     raise ValueError(f'to_graph: config type {type(cfg).__name__} is unknown; '
                      'expected ViTConfig or GPT2Config.')
-  if isinstance(cutoff, bool) or not isinstance(cutoff, (int, np.integer)):
-    raise ValueError(f'to_graph: cutoff={cutoff!r} must be an int.')
-  if cutoff < 1:
-    raise ValueError(f'to_graph: cutoff={cutoff} must be >= 1.')
-  return _build(cfg, int(cutoff))
+  return _build(cfg, check_int(cutoff, 'to_graph: cutoff'))

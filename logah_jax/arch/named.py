@@ -13,6 +13,7 @@ import dataclasses
 
 from logah_jax.arch.configs import ArchConfig, GPT2Config, ViTConfig
 from logah_jax.arch.configs import replace_fields
+from logah_jax.validation import ConfigError
 
 _VIT_SIZES = {  # depth, width, heads, mlp
     's': (12, 384, 6, 1536),
@@ -57,22 +58,22 @@ def named(name: str, **overrides) -> ArchConfig:
   Example: `named('vit-b/2', num_classes=100)` is ViT-B/2 for CIFAR-100.
   """
   if name not in NAMED:
-    raise ValueError(f'named architecture name={name!r} is unknown; '
-                     f'known: {", ".join(names())}.')
+    raise ConfigError(f'named architecture name={name!r} is unknown; '
+                      f'known: {", ".join(names())}.')
   return replace_fields(NAMED[name], **overrides)
 
 
 def _typed(field_type, key: str, value: str, spec: str):
   if field_type in (bool, 'bool'):
     if value.lower() not in ('true', 'false'):
-      raise ValueError(f'architecture {spec!r}: {key}={value!r} must be '
-                       'true or false')
+      raise ConfigError(f'architecture {spec!r}: {key}={value!r} must be '
+                        'true or false')
     return value.lower() == 'true'
   try:
     return int(value)
   except ValueError:
-    raise ValueError(f'architecture {spec!r}: {key}={value!r} must be an '
-                     'int') from None
+    raise ConfigError(f'architecture {spec!r}: {key}={value!r} must be an '
+                      'int') from None
 
 
 def parse(spec: str) -> ArchConfig:
@@ -86,16 +87,16 @@ def parse(spec: str) -> ArchConfig:
   vocab_size=256,n_positions=128'.
   """
   if not isinstance(spec, str) or not spec.strip():
-    raise ValueError(f'architecture {spec!r}: expected NAME or '
-                     'NAME:field=value,...')
+    raise ConfigError(f'architecture {spec!r}: expected NAME or '
+                      'NAME:field=value,...')
   head, _, tail = spec.strip().partition(':')
   fields = {}
   if tail.strip():
     for part in tail.split(','):
       key, sep, value = part.partition('=')
       if not sep:
-        raise ValueError(f'architecture {spec!r}: {part!r} is not '
-                         'field=value')
+        raise ConfigError(f'architecture {spec!r}: {part!r} is not '
+                          'field=value')
       fields[key.strip()] = value.strip()
   head = head.strip()
   if head in ('vit', 'gpt2'):
@@ -103,16 +104,16 @@ def parse(spec: str) -> ArchConfig:
     types = {f.name: f.type for f in dataclasses.fields(cls)}
     unknown = sorted(set(fields) - set(types))
     if unknown:
-      raise ValueError(f'architecture {spec!r}: {cls.__name__} has no field '
-                       f'{unknown[0]!r}; fields: {", ".join(types)}')
+      raise ConfigError(f'architecture {spec!r}: {cls.__name__} has no field '
+                        f'{unknown[0]!r}; fields: {", ".join(types)}')
     values = {k: _typed(types[k], k, v, spec) for k, v in fields.items()}
     if cls is ViTConfig and 'width' in values:
       values.setdefault('mlp_dim', 4 * values['width'])
     missing = [f.name for f in dataclasses.fields(cls)
                if f.default is dataclasses.MISSING and f.name not in values]
     if missing:
-      raise ValueError(f'architecture {spec!r}: missing field(s) '
-                       f'{", ".join(missing)}')
+      raise ConfigError(f'architecture {spec!r}: missing field(s) '
+                        f'{", ".join(missing)}')
     return cls(**values)
   base = named(head)
   types = {f.name: f.type for f in dataclasses.fields(base)}

@@ -1,6 +1,6 @@
 """Architecture spaces the GHN trains on, and seeded sampling from them.
 
-`vits-1k` and `gpts-1k` follow the LoGAH generators (spec/logah.md §7.1, §7.2):
+`vits-1k` and `gpts-1k` follow the LoGAH generators (docs/algorithm.md §7):
 depth uniform in [3, 9], the width range depending on depth, MLP = 4 x width.
 `vits-cpu` and `gpts-cpu` are the same kind of space shrunk to what a 2-core
 CPU trains in minutes (28x28 grayscale images; a byte vocabulary and short
@@ -15,6 +15,7 @@ import numpy as np
 
 from logah_jax.arch.configs import ArchConfig, GPT2Config, ViTConfig
 from logah_jax.arch.configs import replace_fields
+from logah_jax.validation import ConfigError, check_int
 
 # (depth_lo, depth_hi, width_lo, width_hi, width_step): a depth in
 # [depth_lo, depth_hi] draws its width uniformly from range(lo, hi + 1, step).
@@ -53,34 +54,33 @@ class Space:
 
   def __post_init__(self):
     if self.family not in ('vit', 'gpt2'):
-      raise ValueError(f'Space.family={self.family!r} must be "vit" or "gpt2".')
+      raise ConfigError(f'Space.family={self.family!r} must be "vit" or '
+                        '"gpt2".')
     object.__setattr__(self, 'width_rules',
                        tuple(tuple(int(v) for v in r) for r in self.width_rules))
     object.__setattr__(self, 'patches', tuple(int(p) for p in self.patches))
     if not self.width_rules:
-      raise ValueError('Space.width_rules is empty.')
+      raise ConfigError('Space.width_rules is empty.')
     for rule in self.width_rules:
       if len(rule) != 5 or min(rule) <= 0 or rule[0] > rule[1] or (
           rule[2] > rule[3]):
-        raise ValueError(
+        raise ConfigError(
             f'Space.width_rules entry {rule} must be (depth_lo, depth_hi, '
             'width_lo, width_hi, step) with positive values and lo <= hi.')
     depths = [d for r in self.width_rules for d in range(r[0], r[1] + 1)]
     if len(depths) != len(set(depths)):
-      raise ValueError(f'Space.width_rules={self.width_rules} overlap in depth.')
+      raise ConfigError(f'Space.width_rules={self.width_rules} overlap in '
+                        'depth.')
     if sorted(depths) != list(range(min(depths), max(depths) + 1)):
-      raise ValueError(f'Space.width_rules={self.width_rules} leave a gap '
-                       'between depths.')
-    if self.heads != VIT_HEADS_RULE and (
-        isinstance(self.heads, bool) or not isinstance(self.heads, int)
-        or self.heads <= 0):
-      raise ValueError(f'Space.heads={self.heads!r} must be a positive int or '
-                       f'"{VIT_HEADS_RULE}".')
+      raise ConfigError(f'Space.width_rules={self.width_rules} leave a gap '
+                        'between depths.')
+    if self.heads != VIT_HEADS_RULE:
+      check_int(self.heads, f'Space.heads (or "{VIT_HEADS_RULE}")')
     if isinstance(self.heads, int):
       for width in self.widths():
         if width % self.heads:
-          raise ValueError(f'Space.heads={self.heads} does not divide '
-                           f'width {width} of Space.width_rules.')
+          raise ConfigError(f'Space.heads={self.heads} does not divide '
+                            f'width {width} of Space.width_rules.')
     # Building one architecture of each patch checks the remaining fields.
     for patch in (self.patches if self.family == 'vit' else (None,)):
       self._build(self.width_rules[0][0], self.width_rules[0][2],
@@ -161,15 +161,14 @@ def make_space(space: str | Space, **overrides) -> Space:
   elif space in SPACES:
     base = SPACES[space]
   else:
-    raise ValueError(f'architecture space={space!r} is unknown; known: '
-                     f'{", ".join(sorted(SPACES))}.')
+    raise ConfigError(f'architecture space={space!r} is unknown; known: '
+                      f'{", ".join(sorted(SPACES))}.')
   return replace_fields(base, **overrides)
 
 
 def sample(space: str | Space, n: int, seed: int) -> list[ArchConfig]:
   """n architectures drawn from `space`; the same seed gives the same list."""
   space = make_space(space)
-  if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-    raise ValueError(f'sample: n={n!r} must be a non-negative int.')
+  check_int(n, 'sample: n', 0)
   rng = np.random.default_rng(seed)
   return [space.sample_one(rng) for _ in range(n)]

@@ -1,7 +1,7 @@
 """tfds builders for the offline real data sets, written without TensorFlow.
 
-Constraints of tfds without TF (spec/offline-data.md §4): array_record files
-only, `tfds.features.Tensor` for images (Image encoding needs TF), and a
+Constraints of tfds without TensorFlow: array_record files only,
+`tfds.features.Tensor` for images (Image encoding needs TF), and a
 `tfds.core.DatasetInfo(builder=self, ...)` built in code. Examples are written
 in source order (shuffling disabled) so that index i of a split is a fixed,
 documented example.
@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from logah_jax.data import storage
+from logah_jax.validation import ConfigError, InputNotFoundError
 
 FASHION_MNIST_FILES = {
     'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
@@ -54,13 +55,13 @@ def read_idx(path) -> np.ndarray:
   with opener(path, 'rb') as f:
     raw = f.read()
   if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-    raise ValueError(f'{path} is not an idx file of unsigned bytes.')
+    raise ConfigError(f'{path} is not an idx file of unsigned bytes.')
   ndim = raw[3]
   dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim)]
   offset = 4 + 4 * ndim
   if len(raw) - offset != int(np.prod(dims)):
-    raise ValueError(f'{path}: header says shape {dims} but holds '
-                     f'{len(raw) - offset} bytes.')
+    raise ConfigError(f'{path}: header says shape {dims} but holds '
+                      f'{len(raw) - offset} bytes.')
   return np.frombuffer(raw, np.uint8, offset=offset).reshape(dims)
 
 
@@ -70,17 +71,17 @@ def read_fashion_mnist(source_dir, part: str) -> tuple[np.ndarray, np.ndarray]:
   image_file, label_file = FASHION_MNIST_FILES[part]
   for name in (image_file, label_file):
     if not (source_dir / name).exists():
-      raise FileNotFoundError(
+      raise InputNotFoundError(
           f'Fashion-MNIST not found in {source_dir} (missing {name}): '
           f'{FASHION_MNIST_HINT.format(data_dir=source_dir.parent)}.')
   images = read_idx(source_dir / image_file)
   labels = read_idx(source_dir / label_file)
   if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.ndim != 1:
-    raise ValueError(f'{source_dir}: unexpected idx shapes {images.shape}, '
-                     f'{labels.shape}.')
+    raise ConfigError(f'{source_dir}: unexpected idx shapes {images.shape}, '
+                      f'{labels.shape}.')
   if len(images) != len(labels):
-    raise ValueError(f'{source_dir}: {len(images)} images but '
-                     f'{len(labels)} labels in the {part} files.')
+    raise ConfigError(f'{source_dir}: {len(images)} images but '
+                      f'{len(labels)} labels in the {part} files.')
   return images[..., None], labels
 
 
@@ -117,8 +118,8 @@ class FashionMnistLocal(tfds.core.GeneratorBasedBuilder):
     test_x, test_y = read_fashion_mnist(self._source_dir, 'test')
     cut = len(train_x) - self._validation_size
     if cut <= 0:
-      raise ValueError(f'validation_size={self._validation_size} leaves no '
-                       f'training examples out of {len(train_x)}.')
+      raise ConfigError(f'validation_size={self._validation_size} leaves no '
+                        f'training examples out of {len(train_x)}.')
     return {
         'train': self._generate_examples(train_x, train_y, 0, cut),
         'validation': self._generate_examples(train_x, train_y, cut,
@@ -141,7 +142,7 @@ def shakespeare_texts(source_dir) -> dict[str, pathlib.Path]:
              if n not in texts]
   if not texts or missing:
     what = f'missing {", ".join(missing)}' if texts else 'no *_gut.txt files'
-    raise FileNotFoundError(
+    raise InputNotFoundError(
         f'Shakespeare texts not found in {source_dir} ({what}): '
         f'{SHAKESPEARE_HINT.format(data_dir=source_dir.parent)}.')
   return texts
@@ -188,7 +189,7 @@ class ShakespeareLocal(tfds.core.GeneratorBasedBuilder):
       by_split[shakespeare_split_of(name)].append((name, path))
     if not by_split['train']:
       folder = pathlib.Path(self._source_dir)
-      raise FileNotFoundError(
+      raise InputNotFoundError(
           f'Shakespeare: no training texts in {folder}: '
           f'{SHAKESPEARE_HINT.format(data_dir=folder.parent)}.')
     return {s: self._generate_examples(items) for s, items in by_split.items()}
@@ -237,6 +238,6 @@ def data_source(name: str, split: str, data_dir=None):
   """Random-access source of a prepared builder (class import not needed)."""
   path = prepared_dir(name, data_dir)
   if path is None:
-    raise FileNotFoundError(f'{name} is not prepared in '
-                            f'{storage.resolve_data_dir(data_dir)}/tfds.')
+    raise InputNotFoundError(f'{name} is not prepared in '
+                             f'{storage.resolve_data_dir(data_dir)}/tfds.')
   return tfds.builder_from_directory(str(path)).as_data_source(split)

@@ -8,18 +8,19 @@ from logah_jax.data import images
 from logah_jax.data import sources
 from logah_jax.data import text
 from logah_jax.data import tokenizer as tokenizer_lib
+from logah_jax.validation import ConfigError, check_int
 
 
 def _check_split(name: str, split: str) -> None:
   """Checks the split names in a tfds split string such as 'train[:10%]'."""
   if not isinstance(split, str) or not split:
-    raise ValueError(f'split={split!r} must be a non-empty string.')
+    raise ConfigError(f'split={split!r} must be a non-empty string.')
   spec = sources.DATASETS[name]
   for part in split.split('+'):
     base = re.sub(r'\[.*\]$', '', part.strip())
     if base not in spec.splits:
-      raise ValueError(f'{name} has splits {", ".join(spec.splits)}; '
-                       f'got split={split!r}.')
+      raise ConfigError(f'{name} has splits {", ".join(spec.splits)}; '
+                        f'got split={split!r}.')
 
 
 def get_dataset(name: str, split: str, *, data_dir=None, tokenizer='gpt2',
@@ -42,24 +43,22 @@ def get_dataset(name: str, split: str, *, data_dir=None, tokenizer='gpt2',
       DATA_DIR/wikitext-2-raw or DATA_DIR/wikitext-103-raw).
   """
   if name not in sources.DATASETS:
-    raise ValueError(f'Unknown dataset {name!r}; known: '
-                     f'{", ".join(sources.DATASETS)}.')
+    raise ConfigError(f'Unknown dataset {name!r}; known: '
+                      f'{", ".join(sources.DATASETS)}.')
   _check_split(name, split)
   spec = sources.DATASETS[name]
   if spec.kind == 'image':
     if name == 'fashion_mnist':
       if image_size not in (None, 28):
-        raise ValueError(f'image_size={image_size} is only for imagenet2012.')
+        raise ConfigError(f'image_size={image_size} is only for imagenet2012.')
       return images.load_fashion_mnist(split, data_dir)
     return images.load_tfds_images(name, split, data_dir, tfds_dir,
                                    image_size)
-  if isinstance(block_size, bool) or not isinstance(block_size, int) or (
-      block_size < 1):
-    raise ValueError(f'block_size={block_size!r} must be a positive int.')
+  check_int(block_size, 'block_size')
   tok = (tokenizer_lib.get_tokenizer(tokenizer) if isinstance(tokenizer, str)
          else tokenizer)
   if name.startswith('wikitext') and '[' in split:
-    raise ValueError(f'{name} takes whole splits; got split={split!r}.')
+    raise ConfigError(f'{name} takes whole splits; got split={split!r}.')
   tokens = text.load_tokens(name, split, data_dir=data_dir, tokenizer=tok,
                             wikitext_dir=wikitext_dir)
   info = sources.SourceInfo(
@@ -73,14 +72,14 @@ def get_dataset(name: str, split: str, *, data_dir=None, tokenizer='gpt2',
 def describe(name: str, tokenizer: str = 'gpt2') -> dict:
   """num_classes/image_shape (images) or vocab_size (text) of a dataset."""
   if name not in sources.DATASETS:
-    raise ValueError(f'Unknown dataset {name!r}; known: '
-                     f'{", ".join(sources.DATASETS)}.')
+    raise ConfigError(f'Unknown dataset {name!r}; known: '
+                      f'{", ".join(sources.DATASETS)}.')
   spec = sources.DATASETS[name]
   if spec.kind == 'image':
     return {'kind': 'image', 'num_classes': spec.num_classes,
             'image_shape': spec.image_shape, 'splits': spec.splits}
   if tokenizer not in tokenizer_lib.VOCAB_SIZES:
-    raise ValueError(f'Unknown tokenizer {tokenizer!r}; known: '
-                     f'{", ".join(tokenizer_lib.VOCAB_SIZES)}.')
+    raise ConfigError(f'Unknown tokenizer {tokenizer!r}; known: '
+                      f'{", ".join(tokenizer_lib.VOCAB_SIZES)}.')
   vocab = tokenizer_lib.VOCAB_SIZES[tokenizer]
   return {'kind': 'text', 'vocab_size': vocab, 'splits': spec.splits}

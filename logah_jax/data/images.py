@@ -17,6 +17,7 @@ import numpy as np
 from logah_jax.data import builders
 from logah_jax.data import sources
 from logah_jax.data import storage
+from logah_jax.validation import ConfigError, InputNotFoundError
 
 _READ_CHUNK = 10_000
 
@@ -30,7 +31,7 @@ def _read_all(records, bulk: bool) -> dict[str, np.ndarray]:
     examples.extend(records.__getitems__(keys) if bulk else
                     [records[i] for i in keys])
   if not examples:
-    raise ValueError('The split holds no examples.')
+    raise ConfigError('The split holds no examples.')
   return {'image': np.stack([np.asarray(ex['image'], np.uint8)
                              for ex in examples]),
           'label': np.asarray([int(ex['label']) for ex in examples], np.int32)}
@@ -70,7 +71,7 @@ def load_fashion_mnist(split: str, data_dir=None) -> sources.ArraySource:
     for part in ('train', 'test'):  # raises naming the package if absent
       for f in builders.FASHION_MNIST_FILES[part]:
         if not (raw / f).exists():
-          raise FileNotFoundError(
+          raise InputNotFoundError(
               f'Fashion-MNIST not found in {data_dir} (no {raw / f}): '
               f'{builders.FASHION_MNIST_HINT.format(data_dir=data_dir)}.')
     logging.info('Preparing tfds fashion_mnist_local in %s', data_dir)
@@ -96,7 +97,7 @@ def _tfds_records(name: str, split: str, tfds_dir: pathlib.Path):
           ValueError) as e:
     if prepared:
       raise
-    raise FileNotFoundError(
+    raise InputNotFoundError(
         f'{name} not found in {tfds_dir} (no array_record data at '
         f'{builder.data_dir}): {spec.provider}.') from e
   return records, (pathlib.Path(builder.data_dir) if prepared else None)
@@ -115,8 +116,8 @@ def load_tfds_images(name: str, split: str, data_dir=None, tfds_dir=None,
     return sources.RecordImageSource(records, info,
                                      sources.center_crop_resizer(size))
   if image_size not in (None, spec.image_shape[0]):
-    raise ValueError(f'image_size={image_size} is only for imagenet2012; '
-                     f'{name} images are {spec.image_shape[0]} pixels.')
+    raise ConfigError(f'image_size={image_size} is only for imagenet2012; '
+                      f'{name} images are {spec.image_shape[0]} pixels.')
   fingerprint = None if prepared is None else {
       'source': storage.file_fingerprint(prepared / 'dataset_info.json')}
   images, labels = _cached_split(records, name, split, data_dir, fingerprint)

@@ -12,15 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from logah_jax.data import augment as augment_lib
+from logah_jax.validation import ConfigError, check_int
 
 _STATE_KEYS = ('epoch', 'batch', 'seed', 'batch_size', 'num_examples')
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise ValueError(f'{name}={value!r} must be an int.')
-  if value < minimum:
-    raise ValueError(f'{name}={value} must be >= {minimum}.')
 
 
 class Loader:
@@ -43,31 +37,31 @@ class Loader:
                num_epochs: int | None = None, augment: bool = False,
                pad: int = 4, normalize: bool = True,
                shard_index: int = 0, shard_count: int = 1):
-    _check_int('batch_size', batch_size, 1)
-    _check_int('seed', seed, 0)
-    _check_int('pad', pad, 0)
+    check_int(batch_size, 'batch_size', 1)
+    check_int(seed, 'seed', 0)
+    check_int(pad, 'pad', 0)
     if num_epochs is not None:
-      _check_int('num_epochs', num_epochs, 1)
-    _check_int('shard_count', shard_count, 1)
-    _check_int('shard_index', shard_index, 0)
+      check_int(num_epochs, 'num_epochs', 1)
+    check_int(shard_count, 'shard_count', 1)
+    check_int(shard_index, 'shard_index', 0)
     if shard_index >= shard_count:
-      raise ValueError(f'shard_index={shard_index} must be < '
-                       f'shard_count={shard_count}.')
+      raise ConfigError(f'shard_index={shard_index} must be < '
+                        f'shard_count={shard_count}.')
     if batch_size % shard_count:
-      raise ValueError(f'batch_size={batch_size} (global) is not divisible '
-                       f'by shard_count={shard_count}.')
+      raise ConfigError(f'batch_size={batch_size} (global) is not divisible '
+                        f'by shard_count={shard_count}.')
     if shard_count > 1 and not drop_remainder:
-      raise ValueError('shard_count > 1 needs drop_remainder=True so that '
-                       'every shard gets the same batch size.')
+      raise ConfigError('shard_count > 1 needs drop_remainder=True so that '
+                        'every shard gets the same batch size.')
     info = source.info
     if augment and info.kind != 'image':
-      raise ValueError(f'augment=True applies to images; {info.name} is '
-                       f'{info.kind}.')
+      raise ConfigError(f'augment=True applies to images; {info.name} is '
+                        f'{info.kind}.')
     n = len(source)
     if n == 0:
-      raise ValueError(f'{info.name}/{info.split} is empty.')
+      raise ConfigError(f'{info.name}/{info.split} is empty.')
     if drop_remainder and n < batch_size:
-      raise ValueError(
+      raise ConfigError(
           f'batch_size={batch_size} exceeds the {n} examples of '
           f'{info.name}/{info.split}; with drop_remainder=True no batch '
           'would be produced.')
@@ -112,16 +106,16 @@ class Loader:
   def restore(self, state: dict) -> None:
     missing = [k for k in _STATE_KEYS if k not in state]
     if missing:
-      raise ValueError(f'Loader state lacks {", ".join(missing)}.')
+      raise ConfigError(f'Loader state lacks {", ".join(missing)}.')
     for key in ('seed', 'batch_size', 'num_examples'):
       if int(state[key]) != getattr(self, key):
-        raise ValueError(
+        raise ConfigError(
             f'Loader state has {key}={state[key]} but this loader has '
             f'{key}={getattr(self, key)}; it belongs to another data stream.')
     epoch, batch = int(state['epoch']), int(state['batch'])
     if epoch < 0 or not 0 <= batch < self.batches_per_epoch:
-      raise ValueError(f'Loader state epoch={epoch}, batch={batch} is out of '
-                       f'range ({self.batches_per_epoch} batches an epoch).')
+      raise ConfigError(f'Loader state epoch={epoch}, batch={batch} is out of '
+                        f'range ({self.batches_per_epoch} batches an epoch).')
     self._epoch, self._batch = epoch, batch
 
   def __iter__(self):

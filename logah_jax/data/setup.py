@@ -27,7 +27,9 @@ import tempfile
 import time
 
 from logah_jax.data import builders
+from logah_jax.data import images
 from logah_jax.data import storage
+from logah_jax.data import text
 
 FASHION_MNIST_PACKAGE = 'dataset-fashion-mnist'
 FASHION_MNIST_SYSTEM_DIR = pathlib.Path('/usr/share/datasets/fashion-mnist')
@@ -186,7 +188,6 @@ def prepare_tfds(data_dir, log=print) -> None:
 
 
 def warm_image_cache(data_dir, log=print) -> None:
-  from logah_jax.data import images  # pylint: disable=g-import-not-at-top
   counts = {split: len(images.load_fashion_mnist(split, data_dir))
             for split in ('train', 'validation', 'test')}
   log('arrays fashion_mnist: ' +
@@ -194,7 +195,6 @@ def warm_image_cache(data_dir, log=print) -> None:
 
 
 def warm_token_caches(data_dir, log=print) -> None:
-  from logah_jax.data import text  # pylint: disable=g-import-not-at-top
   for tokenizer in ('gpt2', 'bytes'):
     counts = {split: text.load_tokens('shakespeare', split,
                                          data_dir=data_dir,

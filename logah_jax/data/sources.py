@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Callable, Protocol, Sequence
+from logah_jax.validation import ConfigError
 
 import numpy as np
 
@@ -108,8 +109,8 @@ class ArraySource:
   def __init__(self, images: np.ndarray, labels: np.ndarray,
                info: SourceInfo):
     if len(images) != len(labels):
-      raise ValueError(f'{info.name}: {len(images)} images, '
-                       f'{len(labels)} labels.')
+      raise ConfigError(f'{info.name}: {len(images)} images, '
+                        f'{len(labels)} labels.')
     self.images, self.labels, self.info = images, labels, info
 
   def __len__(self) -> int:
@@ -153,9 +154,9 @@ class TokenWindows:
 
   def __init__(self, tokens: np.ndarray, block_size: int, info: SourceInfo):
     if block_size < 1:
-      raise ValueError(f'block_size={block_size} must be >= 1.')
+      raise ConfigError(f'block_size={block_size} must be >= 1.')
     if len(tokens) < block_size + 1:
-      raise ValueError(
+      raise ConfigError(
           f'{info.name}/{info.split} has {len(tokens)} tokens, fewer than '
           f'block_size+1={block_size + 1}: use a smaller block_size.')
     self.tokens, self.block_size, self.info = tokens, block_size, info

@@ -17,6 +17,7 @@ import numpy as np
 from logah_jax.data import builders
 from logah_jax.data import storage
 from logah_jax.data import tokenizer as tokenizer_lib
+from logah_jax.validation import ConfigError, InputNotFoundError
 
 WIKITEXT_FILES = {'train': 'wiki.train.raw', 'validation': 'wiki.valid.raw',
                   'test': 'wiki.test.raw'}
@@ -35,13 +36,13 @@ def wikitext_file(name: str, split: str, data_dir=None,
                   source_dir=None) -> pathlib.Path:
   """The raw file of a split; raises naming the directory and file names."""
   if split not in WIKITEXT_FILES:
-    raise ValueError(f'{name} has splits {", ".join(WIKITEXT_FILES)}; '
-                     f'got split={split!r}.')
+    raise ConfigError(f'{name} has splits {", ".join(WIKITEXT_FILES)}; '
+                      f'got split={split!r}.')
   folder = wikitext_dir(name, data_dir, source_dir)
   path = folder / WIKITEXT_FILES[split]
   if not path.is_file():
     archive = WIKITEXT_SUBDIRS[name]
-    raise FileNotFoundError(
+    raise InputNotFoundError(
         f'{name}: {path} not found. Expected the directory {folder} to hold '
         f'{", ".join(WIKITEXT_FILES.values())} (the unzipped {archive}.zip, '
         f'HF config {archive}-v1); pass wikitext_dir=... to point elsewhere.')
@@ -110,6 +111,6 @@ def load_tokens(name: str, split: str, *, data_dir=None, tokenizer='gpt2',
       logging.info('Tokenising %s with %s (cached afterwards)', path, tok.name)
       return tokenizer_lib.encode_stream(tok, _read_chunks(path))
   else:
-    raise ValueError(f'{name!r} is not a text dataset; text datasets: '
-                     f'shakespeare, {", ".join(WIKITEXT_SUBDIRS)}.')
+    raise ConfigError(f'{name!r} is not a text dataset; text datasets: '
+                      f'shakespeare, {", ".join(WIKITEXT_SUBDIRS)}.')
   return storage.cached_array(cache, fingerprint, build)

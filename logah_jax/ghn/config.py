@@ -1,6 +1,6 @@
 """GHN configurations: LoGAH (low-rank decoder) and GHN-3 (full-rank decoder).
 
-Sizes follow LoGAH Table 1 and GHN-3 (spec/logah.md §4, §5, §6.2). A GHNConfig
+Sizes follow LoGAH Table 1 and GHN-3 (docs/algorithm.md §3, §4). A GHNConfig
 is frozen and hashable: compiled GHN functions are cached on it.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from logah_jax.arch.configs import replace_fields
+from logah_jax.validation import ConfigError, check_int
 
 DECODERS = ('lowrank', 'fullrank')
 FACTORIZATIONS = ('paper', 'transpose')
@@ -52,41 +53,39 @@ class GHNConfig:
   def __post_init__(self):
     object.__setattr__(self, 'max_shape', tuple(self.max_shape))
     if self.decoder not in DECODERS:
-      raise ValueError(f'GHNConfig.decoder={self.decoder!r} must be one of '
-                       f'{DECODERS}.')
+      raise ConfigError(f'GHNConfig.decoder={self.decoder!r} must be one of '
+                        f'{DECODERS}.')
     if self.factorization not in FACTORIZATIONS:
-      raise ValueError(f'GHNConfig.factorization={self.factorization!r} must '
-                       f'be one of {FACTORIZATIONS}.')
+      raise ConfigError(f'GHNConfig.factorization={self.factorization!r} must '
+                        f'be one of {FACTORIZATIONS}.')
     if self.dtype not in DTYPES:
-      raise ValueError(f'GHNConfig.dtype={self.dtype!r} must be one of '
-                       f'{DTYPES}.')
+      raise ConfigError(f'GHNConfig.dtype={self.dtype!r} must be one of '
+                        f'{DTYPES}.')
     names = ['hid', 'layers', 'heads', 'max_ck', 'num_classes', 'cutoff',
              'max_degree', 'max_input_dist']
     if self.decoder == 'lowrank':
       names.append('rank')
     for name in names:
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f'GHNConfig.{name}={value!r} must be a positive int.')
+      check_int(getattr(self, name), f'GHNConfig.{name}')
     if self.hid % self.heads:
-      raise ValueError(f'GHNConfig.hid={self.hid} is not divisible by '
-                       f'heads={self.heads}.')
+      raise ConfigError(f'GHNConfig.hid={self.hid} is not divisible by '
+                        f'heads={self.heads}.')
     if self.hid % 4:
-      raise ValueError(f'GHNConfig.hid={self.hid} must be divisible by 4 '
-                       '(the shape encoder concatenates four d/4 embeddings).')
+      raise ConfigError(f'GHNConfig.hid={self.hid} must be divisible by 4 '
+                        '(the shape encoder concatenates four d/4 embeddings).')
     if len(self.max_shape) != 4 or any(
         not isinstance(v, int) or v <= 0 for v in self.max_shape):
-      raise ValueError(f'GHNConfig.max_shape={self.max_shape} must be four '
-                       'positive ints (c_out, c_in, h, w).')
+      raise ConfigError(f'GHNConfig.max_shape={self.max_shape} must be four '
+                        'positive ints (c_out, c_in, h, w).')
     if self.decoder == 'lowrank' and (
         self.max_ck < self.max_shape[0] or self.max_ck < self.max_shape[1]):
-      raise ValueError(f'GHNConfig.max_ck={self.max_ck} is smaller than '
-                       f'max_shape={self.max_shape[:2]}.')
+      raise ConfigError(f'GHNConfig.max_ck={self.max_ck} is smaller than '
+                        f'max_shape={self.max_shape[:2]}.')
     if self.decoder == 'fullrank' and self.max_shape[:2] != (
         self.hid, self.hid):
-      raise ValueError(f'GHNConfig.max_shape={self.max_shape} must start '
-                       f'with (hid, hid)=({self.hid}, {self.hid}) for the '
-                       'full-rank decoder.')
+      raise ConfigError(f'GHNConfig.max_shape={self.max_shape} must start '
+                        f'with (hid, hid)=({self.hid}, {self.hid}) for the '
+                        'full-rank decoder.')
 
   @property
   def compute_dtype(self):
@@ -123,8 +122,8 @@ def named(name: str, **overrides) -> GHNConfig:
     base = dict(decoder='fullrank', rank=0, layers=layers, hid=hid,
                 heads=heads, max_shape=(hid, hid, 16, 16))
   else:
-    raise ValueError(f'GHN name={name!r} is unknown; known: '
-                     f'{", ".join(names())}.')
+    raise ConfigError(f'GHN name={name!r} is unknown; known: '
+                      f'{", ".join(names())}.')
   return replace_fields(GHNConfig(**base), **overrides)
 
 

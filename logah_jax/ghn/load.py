@@ -1,7 +1,7 @@
 """`load(workdir)`: a trained GHN back from a training workdir, no config file.
 
 A GHN training run stores its whole config as checkpoints/config.json beside
-the orbax steps (see train/ghn_loop.py). That is enough to rebuild the
+the orbax steps (see train/ghn_training.py). That is enough to rebuild the
 GHNConfig and the target family, and to read the GHN params alone out of the
 latest (or a chosen) step.
 """
@@ -18,6 +18,7 @@ import jax
 from logah_jax import arch as arch_lib
 from logah_jax.ghn import api
 from logah_jax.ghn.config import GHNConfig, from_dict
+from logah_jax.validation import ConfigError, InputNotFoundError
 
 _CHECKPOINTS, _CONFIG = 'checkpoints', 'config.json'
 
@@ -51,8 +52,8 @@ def _checkpoint_dir(workdir: str) -> str:
     return nested
   if os.path.exists(os.path.join(workdir, _CONFIG)):
     return workdir
-  raise FileNotFoundError(f'{workdir} holds no GHN training run: no '
-                          f'{os.path.join(nested, _CONFIG)}')
+  raise InputNotFoundError(f'{workdir} holds no GHN training run: no '
+                           f'{os.path.join(nested, _CONFIG)}')
 
 
 def load(workdir: str, step: int | None = None) -> TrainedGHN:
@@ -71,17 +72,17 @@ def load(workdir: str, step: int | None = None) -> TrainedGHN:
     space = run_config['space']
     family = arch_lib.make_space(space['name']).family
   except (KeyError, TypeError, ValueError) as e:
-    raise ValueError(f'{directory}/{_CONFIG} does not describe a GHN '
-                     f'training run: {e}') from e
+    raise ConfigError(f'{directory}/{_CONFIG} does not describe a GHN '
+                      f'training run: {e}') from e
   with checkpoint.CheckpointManager(directory, async_save=False) as mngr:
     state, _ = mngr.restore(step)
     step = mngr.latest_step() if step is None else step
   if not isinstance(state, dict) or 'params' not in state:
-    raise ValueError(f'{directory}: step {step} holds no GHN params')
+    raise ConfigError(f'{directory}: step {step} holds no GHN params')
   params = state['params']
   expected = jax.eval_shape(lambda: api.init(cfg, family, 0))
   if jax.tree.structure(expected) != jax.tree.structure(params):
-    raise ValueError(f'{directory}: the stored GHN params do not match '
-                     f'{cfg} for family {family!r}')
+    raise ConfigError(f'{directory}: the stored GHN params do not match '
+                      f'{cfg} for family {family!r}')
   return TrainedGHN(cfg=cfg, family=family, params=params, step=int(step),
                     directory=directory, run_config=run_config)

@@ -1,19 +1,20 @@
 """Every way to initialise a target, behind one interface (`InitMethod`).
 
   method = inits.make('logah', ghn_workdir=DIR)   # or 'random', ...
-  method.prepare()                                 # one-time, cached work
+  method.prepare()                                 # load once (optional)
   params = method(arch, seed)                      # checked params pytree
 
-Adding a method (model growth is next) means one module with an InitMethod
-subclass and one entry in `make`.
+A method only loads what it needs: a GHN method reads a GHN trained earlier,
+never trains one (nothing here imports logah_jax.train). Adding a method
+means one module with an InitMethod subclass and one entry in `make`.
 """
 
 from logah_jax.inits.base import InitMethod
 from logah_jax.inits.from_checkpoint import CheckpointInit
 from logah_jax.inits.ghn_prediction import GHNPrediction, VARIANTS
-from logah_jax.inits.ghn_prediction import training_config
 from logah_jax.inits.orthogonal import OrthogonalInit
 from logah_jax.inits.random import RandomInit
+from logah_jax.validation import ConfigError
 
 SIMPLE = {'random': RandomInit, 'orthogonal': OrthogonalInit}
 GHN_METHODS = tuple(VARIANTS)
@@ -21,30 +22,29 @@ METHODS = tuple(SIMPLE) + GHN_METHODS
 CHECKPOINT_PREFIX = 'checkpoint:'
 
 
-def make(spec: str, *, ghn_workdir: str = '', ghn_train_config=None,
+def make(spec: str, *, ghn_workdir: str = '',
          ghn_step: int | None = None) -> InitMethod:
   """The init method named `spec` (one of METHODS, or 'checkpoint:DIR').
 
-  GHN methods need `ghn_workdir`; with `ghn_train_config` their `prepare`
-  trains that GHN there first (see ghn_prediction.training_config).
+  GHN methods need `ghn_workdir`, the workdir of a trained GHN (`ghn_step`:
+  its checkpoint step, None = the latest).
   """
   if spec in SIMPLE:
     return SIMPLE[spec]()
   if spec.startswith(CHECKPOINT_PREFIX):
     directory = spec[len(CHECKPOINT_PREFIX):]
     if not directory:
-      raise ValueError("init 'checkpoint:' needs a directory: "
-                       "'checkpoint:/path/to/init'")
+      raise ConfigError("init 'checkpoint:' needs a directory: "
+                        "'checkpoint:/path/to/init'")
     return CheckpointInit(directory)
   if spec in VARIANTS:
     if not ghn_workdir:
-      raise ValueError(f'init method {spec!r} needs a GHN workdir')
-    return GHNPrediction(spec, ghn_workdir, train_config=ghn_train_config,
-                         step=ghn_step)
-  raise ValueError(f'init method {spec!r} is unknown; use one of {METHODS} '
-                   f"or '{CHECKPOINT_PREFIX}DIR'")
+      raise ConfigError(f'init method {spec!r} needs a GHN workdir')
+    return GHNPrediction(spec, ghn_workdir, step=ghn_step)
+  raise ConfigError(f'init method {spec!r} is unknown; use one of {METHODS} '
+                    f"or '{CHECKPOINT_PREFIX}DIR'")
 
 
-__all__ = ['CHECKPOINT_PREFIX', 'CheckpointInit', 'GHNPrediction', 'GHN_METHODS', 'InitMethod',
-           'METHODS', 'OrthogonalInit', 'RandomInit', 'make',
-           'training_config']
+__all__ = ['CHECKPOINT_PREFIX', 'CheckpointInit', 'GHNPrediction',
+           'GHN_METHODS', 'InitMethod', 'METHODS', 'OrthogonalInit',
+           'RandomInit', 'VARIANTS', 'make']

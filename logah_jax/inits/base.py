@@ -2,10 +2,11 @@
 
 A method turns (ArchConfig, seed) into a params pytree with exactly the tree,
 shapes and dtypes of `models.abstract_params(arch)`, so fine-tuning and the
-comparison harness never special-case a method. One-time work a method needs
-(training a GHN; later, pretraining the small model a growth method grows)
-goes in `prepare`, which is idempotent and cached on disk, so a comparison
-over several seeds pays for it once.
+comparison harness never special-case a method. A method only loads: what
+it is made from (a trained GHN; for a growth method, a small pretrained
+model) is trained beforehand by whoever needs it, and handed over as a
+directory. One-time loading goes in `prepare`, which is idempotent, so a
+comparison over several seeds pays for it once.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ class InitMethod:
   deterministic: bool = False
 
   def prepare(self) -> None:
-    """One-time, cached work before `params` can be called (default: none)."""
+    """One-time loading before `params` is called (default: none)."""
 
   def params(self, arch, seed: int):
     raise NotImplementedError

@@ -16,6 +16,7 @@ from logah_jax import ghn as ghn_lib
 from logah_jax import runtime
 from logah_jax.inits import ghn_prediction
 from logah_jax.inits.base import InitMethod
+from logah_jax.validation import ConfigError, OutputExistsError
 
 
 def metadata(method: InitMethod, arch, seed: int) -> dict:
@@ -41,8 +42,8 @@ def _check_output(workdir: str, overwrite: bool) -> None:
   if os.path.isdir(workdir) and not os.listdir(workdir):
     os.rmdir(workdir)  # an empty directory the user made: fine to use
   elif os.path.exists(workdir) and not overwrite:
-    raise FileExistsError(f'--workdir={workdir} already exists; pass '
-                          '--config.overwrite=True to replace it')
+    raise OutputExistsError(f'--workdir={workdir} already exists; pass '
+                            '--config.overwrite=True to replace it')
 
 
 def run_predict(config, workdir: str) -> dict:
@@ -50,20 +51,23 @@ def run_predict(config, workdir: str) -> dict:
   try:
     arch = arch_lib.parse(config.arch)
   except (TypeError, ValueError) as e:
-    raise ValueError(f'config.arch: {e}') from e
+    raise ConfigError(f'config.arch: {e}') from e
   if not config.ghn_workdir:
-    raise ValueError('config.ghn_workdir is empty: give the workdir of a GHN '
-                     'training run')
+    raise ConfigError('config.ghn_workdir is empty: give the workdir of a '
+                      'GHN training run')
   _check_output(workdir, config.overwrite)
   step = None if config.ghn_step < 0 else config.ghn_step
-  trained = ghn_lib.load(config.ghn_workdir, step)
+  method = ghn_prediction.GHNPrediction.from_workdir(config.ghn_workdir, step)
+  trained = method.trained
   if trained.family != arch.family:
-    raise ValueError(f'config.arch={config.arch!r} is a {arch.family} but the '
-                     f'GHN in {config.ghn_workdir} predicts {trained.family} '
-                     'models')
-  ghn_lib.check_archs(trained.cfg, arch.family, [arch])
-  name = ghn_prediction.method_of(trained.cfg)
-  method = ghn_prediction.GHNPrediction(name, config.ghn_workdir, step=step)
+    raise ConfigError(f'config.arch={config.arch!r} is a {arch.family} but '
+                      f'the GHN in {config.ghn_workdir} predicts '
+                      f'{trained.family} models')
+  try:
+    ghn_lib.check_archs(trained.cfg, arch.family, [arch])
+  except ValueError as e:
+    raise ConfigError(f'config.arch: {e}') from e
+  name = method.name
   save_init(method, arch, 0, workdir, overwrite=config.overwrite)
   print(f'{name} init of {arch.name} ({arch_lib.num_params(arch):,} params) '
         f'from the GHN at step {trained.step} saved to {workdir}')

@@ -1,7 +1,9 @@
 """The comparison harness: init methods x seeds, one target, one budget.
 
-Each GHN method trains its GHN once (in `<ghn_root>/<method>`, resumed or
-skipped when complete) with the same recipe and data; every (method, seed)
+Each GHN method first gets its GHN trained (in `<ghn_root>/<method>`, resumed
+or skipped when complete) with the same recipe and data, only the decoder
+swapped (`ghn_training_config`); the init method then only loads it. Every
+(method, seed)
 run is a resumable fine-tuning run in `<workdir>/runs/<method>/seed<k>`, so
 an interrupted comparison continues where it stopped. The result is
 compare.json, compare.md (final metric mean ± std over seeds, the metric at
@@ -15,12 +17,14 @@ import copy
 import json
 import os
 
+from logah_jax import ghn as ghn_lib
 from logah_jax import inits
 from logah_jax.inits import save as init_save
 from logah_jax.train import compare_report
-from logah_jax.train import finetune_loop
-from logah_jax.train import ghn_setup
+from logah_jax.train import finetuning
+from logah_jax.train import ghn_training
 from logah_jax.train import report
+from logah_jax.validation import ConfigError, check_int
 
 RESULT_JSON, RESULT_MD, RESULT_PNG = ('compare.json', 'compare.md',
                                       'compare.png')
@@ -29,43 +33,76 @@ RESULT_JSON, RESULT_MD, RESULT_PNG = ('compare.json', 'compare.md',
 def methods_of(config) -> list[str]:
   names = [m.strip() for m in config.methods.split(',') if m.strip()]
   if not names:
-    raise ValueError('config.methods is empty')
+    raise ConfigError('config.methods is empty')
   for name in names:
     if name not in inits.METHODS:
-      raise ValueError(f'config.methods: {name!r} is not one of '
-                       f'{inits.METHODS}')
+      raise ConfigError(f'config.methods: {name!r} is not one of '
+                        f'{inits.METHODS}')
   if len(set(names)) != len(names):
-    raise ValueError(f'config.methods={config.methods!r} repeats a method')
+    raise ConfigError(f'config.methods={config.methods!r} repeats a method')
   return names
 
 
-def _seeds(config) -> list[int]:
-  n = config.seeds
-  if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-    raise ValueError(f'config.seeds={n!r} must be an int >= 1')
-  return list(range(n))
+def ghn_training_config(base, method: str, ghn3_name: str = 'ghn3-tiny'):
+  """The GHN-training config of `method`, derived from a LoGAH config `base`.
+
+  GHN-3 takes the named full-rank GHN (same Graphormer sizes as the LoGAH of
+  the same size name) and keeps the base's classes, cutoff, dtype and
+  normalisation, so only the decoder differs.
+  """
+  if method not in inits.VARIANTS:
+    raise ConfigError(f'GHN init method {method!r} is not one of '
+                      f'{tuple(inits.VARIANTS)}')
+  config = copy.deepcopy(base)
+  with config.unlocked():
+    if method == 'ghn3':
+      keep = {k: base.ghn[k] for k in ('num_classes', 'cutoff', 'dtype',
+                                       'normalize', 'max_degree',
+                                       'max_input_dist', 'final_ln')}
+      try:
+        cfg = ghn_lib.named(ghn3_name, **keep)
+      except ValueError as e:
+        raise ConfigError(f'config.ghn3_name: {e}') from e
+      if cfg.decoder != 'fullrank':
+        raise ConfigError(f'config.ghn3_name={ghn3_name!r} is not a GHN-3 '
+                          '(full-rank) GHN')
+      for key, value in ghn_lib.to_dict(cfg).items():
+        config.ghn[key] = value
+    else:
+      if base.ghn.decoder != 'lowrank':
+        raise ConfigError(f'the base GHN config has decoder '
+                          f'{base.ghn.decoder!r}; LoGAH methods need lowrank')
+      config.ghn.factorization = inits.VARIANTS[method]['factorization']
+  return config
 
 
 def _plan(config, workdir):
-  """Checks everything (no training yet) and builds the init methods."""
-  names, seeds = methods_of(config), _seeds(config)
-  run = finetune_loop.build_run(config.finetune)
+  """Checks everything (no training yet).
+
+  Returns (fine-tuning run, {method: InitMethod}, seeds, {method: (GHN run,
+  its workdir)}) for the GHN methods.
+  """
+  names = methods_of(config)
+  seeds = list(range(check_int(config.seeds, 'config.seeds')))
   ghn_root = config.ghn_workdir or os.path.join(workdir, 'ghn')
-  methods = {}
+  target = finetuning.target_arch(config.finetune)
+  methods, ghn_runs = {}, {}
   for name in names:
-    train_config = None
+    ghn_dir = os.path.join(ghn_root, name)
     if name in inits.GHN_METHODS:
-      train_config = inits.training_config(config.ghn_train, name,
-                                           config.ghn3_name)
-      ghn_run = ghn_setup.build_run(train_config)
-      if ghn_run.family != run.arch.family:
-        raise ValueError(f'config.ghn_train trains {ghn_run.family} GHNs but '
-                         f'the target {run.arch.name} is a {run.arch.family}')
-      from logah_jax import ghn as ghn_lib  # pylint: disable=g-import-not-at-top
-      ghn_lib.check_archs(ghn_run.ghn_cfg, run.arch.family, [run.arch])
-    methods[name] = inits.make(name, ghn_workdir=os.path.join(ghn_root, name),
-                               ghn_train_config=train_config)
-  return run, methods, seeds
+      ghn_run = ghn_training.build_run(
+          ghn_training_config(config.ghn_train, name, config.ghn3_name))
+      if ghn_run.family != target.family:
+        raise ConfigError(f'config.ghn_train trains {ghn_run.family} GHNs but'
+                          f' the target {target.name} is a {target.family}')
+      try:
+        ghn_lib.check_archs(ghn_run.ghn_cfg, target.family, [target])
+      except ValueError as e:
+        raise ConfigError(f'config.finetune.arch: {e}') from e
+      ghn_runs[name] = (ghn_run, ghn_dir)
+    methods[name] = inits.make(name, ghn_workdir=ghn_dir)
+  run = finetuning.build_run(config.finetune, init=methods[names[0]])
+  return run, methods, seeds, ghn_runs
 
 
 def finetune_all(methods: dict, seeds, finetune_config, workdir: str,
@@ -86,7 +123,7 @@ def finetune_all(methods: dict, seeds, finetune_config, workdir: str,
         c.seed = seed
         c.init.method = method.name
         c.compilation_cache = compilation_cache
-      result = finetune_loop.finetune(
+      result = finetuning.finetune(
           c, os.path.join(workdir, 'runs', label, f'seed{seed}'),
           init=method)
       curves[label][seed] = result.evals
@@ -107,8 +144,11 @@ def write_results(curves: dict, summary: dict, workdir: str) -> str:
 
 def run_compare(config, workdir: str) -> dict:
   """Runs (or resumes) the whole comparison; returns the summary."""
-  run, methods, seeds = _plan(config, workdir)
+  run, methods, seeds, ghn_runs = _plan(config, workdir)
   os.makedirs(workdir, exist_ok=True)
+  for name, (ghn_run, ghn_dir) in ghn_runs.items():
+    report.say(f'=== GHN of {name} ===')
+    ghn_training.train(ghn_run, ghn_dir)
   for name, method in methods.items():
     if method.deterministic:  # keep the prediction a user can restore
       method.prepare()

@@ -2,29 +2,22 @@
 
 The state (step, params, optimizer state) lives on the mesh with the params'
 shardings (replicated, or FSDP-split for targets too big to replicate); the
-batch is split over the 'data' axis. A step whose loss or gradient norm is
-not finite leaves the state unchanged and reports `finite = 0`, so the loop
-can stop with the last good state and checkpoint intact.
+batch is split over the 'data' axis. The update is `state.guarded_update`: a
+step whose loss or gradient norm is not finite leaves the state unchanged.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import flax.struct
 import jax
-import jax.numpy as jnp
-import optax
 
+from logah_jax import compiles
+from logah_jax import models
 from logah_jax import parallel
 from logah_jax.train import objective
+from logah_jax.train import state as state_lib
+from logah_jax.train.state import TrainState
 
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array  # int32 scalar: optimizer updates applied
-  params: Any
-  opt_state: Any
+TRACE_NAME = 'finetune_step.update'  # compiles.trace_counts() key
 
 
 class FinetuneStep:
@@ -43,8 +36,6 @@ class FinetuneStep:
                label_smoothing: float = 0.0, fsdp_min_mb: float = 4):
     self.arch, self.tx, self.mesh = arch, tx, mesh
     self.label_smoothing = float(label_smoothing)
-    self.traces = 0
-    from logah_jax import models  # pylint: disable=g-import-not-at-top
     abstract = models.abstract_params(arch)
     self._params_abstract = abstract
     self.param_shardings = parallel.param_shardings(
@@ -81,8 +72,7 @@ class FinetuneStep:
     return TrainState(step=rest[0], params=params, opt_state=rest[1])
 
   def _fresh(self, params) -> TrainState:
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=self.tx.init(params))
+    return state_lib.fresh(self.tx, params)
 
   def init_state(self, params) -> TrainState:
     """A step-0 state on the mesh; `params` is copied, never donated."""
@@ -90,7 +80,7 @@ class FinetuneStep:
     return jax.jit(self._fresh, out_shardings=self._state_shardings)(params)
 
   def _update(self, state: TrainState, batch):
-    self.traces += 1
+    compiles.count_trace(TRACE_NAME)
     arch, smoothing = self.arch, self.label_smoothing
 
     def loss_fn(params):
@@ -100,14 +90,8 @@ class FinetuneStep:
 
     (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
-    grad_norm = optax.tree.norm(grads)
-    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    new = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
-    new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
-    return new, {'loss': loss, 'acc': acc, 'grad_norm': grad_norm,
-                 'finite': finite.astype(jnp.float32)}
+    state, metrics = state_lib.guarded_update(state, grads, loss, self.tx)
+    return state, dict(metrics, acc=acc)
 
   def __call__(self, state: TrainState, batch):
     return self._step(state, parallel.shard_batch(self.mesh, batch))

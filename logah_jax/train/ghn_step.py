@@ -1,6 +1,6 @@
 """One GHN training step over m architectures, compiled without recompiles.
 
-A step is three kinds of compiled program (DESIGN.md decision 5):
+A step is three kinds of compiled program (docs/algorithm.md §6.3):
 
 1. `body`: the Graphormer on the m graphs of the step, padded to one node
    bucket fixed for the whole run -> m node-embedding blocks [N, D]. Compiles
@@ -8,10 +8,12 @@ A step is three kinds of compiled program (DESIGN.md decision 5):
 2. `arch`: for one architecture, its decoder + write-back + target forward +
    loss, differentiated with respect to the decoder params and the node block.
    Compiles once per (ArchConfig, arch group): a fixed pool of architectures
-   bounds the count, whatever the number of steps.
+   bounds the count, whatever the number of steps. One program per
+   architecture because different architectures are different programs: one
+   SPMD program (or `shard_map`) cannot run them side by side.
 3. `finish`: pulls the m node-block gradients back through the body with
-   `jax.vjp`, averages, clips, applies AdamW, and keeps the old state when the
-   loss or gradient norm is not finite. Compiles once per run.
+   `jax.vjp`, averages, and applies the guarded update (`state.py`).
+   Compiles once per run.
 
 Placement: the mesh may have an 'arch' axis; architecture b of a step runs on
 group b % groups (a sub-mesh with its own 'data' axis over which the shared
@@ -22,35 +24,20 @@ per-architecture gradients come back to it for `finish`.
 
 from __future__ import annotations
 
-import collections
-import functools
-from typing import Any, Sequence
+from typing import Sequence
 
-import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 
+from logah_jax import compiles
 from logah_jax import ghn as ghn_lib
 from logah_jax import parallel
 from logah_jax.ghn.config import GHNConfig
 from logah_jax.train import objective
+from logah_jax.train import state as state_lib
+from logah_jax.train.state import TrainState
 
-_TRACES: collections.Counter = collections.Counter()
-
-
-def trace_counts() -> dict[str, int]:
-  """Traces (= compilations) of each GHN-training program so far."""
-  return dict(_TRACES)
-
-
-@flax.struct.dataclass
-class GHNTrainState:
-  step: jax.Array  # int32 scalar: optimizer updates applied
-  params: Any
-  opt_state: Any
-
+TRACE_GROUP = 'ghn_step'  # compiles.trace_counts(TRACE_GROUP): body/arch/finish
 
 class GHNStep:
   """Callable `(state, archs, batch) -> (state, metrics)` for a fixed run.
@@ -62,7 +49,7 @@ class GHNStep:
     mesh: from `parallel.make_mesh`; axes 'data' and optionally 'arch'.
     m: architectures per step.
     n_pad: node bucket every step pads to (`ArchSampler.node_bucket`).
-    gamma: weight of the Frobenius regulariser (spec §8.1).
+    gamma: weight of the Frobenius regulariser (docs/algorithm.md §6.1).
     label_smoothing: for ViT cross-entropy.
   """
 
@@ -75,23 +62,21 @@ class GHNStep:
     self.replicated = parallel.replicated(mesh)
     self._body = self._compile_body()
     self._finish = self._compile_finish()
+    self._arch_programs = {}  # (ArchConfig, group) -> compiled program
 
   # ------------------------------------------------------------------ state
 
-  def init_state(self, params) -> GHNTrainState:
+  def init_state(self, params) -> TrainState:
     """A fresh state (step 0) replicated on the mesh.
 
     The state is a copy: steps donate it, and `params` stays usable.
     """
-    state = GHNTrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=self.tx.init(params))
-    return jax.device_put(state, self.replicated, may_alias=False)
+    return jax.device_put(state_lib.fresh(self.tx, params), self.replicated,
+                          may_alias=False)
 
-  def abstract_state(self, params) -> GHNTrainState:
+  def abstract_state(self, params) -> TrainState:
     """ShapeDtypeStructs (with shardings) of a state: the restore target."""
-    abstract = jax.eval_shape(
-        lambda p: GHNTrainState(step=jnp.zeros((), jnp.int32), params=p,
-                                opt_state=self.tx.init(p)), params)
+    abstract = jax.eval_shape(lambda p: state_lib.fresh(self.tx, p), params)
     return parallel.with_shardings(abstract, self.replicated)
 
   # --------------------------------------------------------------- programs
@@ -100,14 +85,19 @@ class GHNStep:
     body = ghn_lib.body_function(self.cfg, self.family)
 
     def forward(body_params, inputs):
-      _TRACES['body'] += 1
+      compiles.count_trace(f'{TRACE_GROUP}.body')
       x = body(body_params, inputs)
       return tuple(x[b] for b in range(x.shape[0]))
     return jax.jit(forward, out_shardings=self.replicated)
 
-  @functools.lru_cache(maxsize=None)
   def _arch_program(self, arch, group: int):
     """value-and-grad of one architecture's loss, compiled on its group."""
+    key = (arch, group)
+    if key not in self._arch_programs:
+      self._arch_programs[key] = self._compile_arch(arch, group)
+    return self._arch_programs[key]
+
+  def _compile_arch(self, arch, group: int):
     decode = ghn_lib.decode_function(self.cfg, arch)
     n = ghn_lib.num_nodes(self.cfg, arch)
     gamma, smoothing = self.gamma, self.label_smoothing
@@ -121,7 +111,7 @@ class GHNStep:
       return ce + gamma * reg, {'ce': ce, 'reg': reg, 'acc': acc}
 
     def program(decoder_params, x_ND, batch):
-      _TRACES['arch'] += 1
+      compiles.count_trace(f'{TRACE_GROUP}.arch')
       (_, aux), (g_dec, g_x) = jax.value_and_grad(
           loss_fn, argnums=(0, 1), has_aux=True)(decoder_params, x_ND, batch)
       return g_dec, g_x, aux
@@ -135,8 +125,8 @@ class GHNStep:
     body = ghn_lib.body_function(self.cfg, self.family)
     tx, gamma = self.tx, self.gamma
 
-    def finish(state: GHNTrainState, inputs, g_xs, g_decs, auxes):
-      _TRACES['finish'] += 1
+    def finish(state: TrainState, inputs, g_xs, g_decs, auxes):
+      compiles.count_trace(f'{TRACE_GROUP}.finish')
       inv_m = 1.0 / len(g_xs)
       _, pull_back = jax.vjp(lambda p: body(p, inputs), state.params['body'])
       (g_body,) = pull_back(jnp.stack(g_xs))
@@ -147,15 +137,8 @@ class GHNStep:
       grads = jax.tree.map(lambda g: g * inv_m, grads)
       aux = jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)), *auxes)
       loss = aux['ce'] + gamma * aux['reg']
-      grad_norm = optax.tree.norm(grads)
-      updates, opt_state = tx.update(grads, state.opt_state, state.params)
-      params = optax.apply_updates(state.params, updates)
-      ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-      new = GHNTrainState(step=state.step + 1, params=params,
-                          opt_state=opt_state)
-      state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, state)
-      metrics = dict(aux, loss=loss, grad_norm=grad_norm, finite=ok)
-      return state, metrics
+      state, metrics = state_lib.guarded_update(state, grads, loss, tx)
+      return state, dict(aux, **metrics)
 
     return jax.jit(finish, out_shardings=self.replicated, donate_argnums=0)
 
@@ -166,7 +149,7 @@ class GHNStep:
     x = ghn_lib.make_inputs(self.cfg, self.family, archs, self.n_pad)
     return jax.device_put(x, self.replicated)
 
-  def __call__(self, state: GHNTrainState, archs: Sequence, batch):
+  def __call__(self, state: TrainState, archs: Sequence, batch):
     """One update. `batch` is a host (numpy) batch shared by all archs.
 
     Returns (state, metrics); metrics are device scalars: loss, ce, reg, acc
@@ -197,15 +180,3 @@ class GHNStep:
     g_decs, g_xs, auxes = (tuple(o[i] for o in outs) for i in range(3))
     return self._finish(state, inputs, g_xs, g_decs, auxes)
 
-
-def batch_rows_check(batch_size: int, mesh) -> None:
-  """The global batch must split evenly over each arch group's 'data' axis."""
-  per_group = parallel.arch_groups(mesh)[0].shape[parallel.DATA]
-  if batch_size % per_group:
-    raise ValueError(f'data.batch_size={batch_size} is not divisible by the '
-                     f"{per_group} devices of the mesh's '{parallel.DATA}' axis")
-
-
-def host_metrics(metrics) -> dict[str, float]:
-  """Device metrics -> python floats (one transfer)."""
-  return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}

@@ -14,14 +14,15 @@ import os
 import jax
 
 from logah_jax import arch as arch_lib
-from logah_jax import checkpoint as ckpt_lib
-from logah_jax import data as data_lib
 from logah_jax import ghn as ghn_lib
+from logah_jax import inits
 from logah_jax import models
-from logah_jax import runtime
+from logah_jax.inits import save as init_save
 from logah_jax.train import evaluate as eval_lib
-from logah_jax.train import ghn_setup
+from logah_jax.train import ghn_training
 from logah_jax.train import report
+from logah_jax.train.data_spec import DataSpec
+from logah_jax.validation import ConfigError
 
 PREDICTED_DIR = 'predicted_init'
 RESULT_FILE = 'holdout.json'
@@ -29,7 +30,7 @@ RESULT_FILE = 'holdout.json'
 
 def holdout_arch(config):
   """The ArchConfig of `config.holdout.arch` in the space's family/shapes."""
-  space = ghn_setup.space_of(config)
+  space = ghn_training.space_of(config)
   a = config.holdout.arch
   if space.family == 'vit':
     return arch_lib.ViTConfig(
@@ -44,32 +45,31 @@ def holdout_arch(config):
 
 
 def check_holdout(config) -> None:
-  """Raises ValueError for a held-out target that can't be built or predicted.
+  """Raises ConfigError for a held-out target that can't be built or predicted.
 
   Called before training, so a typo in `config.holdout` does not surface only
   after the GHN has trained.
   """
   try:
     target = holdout_arch(config)
+    ghn_lib.check_archs(ghn_training.ghn_config(config), target.family,
+                        [target])
   except (TypeError, ValueError) as e:
-    raise ValueError(f'config.holdout.arch: {e}') from e
-  ghn_lib.check_archs(ghn_setup.ghn_config(config), target.family, [target])
-  data = config.data
-  if config.holdout.split not in data_lib.describe(
-      data.name, data.get('tokenizer', 'gpt2'))['splits']:
-    raise ValueError(f'config.holdout.split={config.holdout.split!r} is not '
-                     f'a split of {data.name}')
+    raise ConfigError(f'config.holdout.arch: {e}') from e
+  DataSpec.from_config(config.data).check_split(config.holdout.split,
+                                                'config.holdout.split')
 
 
 def run_holdout(config, workdir: str) -> dict:
   """Predicts, evaluates and saves the held-out target; returns the result."""
   h = config.holdout
   target = holdout_arch(config)
-  source = ghn_setup.data_source(config, h.split)
-  trained = ghn_lib.load(workdir)
-  largest = max(arch_lib.num_params(a) for a in
-                ghn_setup.build_run(config).sampler.candidates())
-  predicted = trained.predict(target)
+  run = ghn_training.build_run(config)
+  source = run.data.source(h.split)
+  method = inits.GHNPrediction.from_workdir(workdir)
+  trained = method.trained
+  largest = max(arch_lib.num_params(a) for a in run.sampler.candidates())
+  predicted = method(target, h.seed)
   random = models.init_params(target, jax.random.key(h.seed))
   rows = {}
   for name, params in (('LoGAH prediction' if trained.cfg.decoder ==
@@ -79,10 +79,8 @@ def run_holdout(config, workdir: str) -> dict:
                                    batch_size=h.batch_size,
                                    max_batches=h.max_batches)
   out_dir = os.path.join(workdir, PREDICTED_DIR)
-  ckpt_lib.save_params(out_dir, predicted, overwrite=True, metadata={
-      'arch': arch_lib.to_dict(target), 'arch_name': target.name,
-      'family': target.family, 'generator': trained.describe(),
-      'code_version': runtime.code_version()})
+  init_save.save_init(method, target, h.seed, out_dir, overwrite=True,
+                      params=predicted)
   result = {'arch': target.name, 'num_params': arch_lib.num_params(target),
             'largest_training_params': largest,
             'split': f'{config.data.name}/{h.split}', 'results': rows,

@@ -57,5 +57,8 @@ def _safe_norm(x):
 
 
 def frobenius_sum(params):
-  """Σ over tensors of ||w||_F, not squared (spec §8.1), on full-size leaves."""
+  """Σ over tensors of ||w||_F, not squared, on full-size leaves.
+
+  The regulariser of LoGAH's objective (docs/algorithm.md §6.1).
+  """
   return sum(_safe_norm(leaf) for leaf in jax.tree.leaves(params))

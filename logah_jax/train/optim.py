@@ -1,14 +1,16 @@
 """Optimizers and learning-rate schedules from a config (GHN and targets).
 
-The GHN recipe (spec §8.2): AdamW with PyTorch's defaults (betas 0.9/0.999,
-eps 1e-8), weight decay 1e-2, global-norm clipping at 5, and a cosine schedule
-after a linear warm-up. The original steps its schedule per epoch; here it is
-per step, with the warm-up and the decay given in steps.
+The GHN recipe (docs/algorithm.md §6.2): AdamW with PyTorch's defaults (betas
+0.9/0.999, eps 1e-8), weight decay 1e-2, global-norm clipping at 5, and a
+cosine schedule after a linear warm-up. The original steps its schedule per
+epoch; here it is per step, with the warm-up and the decay given in steps.
 """
 
 from __future__ import annotations
 
 import optax
+
+from logah_jax.validation import ConfigError, check_int
 
 OPTIMIZERS = ('adamw', 'sgd')
 SCHEDULES = ('cosine', 'constant')
@@ -16,7 +18,7 @@ SCHEDULES = ('cosine', 'constant')
 
 def _check(cond: bool, field: str, value, what: str) -> None:
   if not cond:
-    raise ValueError(f'{field}={value!r} {what}')
+    raise ConfigError(f'{field}={value!r} {what}')
 
 
 def schedule(*, lr: float, num_steps: int, warmup_steps: int = 0,
@@ -26,10 +28,9 @@ def schedule(*, lr: float, num_steps: int, warmup_steps: int = 0,
   _check(kind in SCHEDULES, f'{prefix}.schedule', kind,
          f'must be one of {SCHEDULES}')
   _check(lr > 0, f'{prefix}.lr', lr, 'must be > 0')
-  _check(isinstance(num_steps, int) and num_steps >= 1,
-         f'{prefix}.num_steps', num_steps, 'must be an int >= 1')
-  _check(isinstance(warmup_steps, int) and 0 <= warmup_steps < num_steps,
-         f'{prefix}.warmup_steps', warmup_steps,
+  check_int(num_steps, f'{prefix}.num_steps')
+  check_int(warmup_steps, f'{prefix}.warmup_steps', 0)
+  _check(warmup_steps < num_steps, f'{prefix}.warmup_steps', warmup_steps,
          f'must be an int in [0, num_steps={num_steps})')
   if kind == 'constant':
     if not warmup_steps:

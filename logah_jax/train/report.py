@@ -10,10 +10,10 @@ import json
 import math
 import os
 import sys
-import time
 from typing import Iterable
 
 import numpy as np
+from tqdm import tqdm
 
 from logah_jax import parallel
 
@@ -64,7 +64,6 @@ class Progress:
   def __init__(self, total: int, initial: int, desc: str):
     self._bar = None
     if parallel.is_main_process():
-      from tqdm import tqdm  # pylint: disable=g-import-not-at-top
       self._bar = tqdm(total=total, initial=initial, desc=desc,
                        dynamic_ncols=True, file=sys.stdout,
                        mininterval=1.0, smoothing=0.1, unit='step')
@@ -148,15 +147,3 @@ def plot_curves(rows: Iterable[dict], path: str, keys: tuple[str, ...],
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return path
-
-
-class Timer:
-  """Wall time since construction (or the last `lap`)."""
-
-  def __init__(self):
-    self.start = time.perf_counter()
-
-  def lap(self) -> float:
-    now = time.perf_counter()
-    elapsed, self.start = now - self.start, now
-    return elapsed

@@ -18,19 +18,15 @@ import numpy as np
 
 from logah_jax import arch as arch_lib
 from logah_jax.arch import batching
+from logah_jax.validation import check_int
 
 
 class ArchSampler:
   """m architectures per step from a space, deterministic in (seed, step)."""
 
   def __init__(self, space, m: int, *, seed: int = 0, pool_size: int = 1000):
-    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-      raise ValueError(f'train.m={m!r} (architectures per step) must be an '
-                       'int >= 1.')
-    if isinstance(pool_size, bool) or not isinstance(pool_size, int) or (
-        pool_size < 0):
-      raise ValueError(f'train.pool_size={pool_size!r} must be an int >= 0 '
-                       '(0: fresh architectures every step).')
+    check_int(m, 'train.m')  # architectures per step
+    check_int(pool_size, 'train.pool_size', 0)  # 0: fresh ones every step
     self.space = arch_lib.make_space(space)
     self.m, self.seed, self.pool_size = m, int(seed), pool_size
     self.pool = (arch_lib.sample(self.space, pool_size, self.seed)

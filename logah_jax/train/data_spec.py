@@ -1,0 +1,107 @@
+"""The data a run reads, checked once: dataset, split, batch, tokenizer.
+
+Both loops, the held-out evaluation and the comparison harness take the data
+section of their config through `DataSpec.from_config`, so the dataset is
+named, checked against the architectures it feeds, and turned into sources
+and loaders in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from logah_jax import data as data_lib
+from logah_jax.validation import ConfigError, check_int
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+  """A dataset split and how it is batched (a config's `data` section)."""
+
+  name: str
+  split: str
+  batch_size: int
+  augment: bool
+  tokenizer: str
+  block_size: int
+  data_dir: str  # '' = $LOGAH_DATA_DIR or ~/.cache/logah_jax
+
+  @classmethod
+  def from_config(cls, section, prefix: str = 'config.data') -> 'DataSpec':
+    """Checks the section's fields; raises ConfigError naming a bad one."""
+    spec = cls(name=section.name, split=section.split,
+               batch_size=check_int(section.batch_size,
+                                    f'{prefix}.batch_size'),
+               augment=bool(section.augment),
+               tokenizer=section.get('tokenizer', 'gpt2'),
+               block_size=section.get('block_size', 1024),
+               data_dir=section.get('data_dir', '') or '')
+    try:
+      spec.info()
+    except ValueError as e:
+      raise ConfigError(f'{prefix}: {e}') from e
+    if spec.is_text:
+      check_int(spec.block_size, f'{prefix}.block_size')
+    return spec
+
+  def info(self) -> dict:
+    """`data.describe`: kind, classes or vocabulary, splits."""
+    return data_lib.describe(self.name, self.tokenizer)
+
+  @property
+  def is_text(self) -> bool:
+    return self.info()['kind'] == 'text'
+
+  def check_split(self, split: str, field: str) -> None:
+    splits = self.info()['splits']
+    if split not in splits:
+      raise ConfigError(f'{field}={split!r} is not a split of {self.name}: '
+                        f'{splits}')
+
+  def source(self, split: str | None = None):
+    """The source of `split` (default: the training split)."""
+    kwargs = {}
+    if self.is_text:
+      kwargs = dict(tokenizer=self.tokenizer, block_size=self.block_size)
+    return data_lib.get_dataset(self.name, split or self.split,
+                                data_dir=self.data_dir or None, **kwargs)
+
+  def loader(self, seed: int, shard_index: int = 0, shard_count: int = 1):
+    """The training loader: this process's rows of each global batch."""
+    return data_lib.Loader(self.source(), self.batch_size, seed=seed,
+                           augment=self.augment, shard_index=shard_index,
+                           shard_count=shard_count)
+
+
+def check_data_matches(target, data: DataSpec,
+                       prefix: str = 'config.space') -> None:
+  """The dataset must fit the architectures: image shape/classes or vocab.
+
+  `target` is a Space or an ArchConfig (both carry these fields); `prefix`
+  names it in errors.
+  """
+  info = data.info()
+  if target.family == 'vit':
+    if info['kind'] != 'image':
+      raise ConfigError(f'config.data.name={data.name!r} is a text dataset; '
+                        'a ViT space needs images')
+    h, w, c = info['image_shape']
+    if data.name != 'imagenet2012' and (h, w) != (target.image_size,) * 2:
+      raise ConfigError(f'{prefix}.image_size={target.image_size} but '
+                        f'{data.name} images are {h}x{w}')
+    if c != target.channels:
+      raise ConfigError(f'{prefix}.channels={target.channels} but '
+                        f'{data.name} images have {c} channels')
+    if info['num_classes'] != target.num_classes:
+      raise ConfigError(f'{prefix}.num_classes={target.num_classes} but '
+                        f'{data.name} has {info["num_classes"]} classes')
+    return
+  if info['kind'] != 'text':
+    raise ConfigError(f'config.data.name={data.name!r} is an image dataset; '
+                      'a GPT-2 space needs text')
+  if info['vocab_size'] != target.vocab_size:
+    raise ConfigError(f'{prefix}.vocab_size={target.vocab_size} but the '
+                      f'{data.tokenizer!r} tokenizer has {info["vocab_size"]}')
+  if data.block_size > target.n_positions:
+    raise ConfigError(f'config.data.block_size={data.block_size} exceeds '
+                      f'{prefix}.n_positions={target.n_positions}')

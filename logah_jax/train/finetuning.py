@@ -1,0 +1,193 @@
+"""Fine-tuning a target from any init: the checked run and its loop task.
+
+The same loop as GHN training (`loop.py`): the config is checked before any
+compilation, a workdir of another config is refused, a run resumes bit-exactly
+from its latest checkpoint, a NaN/Inf loss stops the run with the last good
+checkpoint intact. The evaluation split is scored at step 0 (the init
+itself), every `eval.every_steps` and at the end; those rows go to
+eval.jsonl, training rows to metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+
+from logah_jax import arch as arch_lib
+from logah_jax import checkpoint as ckpt_lib
+from logah_jax import inits
+from logah_jax import parallel
+from logah_jax.train import evaluate as eval_lib
+from logah_jax.train import finetune_step
+from logah_jax.train import loop
+from logah_jax.train import report
+from logah_jax.train.data_spec import check_data_matches
+from logah_jax.validation import ConfigError, check_int
+
+RESUMABLE_KEYS = (*ckpt_lib.DEFAULT_IGNORE_KEYS, 'compilation_cache',
+                  'checkpoint.async_save', 'job')
+EVAL_FILE = 'eval.jsonl'
+CURVES = ('loss', 'acc', 'eval_loss', 'eval_accuracy', 'eval_perplexity', 'lr')
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalOptions:
+  """Which split is scored, how often, and on how many batches."""
+
+  split: str
+  every_steps: int    # 0: only at the start and the end
+  batch_size: int
+  max_batches: int    # 0: the whole split
+
+
+@dataclasses.dataclass(kw_only=True)
+class FinetuneRun(loop.RunSettings):
+  """Everything a fine-tuning run reads, checked (no device work yet)."""
+
+  arch: arch_lib.ArchConfig
+  init: inits.InitMethod
+  optimizer: str          # what the start-up lines print, e.g. 'adamw lr 0.001'
+  eval: EvalOptions
+  param_sharding: str
+
+  @property
+  def title(self) -> str:
+    return (f'fine-tuning {self.arch.name} on {self.data.name} from '
+            f'{self.init.name}')
+
+
+@dataclasses.dataclass
+class FinetuneResult:
+  step: int
+  params: dict
+  evals: list          # every eval row of the run (also those before resume)
+  last: dict           # metrics of the last logged interval
+  compiles: int        # XLA compilations during this call
+  seconds: float
+
+
+def target_arch(config) -> arch_lib.ArchConfig:
+  try:
+    return arch_lib.parse(config.arch)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f'config.arch: {e}') from e
+
+
+def init_method(config) -> inits.InitMethod:
+  """The InitMethod of `config.init` (GHN methods read a trained workdir)."""
+  i = config.init
+  try:
+    return inits.make(i.method, ghn_workdir=i.ghn_workdir,
+                      ghn_step=None if i.ghn_step < 0 else i.ghn_step)
+  except ValueError as e:
+    raise ConfigError(f'config.init: {e}') from e
+
+
+def build_run(config, init: inits.InitMethod | None = None) -> FinetuneRun:
+  """Checks every field a fine-tuning run reads; ConfigError names a bad one.
+
+  `init` replaces `config.init` (the comparison harness hands over methods
+  it prepared); `config.init.method` should still name it, for config.json.
+  """
+  arch = target_arch(config)
+  settings = loop.settings(config, check_int(config.train.num_steps,
+                                             'config.train.num_steps'))
+  data = settings['data']
+  check_data_matches(arch, data, prefix='config.arch')
+  ev = config.eval
+  data.check_split(ev.split, 'config.eval.split')
+  evaluation = EvalOptions(
+      split=ev.split,
+      every_steps=check_int(ev.every_steps, 'config.eval.every_steps', 0),
+      batch_size=check_int(ev.batch_size, 'config.eval.batch_size'),
+      max_batches=check_int(ev.max_batches, 'config.eval.max_batches', 0))
+  if config.param_sharding not in parallel.RULES:
+    raise ConfigError(f'config.param_sharding={config.param_sharding!r} must '
+                      f'be one of {parallel.RULES}')
+  return FinetuneRun(arch=arch, init=init or init_method(config),
+                     optimizer=f'{config.optim.name} lr {config.optim.lr}',
+                     eval=evaluation, param_sharding=config.param_sharding,
+                     **settings)
+
+
+def finetune(config, workdir: str, *, init: inits.InitMethod | None = None,
+             stop_after_steps: int | None = None) -> FinetuneResult:
+  """Fine-tunes (or resumes) a config's target: `train(build_run(...))`."""
+  return train(build_run(config, init), workdir,
+               stop_after_steps=stop_after_steps)
+
+
+def train(run: FinetuneRun, workdir: str, *,
+          stop_after_steps: int | None = None) -> FinetuneResult:
+  """Fine-tunes (or resumes) `run.arch` from `run.init` in `workdir`.
+
+  The init is called only when the run starts from step 0 (a resumed run
+  restores its params). `stop_after_steps`: run at most this many steps in
+  this call.
+  """
+  clock = loop.Clock()
+  mesh = loop.make_mesh(run.mesh_axes, run.data.batch_size)
+  os.makedirs(workdir, exist_ok=True)
+  loader = run.data.loader(run.seed, jax.process_index(), jax.process_count())
+  eval_source = run.data.source(run.eval.split)
+  with loop.open_checkpoints(workdir, run.checkpoint, run.config,
+                             RESUMABLE_KEYS) as mngr:
+    stepper = finetune_step.FinetuneStep(
+        run.arch, run.tx, mesh, param_rule=run.param_sharding,
+        label_smoothing=run.label_smoothing)
+    state, start = loop.restore(mngr, stepper.abstract_state(), loader)
+    if state is None:
+      state = stepper.init_state(run.init(run.arch, run.seed))
+    report.say(
+        report.param_table(state.params, f'{run.arch.name} '
+                           f'({arch_lib.num_params(run.arch):,} params), '
+                           f'init {run.init.name}'),
+        f'{run.data.name}: batch {run.data.batch_size}, {run.num_steps} '
+        f'steps, {run.optimizer}; eval on {run.eval.split} every '
+        f'{run.eval.every_steps or "-"} steps',
+        f'resuming at step {start}' if start else 'starting at step 0')
+    log = report.MetricsLog(workdir, resume_step=start if start else -1,
+                            name=EVAL_FILE)
+    # A fresh run drops every old eval row (an attempt that died before its
+    # first checkpoint may have written the step-0 row already).
+
+    def evaluate(done, params):
+      row = eval_lib.evaluate(run.arch, params, eval_source,
+                              batch_size=run.eval.batch_size,
+                              max_batches=run.eval.max_batches)
+      row = {'step': done, **{f'eval_{k}': v for k, v in row.items()}}
+      log.write(row)
+      return row
+
+    def after_step(done, state, bar):
+      every = run.eval.every_steps
+      if (every and done % every == 0) or done == run.num_steps:
+        bar.write(_eval_line(evaluate(done, state.params)))
+
+    if start == 0:
+      evaluate(0, state.params)
+    end = run.num_steps if stop_after_steps is None else min(
+        run.num_steps, start + stop_after_steps)
+    state, last = loop.run_steps(
+        loop.Task(name='fine-tuning',
+                  step=lambda state, _: stepper(state, next(loader)),
+                  schedule=run.schedule, num_steps=run.num_steps,
+                  log_every=run.log_every,
+                  units_per_step=run.data.batch_size,
+                  rate_key='examples_per_s', curves=CURVES, title=run.title,
+                  plot_files=(EVAL_FILE,), after_step=after_step),
+        state, start=start, end=end, loader=loader, mngr=mngr,
+        workdir=workdir, clock=clock)
+  evals = report.read_metrics(os.path.join(workdir, EVAL_FILE))
+  return FinetuneResult(step=end, params=state.params, evals=evals,
+                        last=last, compiles=clock.compiles().count,
+                        seconds=clock.seconds())
+
+
+def _eval_line(row: dict) -> str:
+  metric = ('accuracy', 100 * row['eval_accuracy'], '%') if (
+      'eval_accuracy' in row) else ('perplexity', row['eval_perplexity'], '')
+  return (f'step {row["step"]}: eval loss {row["eval_loss"]:.4f}, '
+          f'{metric[0]} {metric[1]:.2f}{metric[2]}')

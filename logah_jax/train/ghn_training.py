@@ -1,0 +1,189 @@
+"""Training a GHN: the checked run, and the loop task that trains it.
+
+`build_run(config)` reads a GHN-training ConfigDict once and checks every
+field before any compilation, so a bad config fails in about a second with
+one sentence naming the field. `train(run, workdir)` then needs no config:
+it runs `loop.run_steps` with the GHN step (`ghn_step.GHNStep`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+
+from logah_jax import arch as arch_lib
+from logah_jax import checkpoint as ckpt_lib
+from logah_jax import compiles
+from logah_jax import ghn as ghn_lib
+from logah_jax import parallel
+from logah_jax.train import ghn_step
+from logah_jax.train import loop
+from logah_jax.train import report
+from logah_jax.train.data_spec import check_data_matches
+from logah_jax.train.sampler import ArchSampler
+from logah_jax.validation import ConfigError, check_int
+
+# Keys that may change when a run is resumed: they do not affect training.
+RESUMABLE_KEYS = (*ckpt_lib.DEFAULT_IGNORE_KEYS, 'holdout', 'demo',
+                  'compilation_cache', 'checkpoint.async_save', 'job')
+CURVES = ('loss', 'ce', 'acc', 'reg', 'grad_norm', 'lr')
+
+
+@dataclasses.dataclass(kw_only=True)
+class GHNRun(loop.RunSettings):
+  """Everything a GHN training run reads, checked (no device work yet)."""
+
+  ghn_cfg: ghn_lib.GHNConfig
+  family: str
+  space: arch_lib.Space
+  space_name: str
+  sampler: ArchSampler
+  gamma: float            # weight of the Frobenius regulariser
+
+  @property
+  def title(self) -> str:
+    return f'GHN training: {self.space_name} on {self.data.name}'
+
+
+@dataclasses.dataclass
+class GHNTrainResult:
+  step: int
+  params: dict
+  last: dict           # metrics of the last logged interval
+  compiles: int        # XLA compilations during this process's training
+  compile_seconds: float
+  traces: dict         # per-program trace counts (body, arch, finish)
+  seconds: float
+
+
+def ghn_config(config) -> ghn_lib.GHNConfig:
+  """The GHNConfig of `config.ghn` (every GHNConfig field, checked)."""
+  try:
+    return ghn_lib.from_dict(config.ghn.to_dict())
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f'config.ghn: {e}') from e
+
+
+def space_of(config) -> arch_lib.Space:
+  fields = config.space.to_dict()
+  name = fields.pop('name')
+  fields.pop('family', None)
+  heads = str(fields.get('heads', arch_lib.VIT_HEADS_RULE))
+  if heads.isdigit():
+    fields['heads'] = int(heads)
+  try:
+    return arch_lib.make_space(name, **fields)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f'config.space: {e}') from e
+
+
+def build_run(config) -> GHNRun:
+  """Checks `config` and builds the host-side objects of a GHN run."""
+  cfg = ghn_config(config)
+  space = space_of(config)
+  train = config.train
+  m = check_int(train.m, 'config.train.m')
+  settings = loop.settings(config, check_int(train.num_steps,
+                                             'config.train.num_steps'))
+  data = settings['data']
+  if train.gamma < 0:
+    raise ConfigError(f'config.train.gamma={train.gamma} must be >= 0')
+  if (data.info()['kind'] == 'image' and space.family == 'vit'
+      and cfg.num_classes != space.num_classes):
+    raise ConfigError(f'config.ghn.num_classes={cfg.num_classes} must equal '
+                      f'the dataset classes {space.num_classes}')
+  check_data_matches(space, data)
+  sampler = ArchSampler(space, m, seed=train.arch_seed,
+                        pool_size=check_int(train.pool_size,
+                                            'config.train.pool_size', 0))
+  for a in sampler.deepest():
+    try:
+      ghn_lib.check_archs(cfg, space.family, [a])
+    except ValueError as e:
+      raise ConfigError(f'config.ghn cannot predict the deepest architecture'
+                        f' of config.space ({a.name}): {e}') from e
+  return GHNRun(ghn_cfg=cfg, family=space.family, space=space,
+                space_name=config.space.name, sampler=sampler,
+                gamma=float(train.gamma), **settings)
+
+
+def train_ghn(config, workdir: str, *,
+              stop_after_steps: int | None = None) -> GHNTrainResult:
+  """Trains (or resumes) the GHN of `config` in `workdir` (see `train`)."""
+  return train(build_run(config), workdir, stop_after_steps=stop_after_steps)
+
+
+def train(run: GHNRun, workdir: str, *,
+          stop_after_steps: int | None = None) -> GHNTrainResult:
+  """Trains (or resumes) the GHN of `run` in `workdir`.
+
+  Args:
+    run: from `build_run`.
+    workdir: holds checkpoints/ (orbax, with config.json), metrics.jsonl and
+      the training-curves PNG.
+    stop_after_steps: run at most this many steps in this call, then
+      checkpoint and return (time-sliced or pre-emptible jobs; tests).
+
+  Raises:
+    ConfigError: a bad mesh, or a workdir of another config (before any
+      compilation).
+    NonFiniteLossError: a NaN/Inf loss; the step is named, nothing is saved.
+  """
+  clock = loop.Clock()
+  mesh = loop.make_mesh(
+      run.mesh_axes, run.data.batch_size,
+      lambda m: parallel.arch_groups(m)[0].shape[parallel.DATA])
+  os.makedirs(workdir, exist_ok=True)
+  loader = run.data.loader(run.seed, jax.process_index(), jax.process_count())
+  with loop.open_checkpoints(workdir, run.checkpoint, run.config,
+                             RESUMABLE_KEYS) as mngr:
+    stepper = ghn_step.GHNStep(
+        run.ghn_cfg, run.family, run.tx, mesh, m=run.sampler.m,
+        n_pad=run.sampler.node_bucket(run.ghn_cfg.cutoff), gamma=run.gamma,
+        label_smoothing=run.label_smoothing)
+    params_abstract = jax.eval_shape(
+        lambda: ghn_lib.init(run.ghn_cfg, run.family, run.seed))
+    state, start = loop.restore(mngr, stepper.abstract_state(params_abstract),
+                                loader)
+    if state is None:
+      state = stepper.init_state(ghn_lib.init(run.ghn_cfg, run.family,
+                                              run.seed))
+    report.say(
+        report.param_table(state.params, f'GHN {run.ghn_cfg.decoder} '
+                           f'(hid {run.ghn_cfg.hid}, {run.family} targets)'),
+        f'space {run.space_name}: {run.sampler.distinct_archs()} distinct '
+        f'architectures (compile bound x {len(stepper.groups)} arch groups), '
+        f'node bucket {stepper.n_pad}; m={run.sampler.m}, batch '
+        f'{run.data.batch_size}, mesh {dict(mesh.shape)}',
+        f'resuming at step {start}' if start else 'starting at step 0')
+    end = run.num_steps
+    if stop_after_steps is not None:
+      end = min(end, start + stop_after_steps)
+    state, last = loop.run_steps(
+        _task(run, stepper, loader), state, start=start, end=end,
+        loader=loader, mngr=mngr, workdir=workdir, clock=clock)
+  c = clock.compiles()
+  return GHNTrainResult(step=end, params=state.params, last=last,
+                        compiles=c.count, compile_seconds=c.seconds,
+                        traces=compiles.trace_counts(ghn_step.TRACE_GROUP),
+                        seconds=clock.seconds())
+
+
+def _task(run: GHNRun, stepper, loader) -> loop.Task:
+  sampler = run.sampler
+
+  def step(state, index):
+    return stepper(state, sampler.at(index), next(loader))
+
+  return loop.Task(
+      name='GHN training', step=step, schedule=run.schedule,
+      num_steps=run.num_steps, log_every=run.log_every,
+      units_per_step=sampler.m, rate_key='arch_per_s', curves=CURVES,
+      title=run.title,
+      detail=lambda index: (f' (architectures '
+                            f'{[a.name for a in sampler.at(index)]})'),
+      extra=lambda done: {'sampler': {
+          'seed': sampler.seed, 'pool_size': sampler.pool_size,
+          'm': sampler.m, 'next_step': done}})

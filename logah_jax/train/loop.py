@@ -1,0 +1,283 @@
+"""The one training loop: resume, step, stop on NaN, log, checkpoint, plot.
+
+GHN training (`ghn_training.py`) and fine-tuning (`finetuning.py`) both run
+`run_steps` with a `Task` that says what differs: the compiled step, the
+error detail of a bad step, an evaluation hook, extra checkpoint fields.
+
+A run's position is the orbax state (step, params, optimizer state) plus the
+loader position in the checkpoint's JSON extra. Everything random about a step
+(data order, augmentation, a GHN step's architectures) is a pure function of
+(seed, step), so a resumed run makes exactly the updates an uninterrupted one
+makes, and `metrics.jsonl` is trimmed back to the step it resumed from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from logah_jax import checkpoint as ckpt_lib
+from logah_jax import compiles
+from logah_jax import parallel
+from logah_jax.train import optim
+from logah_jax.train import report
+from logah_jax.train.data_spec import DataSpec
+from logah_jax.validation import ConfigError, check_int
+
+CHECKPOINT_DIR = 'checkpoints'
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training met a NaN/Inf loss; the last good checkpoint is untouched."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointOptions:
+  """How often a run saves, how many steps it keeps, and whether async."""
+
+  every_steps: int
+  keep: int
+  async_save: bool
+
+  @classmethod
+  def from_config(cls, section,
+                  prefix: str = 'config.checkpoint') -> 'CheckpointOptions':
+    return cls(every_steps=check_int(section.every_steps,
+                                     f'{prefix}.every_steps'),
+               keep=check_int(section.keep, f'{prefix}.keep'),
+               async_save=bool(section.async_save))
+
+
+@dataclasses.dataclass(kw_only=True)
+class RunSettings:
+  """What every run reads besides its own model: the base of its run object.
+
+  `config` is the run's whole ConfigDict as a dict, stored as config.json
+  beside the checkpoints; a resumed run must match it.
+  """
+
+  num_steps: int
+  tx: Any
+  schedule: Callable
+  label_smoothing: float
+  seed: int
+  data: DataSpec
+  mesh_axes: dict
+  checkpoint: CheckpointOptions
+  log_every: int
+  config: dict
+
+
+def settings(config, num_steps: int) -> dict:
+  """The checked `RunSettings` fields of a GHN-training or fine-tuning config.
+
+  Reads config.data, .optim, .train.label_smoothing, .seed, .mesh,
+  .checkpoint and .log_every_steps; ConfigError names a bad field.
+  """
+  smoothing = config.train.label_smoothing
+  if not 0 <= smoothing < 1:
+    raise ConfigError(f'config.train.label_smoothing={smoothing} must be in '
+                      '[0, 1)')
+  tx, schedule = optim.make_optimizer(config.optim, num_steps,
+                                      prefix='config.optim')
+  return dict(
+      num_steps=num_steps, tx=tx, schedule=schedule,
+      label_smoothing=float(smoothing),
+      seed=check_int(config.seed, 'config.seed', 0),
+      data=DataSpec.from_config(config.data), mesh_axes=dict(config.mesh),
+      checkpoint=CheckpointOptions.from_config(config.checkpoint),
+      log_every=check_int(config.log_every_steps, 'config.log_every_steps'),
+      config=config.to_dict())
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(workdir, CHECKPOINT_DIR)
+
+
+def open_checkpoints(workdir: str, options: CheckpointOptions, config: dict,
+                     resumable_keys) -> ckpt_lib.CheckpointManager:
+  """The run's checkpoint manager; refuses a workdir of another config."""
+  return ckpt_lib.CheckpointManager(
+      checkpoint_dir(workdir), max_to_keep=options.keep,
+      save_interval_steps=options.every_steps, async_save=options.async_save,
+      config=config, ignore_keys=resumable_keys)
+
+
+def make_mesh(axes: dict, batch_size: int, data_axis_size=None):
+  """The run's mesh; ConfigError when the global batch cannot be split.
+
+  `data_axis_size(mesh)` is how many devices split one batch (default the
+  mesh's 'data' axis; GHN training passes one arch group's).
+  """
+  try:
+    mesh = parallel.make_mesh(axes)
+    rows = (data_axis_size or (lambda m: m.shape[parallel.DATA]))(mesh)
+  except ValueError as e:
+    raise ConfigError(f'config.mesh: {e}') from e
+  if batch_size % rows:
+    raise ConfigError(f'config.data.batch_size={batch_size} is not divisible '
+                      f"by the {rows} devices of the mesh's '{parallel.DATA}' "
+                      'axis')
+  return mesh
+
+
+def host_metrics(metrics) -> dict[str, float]:
+  """Device metrics -> python floats (one transfer)."""
+  return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+
+
+def restore(mngr, abstract_state, loader):
+  """(state, start step) from the latest checkpoint, or (None, 0)."""
+  if mngr.latest_step() is None:
+    return None, 0
+  state, extra = mngr.restore(abstract_state=abstract_state)
+  loader.restore(extra['loader'])
+  start = int(extra['step'])
+  if int(state.step) != start:
+    raise ConfigError(f'{mngr.directory}: checkpoint step {start} holds a '
+                      f'state of step {int(state.step)}')
+  return state, start
+
+
+class Clock:
+  """Wall time and XLA compilations since a run started (in this process)."""
+
+  def __init__(self):
+    self._t0, self._before = time.perf_counter(), compiles.snapshot()
+
+  def seconds(self) -> float:
+    return time.perf_counter() - self._t0
+
+  def compiles(self) -> compiles.Compiles:
+    return compiles.snapshot() - self._before
+
+
+@dataclasses.dataclass
+class Task:
+  """What one kind of run adds to the loop.
+
+  Attributes:
+    name: 'GHN training' or 'fine-tuning' (progress bar, errors).
+    step: (state, step index) -> (state, device metrics with 'loss',
+      'grad_norm' and 'finite'); it draws its own batch.
+    schedule: the learning rate at a step (logged).
+    num_steps: the run's length (the progress bar's total).
+    log_every: a metrics row every this many steps (and at the end).
+    units_per_step, rate_key: the throughput logged, e.g. m architectures
+      per step as 'arch_per_s'.
+    curves, title: what `training_curves.png` shows.
+    plot_files: more JSONL files in the workdir plotted with the metrics.
+    detail: step -> text added to the error of a non-finite step.
+    after_step: (steps done, state, progress bar) -> None, e.g. evaluation.
+    extra: steps done -> JSON fields saved with the checkpoint (besides the
+      step and the loader position).
+  """
+
+  name: str
+  step: Callable[[Any, int], tuple]
+  schedule: Callable
+  num_steps: int
+  log_every: int
+  units_per_step: int
+  rate_key: str
+  curves: tuple
+  title: str
+  plot_files: tuple = ()
+  detail: Callable[[int], str] = lambda step: ''
+  after_step: Callable | None = None
+  extra: Callable[[int], dict] = lambda done: {}
+
+
+def run_steps(task: Task, state, *, start: int, end: int, loader, mngr,
+              workdir: str, clock: Clock):
+  """Steps [start, end) of `task`; returns (state, last metrics row).
+
+  Raises:
+    NonFiniteLossError: a step's loss or gradient norm was not finite; that
+      update was not applied and no checkpoint of it is written.
+  """
+  log = report.MetricsLog(workdir, resume_step=start)
+  bar = report.Progress(task.num_steps, start, task.name)
+  rate = _Rate(task.units_per_step)
+  window, last = [], {}
+  try:
+    for step in range(start, end):
+      state, device_metrics = task.step(state, step)
+      metrics = host_metrics(device_metrics)
+      done = step + 1
+      if not metrics['finite']:
+        raise NonFiniteLossError(
+            f'{task.name} step {done}: loss {metrics["loss"]}, gradient norm '
+            f'{metrics["grad_norm"]}{task.detail(step)}; stopped without '
+            f'applying it. The last good checkpoint (step '
+            f'{mngr.latest_step()}) is intact.')
+      window.append(metrics)
+      if step == start:
+        c = clock.compiles()
+        bar.write(f'start-up and first step: {clock.seconds():.1f} s wall, '
+                  f'{c.count} compilations, {c.seconds:.1f} s compiling')
+      rate.tick(first=step == start)
+      bar.update(1, loss=f'{metrics["loss"]:.4f}',
+                 **{task.rate_key: f'{rate.value():.2f}'})
+      if done % task.log_every == 0 or done == end:
+        last = _log_row(window, done, task, rate, clock)
+        log.write(last)
+        window = []
+      if task.after_step is not None:
+        task.after_step(done, state, bar)
+      mngr.save(done, state, extra={'step': done, 'loader': loader.state(),
+                                    **task.extra(done)},
+                force=done == end)
+  finally:
+    bar.close()
+    mngr.wait_until_finished()
+  _plot(workdir, task)
+  return state, last
+
+
+class _Rate:
+  """Units per second since the end of the first step of a call.
+
+  The first step is left out (it is mostly compilation, reported apart);
+  later compilations (say, of newly seen architectures) are included.
+  """
+
+  def __init__(self, per_step: int):
+    self.per_step, self.steps, self.t0 = per_step, 0, None
+
+  def tick(self, first: bool) -> None:
+    if first or self.t0 is None:
+      self.t0 = time.perf_counter()
+    else:
+      self.steps += 1
+
+  def value(self) -> float:
+    if not self.steps:
+      return 0.0
+    return self.steps * self.per_step / (time.perf_counter() - self.t0)
+
+
+def _log_row(window, done, task, rate, clock) -> dict:
+  """Means of the window's metrics, the lr, throughput and compilations."""
+  keys = [k for k in window[0] if k != 'finite']
+  row = {k: float(np.mean([w[k] for w in window])) for k in keys}
+  c = clock.compiles()
+  row.update(step=done, lr=float(task.schedule(done - 1)),
+             compiles=c.count, compile_s=round(c.seconds, 3))
+  row[task.rate_key] = rate.value()
+  return row
+
+
+def _plot(workdir: str, task: Task) -> None:
+  rows = []
+  for name in (report.METRICS_FILE,) + tuple(task.plot_files):
+    path = os.path.join(workdir, name)
+    if os.path.exists(path):
+      rows += report.read_metrics(path)
+  report.plot_curves(rows, os.path.join(workdir, report.PLOT_FILE),
+                     task.curves, task.title)

@@ -1,0 +1,46 @@
+"""The train state of every loop, and its one guarded optimizer update.
+
+GHN training and fine-tuning hold the same state (step, params, optimizer
+state) and apply updates the same way: measure the gradient norm, apply the
+optax transformation, and keep the old state when the loss or the gradient
+norm is not finite, so that the loop can stop with the last good state and
+checkpoint intact (`loop.NonFiniteLossError`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: optimizer updates applied
+  params: Any
+  opt_state: Any
+
+
+def fresh(tx, params) -> TrainState:
+  """Step 0: `params` and a new optimizer state (traceable)."""
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=tx.init(params))
+
+
+def guarded_update(state: TrainState, grads, loss, tx):
+  """Applies `grads` unless `loss` or their norm is not finite (in jit).
+
+  Returns (state, metrics) with metrics {'loss', 'grad_norm' (before
+  clipping), 'finite'}: finite is False when the old state was kept.
+  """
+  grad_norm = optax.tree.norm(grads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  new = TrainState(step=state.step + 1,
+                   params=optax.apply_updates(state.params, updates),
+                   opt_state=opt_state)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
+  return state, {'loss': loss, 'grad_norm': grad_norm, 'finite': finite}
