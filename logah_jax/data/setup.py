@@ -26,6 +26,8 @@ import tarfile
 import tempfile
 import time
 
+import tensorflow_datasets as tfds
+
 from logah_jax.data import builders
 from logah_jax.data import images
 from logah_jax.data import storage
@@ -228,7 +230,6 @@ def main(argv=None) -> int:
   parser.add_argument('--data_dir', default=None,
                       help='default: $LOGAH_DATA_DIR or ~/.cache/logah_jax')
   args = parser.parse_args(argv)
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   tfds.disable_progress_bar()  # a command-line run: keep the log readable
   try:
     setup(args.data_dir)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax.numpy as jnp
+
 from logah_jax.arch.configs import replace_fields
 from logah_jax.validation import ConfigError, check_int
 
@@ -89,7 +91,6 @@ class GHNConfig:
 
   @property
   def compute_dtype(self):
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     return jnp.bfloat16 if self.dtype == 'bfloat16' else jnp.float32
 
 

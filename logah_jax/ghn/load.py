@@ -16,6 +16,7 @@ from typing import Any
 import jax
 
 from logah_jax import arch as arch_lib
+from logah_jax import checkpoint
 from logah_jax.ghn import api
 from logah_jax.ghn.config import GHNConfig, from_dict
 from logah_jax.validation import ConfigError, InputNotFoundError
@@ -63,7 +64,6 @@ def load(workdir: str, step: int | None = None) -> TrainedGHN:
     FileNotFoundError: no training run or no checkpoint there.
     ValueError: the stored config or params do not describe a GHN.
   """
-  from logah_jax import checkpoint  # pylint: disable=g-import-not-at-top
   directory = _checkpoint_dir(workdir)
   with open(os.path.join(directory, _CONFIG)) as f:
     run_config = json.load(f)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+from matplotlib.figure import Figure
 import numpy as np
 
 METRICS = {  # family -> (eval row key, label, higher is better)
@@ -114,12 +115,10 @@ def markdown(summary: dict) -> str:
 
 def plot(curves: dict, summary: dict, path: str) -> str:
   """Metric and loss over steps: mean per method with ±1 std bands."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   family = 'vit' if summary['metric'] == 'accuracy' else 'gpt2'
   key, label, _ = METRICS[family]
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  fig = Figure(figsize=(11, 4))
+  axes = fig.subplots(1, 2)
   for method, seeds in curves.items():
     for ax, k in zip(axes, (key, 'eval_loss')):
       runs = [sorted(rows, key=lambda r: r['step']) for rows in seeds.values()]
@@ -148,5 +147,4 @@ def plot(curves: dict, summary: dict, path: str) -> str:
                f"mean ± std over {len(summary.get('seeds', [])) or '?'} seeds")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
-  plt.close(fig)
   return path

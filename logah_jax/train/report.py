@@ -12,6 +12,7 @@ import os
 import sys
 from typing import Iterable
 
+from matplotlib.figure import Figure
 import numpy as np
 from tqdm import tqdm
 
@@ -125,13 +126,10 @@ def plot_curves(rows: Iterable[dict], path: str, keys: tuple[str, ...],
   keys = [k for k in keys if any(k in r for r in rows)]
   if not rows or not keys or not parallel.is_main_process():
     return None
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   cols = min(3, len(keys))
   nrows = math.ceil(len(keys) / cols)
-  fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.2 * nrows),
-                           squeeze=False)
+  fig = Figure(figsize=(4.2 * cols, 3.2 * nrows))
+  axes = fig.subplots(nrows, cols, squeeze=False)
   for ax, key in zip(axes.flat, keys):
     pts = [(r['step'], r[key]) for r in rows
            if key in r and r[key] is not None and math.isfinite(r[key])]
@@ -145,5 +143,4 @@ def plot_curves(rows: Iterable[dict], path: str, keys: tuple[str, ...],
   fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
-  plt.close(fig)
   return path
