@@ -134,7 +134,7 @@ def train(run: GHNRun, workdir: str, *,
   clock = loop.Clock()
   mesh = loop.make_mesh(
       run.mesh_axes, run.data.batch_size,
-      lambda m: parallel.arch_groups(m)[0].shape[parallel.DATA])
+      lambda mesh: parallel.arch_groups(mesh)[0].shape[parallel.DATA])
   os.makedirs(workdir, exist_ok=True)
   loader = run.data.loader(run.seed, jax.process_index(), jax.process_count())
   with loop.open_checkpoints(workdir, run.checkpoint, run.config,
