@@ -148,17 +148,17 @@ def train(run: FinetuneRun, workdir: str, *,
         f'steps, {run.optimizer}; eval on {run.eval.split} every '
         f'{run.eval.every_steps or "-"} steps',
         f'resuming at step {start}' if start else 'starting at step 0')
-    log = report.MetricsLog(workdir, resume_step=start if start else -1,
-                            name=EVAL_FILE)
     # A fresh run drops every old eval row (an attempt that died before its
     # first checkpoint may have written the step-0 row already).
+    eval_log = report.MetricsLog(workdir, resume_step=start if start else -1,
+                                 name=EVAL_FILE)
 
     def evaluate(done, params):
       row = eval_lib.evaluate(run.arch, params, eval_source,
                               batch_size=run.eval.batch_size,
                               max_batches=run.eval.max_batches)
       row = {'step': done, **{f'eval_{k}': v for k, v in row.items()}}
-      log.write(row)
+      eval_log.write(row)
       return row
 
     def after_step(done, state, bar):
