@@ -1,1 +1,1 @@
-"""Training: the GHN training step and loop, objectives, optimizers."""
+"""Training: one loop (GHN training and fine-tuning), evaluation, comparison."""
