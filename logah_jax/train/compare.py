@@ -3,9 +3,9 @@
 Each GHN method first gets its GHN trained (in `<ghn_root>/<method>`, resumed
 or skipped when complete) with the same recipe and data, only the decoder
 swapped (`ghn_training_config`); the init method then only loads it. Every
-(method, seed)
-run is a resumable fine-tuning run in `<workdir>/runs/<method>/seed<k>`, so
-an interrupted comparison continues where it stopped. The result is
+(method, seed) run is a resumable fine-tuning run in
+`<workdir>/runs/<method>/seed<k>`, so an interrupted comparison continues
+where it stopped. The result is
 compare.json, compare.md (final metric mean ± std over seeds, the metric at
 step 0, the steps each method needs to reach RandInit's final metric) and
 compare.png (curves with ±1 std bands).
