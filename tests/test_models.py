@@ -427,3 +427,22 @@ def test_bfloat16_compute(cfg):
   assert got.dtype == jnp.float32 and np.all(np.isfinite(got))
   scale = float(np.abs(want).max())
   np.testing.assert_allclose(got, want, atol=0.05 * scale)
+
+
+@pytest.mark.parametrize('causal', [False, True])
+def test_fused_attention_matches_per_head_numpy(causal):
+  """`jax.nn.dot_product_attention` on head-major q|k|v = the per-head loop."""
+  rng = np.random.default_rng(0)
+  b, t, c, heads = 2, 7, 24, 3
+  x = rng.normal(size=(b, t, c)).astype(np.float32)
+  w_in = rng.normal(size=(3 * c, c)).astype(np.float32) / math.sqrt(c)
+  b_in = rng.normal(size=(3 * c,)).astype(np.float32)
+  qkv = x @ w_in.T + b_in
+  want = _mha(x, w_in, b_in, np.eye(c, dtype=np.float32),
+              np.zeros(c, np.float32), heads, causal)
+  got = layers.fused_self_attention(jnp.asarray(qkv), heads, causal)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+  low = layers.fused_self_attention(jnp.asarray(qkv, jnp.bfloat16), heads,
+                                    causal)
+  assert low.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(low, np.float32), want, atol=0.05)
