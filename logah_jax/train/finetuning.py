@@ -161,10 +161,9 @@ def train(run: FinetuneRun, workdir: str, *,
       eval_log.write(row)
       return row
 
-    def after_step(done, state, bar):
+    def eval_due(done):
       every = run.eval.every_steps
-      if (every and done % every == 0) or done == run.num_steps:
-        bar.write(_eval_line(evaluate(done, state.params)))
+      return bool(every and done % every == 0) or done == run.num_steps
 
     if start == 0:
       evaluate(0, state.params)
@@ -175,9 +174,12 @@ def train(run: FinetuneRun, workdir: str, *,
                   step=lambda state, _: stepper(state, next(loader)),
                   schedule=run.schedule, num_steps=run.num_steps,
                   log_every=run.log_every,
+                  save_every=run.checkpoint.every_steps,
                   units_per_step=run.data.batch_size,
                   rate_key='examples_per_s', curves=CURVES, title=run.title,
-                  plot_files=(EVAL_FILE,), after_step=after_step),
+                  plot_files=(EVAL_FILE,), hook_at=eval_due,
+                  hook=lambda done, state, bar: bar.write(
+                      _eval_line(evaluate(done, state.params)))),
         state, start=start, end=end, loader=loader, mngr=mngr,
         workdir=workdir, clock=clock)
   evals = report.read_metrics(os.path.join(workdir, EVAL_FILE))

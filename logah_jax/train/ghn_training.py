@@ -180,6 +180,7 @@ def _task(run: GHNRun, stepper, loader) -> loop.Task:
   return loop.Task(
       name='GHN training', step=step, schedule=run.schedule,
       num_steps=run.num_steps, log_every=run.log_every,
+      save_every=run.checkpoint.every_steps,
       units_per_step=sampler.m, rate_key='arch_per_s', curves=CURVES,
       title=run.title,
       detail=lambda index: (f' (architectures '

@@ -4,6 +4,14 @@ GHN training (`ghn_training.py`) and fine-tuning (`finetuning.py`) both run
 `run_steps` with a `Task` that says what differs: the compiled step, the
 error detail of a bad step, an evaluation hook, extra checkpoint fields.
 
+The host never waits on a step it does not need: step i's metrics are
+fetched after step i+1 has been dispatched, so the device always has the next
+step queued. The loop waits only at steps that read them or the state: a
+metrics row, a checkpoint, an evaluation, the last step. A non-finite step is
+therefore noticed one step late at most; its update was not applied (the
+step is guarded) and no checkpoint can have been written after it, because
+every save first settles every earlier step.
+
 A run's position is the orbax state (step, params, optimizer state) plus the
 loader position in the checkpoint's JSON extra. Everything random about a step
 (data order, augmentation, a GHN step's architectures) is a pure function of
@@ -168,12 +176,14 @@ class Task:
     schedule: the learning rate at a step (logged).
     num_steps: the run's length (the progress bar's total).
     log_every: a metrics row every this many steps (and at the end).
+    save_every: the checkpoint interval (the manager saves only there).
     units_per_step, rate_key: the throughput logged, e.g. m architectures
       per step as 'arch_per_s'.
     curves, title: what `training_curves.png` shows.
     plot_files: more JSONL files in the workdir plotted with the metrics.
     detail: step -> text added to the error of a non-finite step.
-    after_step: (steps done, state, progress bar) -> None, e.g. evaluation.
+    hook, hook_at: `hook(steps done, state, progress bar)` runs (on a
+      settled step) when `hook_at(steps done)`, e.g. an evaluation.
     extra: steps done -> JSON fields saved with the checkpoint (besides the
       step and the loader position).
   """
@@ -183,13 +193,15 @@ class Task:
   schedule: Callable
   num_steps: int
   log_every: int
+  save_every: int
   units_per_step: int
   rate_key: str
   curves: tuple
   title: str
   plot_files: tuple = ()
   detail: Callable[[int], str] = lambda step: ''
-  after_step: Callable | None = None
+  hook: Callable | None = None
+  hook_at: Callable[[int], bool] = lambda done: False
   extra: Callable[[int], dict] = lambda done: {}
 
 
@@ -204,35 +216,50 @@ def run_steps(task: Task, state, *, start: int, end: int, loader, mngr,
   log = report.MetricsLog(workdir, resume_step=start)
   bar = report.Progress(task.num_steps, start, task.name)
   rate = _Rate(task.units_per_step)
-  window, last = [], {}
+  window, last, pending = [], {}, None
+
+  def settle(step, device_metrics):
+    """Fetches a step's metrics; stops the run if they are not finite."""
+    metrics = host_metrics(device_metrics)
+    if not metrics['finite']:
+      raise NonFiniteLossError(
+          f'{task.name} step {step + 1}: loss {metrics["loss"]}, gradient '
+          f'norm {metrics["grad_norm"]}{task.detail(step)}; stopped without '
+          f'applying it. The last good checkpoint (step '
+          f'{mngr.latest_step()}) is intact.')
+    window.append(metrics)
+    if step == start:
+      c = clock.compiles()
+      bar.write(f'start-up and first step: {clock.seconds():.1f} s wall, '
+                f'{c.count} compilations, {c.seconds:.1f} s compiling')
+    rate.tick(first=step == start)
+    bar.update(1, loss=f'{metrics["loss"]:.4f}',
+               **{task.rate_key: f'{rate.value():.2f}'})
+
   try:
     for step in range(start, end):
       state, device_metrics = task.step(state, step)
-      metrics = host_metrics(device_metrics)
+      if pending is not None:  # the previous step, now that this one is queued
+        settle(*pending)
+      pending = step, device_metrics
       done = step + 1
-      if not metrics['finite']:
-        raise NonFiniteLossError(
-            f'{task.name} step {done}: loss {metrics["loss"]}, gradient norm '
-            f'{metrics["grad_norm"]}{task.detail(step)}; stopped without '
-            f'applying it. The last good checkpoint (step '
-            f'{mngr.latest_step()}) is intact.')
-      window.append(metrics)
-      if step == start:
-        c = clock.compiles()
-        bar.write(f'start-up and first step: {clock.seconds():.1f} s wall, '
-                  f'{c.count} compilations, {c.seconds:.1f} s compiling')
-      rate.tick(first=step == start)
-      bar.update(1, loss=f'{metrics["loss"]:.4f}',
-                 **{task.rate_key: f'{rate.value():.2f}'})
-      if done % task.log_every == 0 or done == end:
+      logs = done % task.log_every == 0 or done == end
+      saves = done % task.save_every == 0 or done == end
+      hooks = task.hook is not None and task.hook_at(done)
+      if not (logs or saves or hooks):
+        continue
+      settle(*pending)
+      pending = None
+      if logs:
         last = _log_row(window, done, task, rate, clock)
         log.write(last)
         window = []
-      if task.after_step is not None:
-        task.after_step(done, state, bar)
-      mngr.save(done, state, extra={'step': done, 'loader': loader.state(),
-                                    **task.extra(done)},
-                force=done == end)
+      if hooks:
+        task.hook(done, state, bar)
+      if saves:
+        mngr.save(done, state, extra={'step': done, 'loader': loader.state(),
+                                      **task.extra(done)},
+                  force=done == end)
   finally:
     bar.close()
     mngr.wait_until_finished()

@@ -1,0 +1,99 @@
+"""The training loop's order of work, with a fake step (no compilation):
+the host fetches a step's metrics only once the next step is queued, except
+at steps that log, save or evaluate, and a non-finite step is never saved."""
+
+import numpy as np
+
+from logah_jax.train import loop
+
+
+class _Manager:
+  def __init__(self, events):
+    self.events, self.saved = events, []
+
+  def latest_step(self):
+    return self.saved[-1] if self.saved else None
+
+  def save(self, step, state, *, extra, force):
+    del force
+    self.events.append(('save', step))
+    assert extra['step'] == step == state and extra['loader'] == step
+    self.saved.append(step)
+
+  def wait_until_finished(self):
+    pass
+
+
+class _Loader:
+  def __init__(self):
+    self.position = 0
+
+  def state(self):
+    return self.position
+
+
+def _run(tmp_path, monkeypatch, *, steps=8, bad_step=None, log_every=4,
+         save_every=4, hook_at=lambda done: False):
+  events, loader = [], _Loader()
+
+  def step(state, index):
+    events.append(('dispatch', index))
+    loader.position += 1
+    finite = index != bad_step
+    return state + int(finite), {'loss': np.float32(1.0 if finite else np.nan),
+                                 'grad_norm': np.float32(0.5),
+                                 'finite': np.bool_(finite),
+                                 'index': np.float32(index)}
+
+  real = loop.host_metrics
+
+  def fetch(device_metrics):
+    events.append(('fetch', int(device_metrics['index'])))
+    return real(device_metrics)
+
+  monkeypatch.setattr(loop, 'host_metrics', fetch)
+  task = loop.Task(
+      name='fake training', step=step, schedule=lambda s: 0.1,
+      num_steps=steps, log_every=log_every, save_every=save_every,
+      units_per_step=1, rate_key='steps_per_s', curves=('loss',),
+      title='fake', hook=lambda done, state, bar: events.append(('hook', done)),
+      hook_at=hook_at)
+  mngr = _Manager(events)
+  try:
+    _, last = loop.run_steps(task, 0, start=0, end=steps, loader=loader,
+                             mngr=mngr, workdir=str(tmp_path),
+                             clock=loop.Clock())
+  except loop.NonFiniteLossError as e:
+    return events, mngr, e
+  return events, mngr, last
+
+
+def test_metrics_are_fetched_after_the_next_step_is_queued(tmp_path,
+                                                           monkeypatch):
+  events, mngr, last = _run(tmp_path, monkeypatch, hook_at=lambda d: d == 6)
+  order = {event: i for i, event in enumerate(events)}
+  sync = {3, 5, 7}  # indices of steps 4 (log, save), 6 (hook), 8 (end)
+  for index in range(8):
+    if index in sync:  # settled before anything reads it
+      assert order[('fetch', index)] < order.get(('dispatch', index + 1), 1e9)
+    else:  # fetched only once the next step was dispatched
+      assert order[('dispatch', index + 1)] < order[('fetch', index)]
+    assert [e for e in events if e == ('fetch', index)] == [('fetch', index)]
+  assert mngr.saved == [4, 8]
+  assert order[('fetch', 5)] < order[('hook', 6)] < order[('dispatch', 6)]
+  assert last['step'] == 8 and last['loss'] == 1.0
+
+
+def test_a_non_finite_step_stops_the_run_one_step_late_at_most(tmp_path,
+                                                               monkeypatch):
+  events, mngr, error = _run(tmp_path, monkeypatch, bad_step=4)  # step 5
+  assert isinstance(error, loop.NonFiniteLossError)
+  assert 'fake training step 5: loss nan' in str(error)
+  assert 'last good checkpoint (step 4)' in str(error)
+  assert mngr.saved == [4]  # nothing saved after the bad step
+  assert events[-2:] == [('dispatch', 5), ('fetch', 4)]
+  # a bad step that would be saved is settled before the save
+  events, mngr, error = _run(tmp_path, monkeypatch, bad_step=3)  # step 4
+  assert 'fake training step 4: loss nan' in str(error)
+  assert 'last good checkpoint (step None)' in str(error)
+  assert mngr.saved == [] and events[-1] == ('fetch', 3)
