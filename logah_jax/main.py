@@ -67,7 +67,7 @@ def run(config, workdir: str) -> dict:
                       'demo fine-tunes the held-out target)')
   run = ghn_training.build_run(config)
   if config.holdout.enabled:
-    holdout.check_holdout(config)
+    holdout.check_holdout(config, run)
   if demo:
     try:  # fail before training, naming the section
       finetuning.build_run(demo_lib.demo_config(config))
@@ -75,7 +75,7 @@ def run(config, workdir: str) -> dict:
       raise ConfigError(f'config.demo: {e}') from e
   result = {'train': ghn_training.train(run, workdir)}
   if config.holdout.enabled:
-    result['holdout'] = holdout.run_holdout(config, workdir)
+    result['holdout'] = holdout.run_holdout(config, run, workdir)
   if demo:
     result['demo'] = demo_lib.run_demo(config, workdir)
   return result

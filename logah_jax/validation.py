@@ -29,8 +29,7 @@ def check_int(value, field: str, minimum: int = 1) -> int:
 
   Booleans are refused (True is an int in Python, never a count here).
   """
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-    raise ConfigError(f'{field}={value!r} must be an int >= {minimum}')
-  if value < minimum:
+  if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+      or value < minimum):
     raise ConfigError(f'{field}={value!r} must be an int >= {minimum}')
   return int(value)

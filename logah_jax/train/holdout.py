@@ -21,7 +21,6 @@ from logah_jax.inits import save as init_save
 from logah_jax.train import evaluate as eval_lib
 from logah_jax.train import ghn_training
 from logah_jax.train import report
-from logah_jax.train.data_spec import DataSpec
 from logah_jax.validation import ConfigError
 
 PREDICTED_DIR = 'predicted_init'
@@ -44,7 +43,7 @@ def holdout_arch(config):
       tie_embeddings=space.tie_embeddings)
 
 
-def check_holdout(config) -> None:
+def check_holdout(config, run: ghn_training.GHNRun) -> None:
   """Raises ConfigError for a held-out target that can't be built or predicted.
 
   Called before training, so a typo in `config.holdout` does not surface only
@@ -52,19 +51,19 @@ def check_holdout(config) -> None:
   """
   try:
     target = holdout_arch(config)
-    ghn_lib.check_archs(ghn_training.ghn_config(config), target.family,
-                        [target])
+    ghn_lib.check_archs(run.ghn_cfg, target.family, [target])
   except (TypeError, ValueError) as e:
     raise ConfigError(f'config.holdout.arch: {e}') from e
-  DataSpec.from_config(config.data).check_split(config.holdout.split,
-                                                'config.holdout.split')
+  run.data.check_split(config.holdout.split, 'config.holdout.split')
 
 
-def run_holdout(config, workdir: str) -> dict:
-  """Predicts, evaluates and saves the held-out target; returns the result."""
+def run_holdout(config, run: ghn_training.GHNRun, workdir: str) -> dict:
+  """Predicts, evaluates and saves the held-out target; returns the result.
+
+  `run` is the checked GHN run of `config` that trained in `workdir`.
+  """
   h = config.holdout
   target = holdout_arch(config)
-  run = ghn_training.build_run(config)
   source = run.data.source(h.split)
   method = inits.GHNPrediction.from_workdir(workdir)
   trained = method.trained
