@@ -15,6 +15,9 @@ expensive work; any other exception is a bug and shows its traceback.
              fine-tunes it beside random init (configs/default.py).
   predict    predicts one architecture with a trained GHN and saves the init
              as an orbax checkpoint (configs/predict.py).
+  grow       grows a saved small model into a larger target (stacking,
+             interpolation, Net2Net, bert2BERT or LiGO) and saves the init
+             the same way (configs/grow.py).
   finetune   fine-tunes one target from one init (configs/finetune.py).
   compare    init methods x seeds on one target and budget (configs/compare_*).
 """
@@ -36,6 +39,7 @@ from logah_jax.train import compare
 from logah_jax.train import demo as demo_lib
 from logah_jax.train import finetuning
 from logah_jax.train import ghn_training
+from logah_jax.train import grow_job
 from logah_jax.train import holdout
 from logah_jax.validation import ConfigError
 
@@ -45,7 +49,7 @@ _WORKDIR = flags.DEFINE_string('workdir', None,
                                'Directory for checkpoints, metrics and plots.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
-JOBS = ('train_ghn', 'predict', 'finetune', 'compare')
+JOBS = ('train_ghn', 'predict', 'grow', 'finetune', 'compare')
 
 
 def run(config, workdir: str) -> dict:
@@ -57,6 +61,8 @@ def run(config, workdir: str) -> dict:
     runtime.enable_compilation_cache(config.compilation_cache or None)
   if config.job == 'predict':
     return {'predict': save.run_predict(config, workdir)}
+  if config.job == 'grow':
+    return {'grow': grow_job.run_grow(config, workdir)}
   if config.job == 'finetune':
     return {'finetune': finetuning.finetune(config, workdir)}
   if config.job == 'compare':

@@ -14,7 +14,7 @@ RANKS = {
     'checkpoint': 2,
     'arch': 3,
     'models': 4,
-    'ghn': 5, 'export': 5,
+    'ghn': 5, 'export': 5, 'growth': 5,
     'inits': 6, 'config_base': 6,
     'train': 7,
     'main': 8,

@@ -5,29 +5,36 @@
   params = method(arch, seed)                      # checked params pytree
 
 A method only loads what it needs: a GHN method reads a GHN trained earlier,
-never trains one (nothing here imports logah_jax.train). Adding a method
+a growth method a small model (and LiGO its operator) trained earlier; none
+trains anything (nothing here imports logah_jax.train). Adding a method
 means one module with an InitMethod subclass and one entry in `make`.
 """
 
+from logah_jax import growth
 from logah_jax.inits.base import InitMethod
 from logah_jax.inits.from_checkpoint import CheckpointInit
 from logah_jax.inits.ghn_prediction import GHNPrediction, VARIANTS
+from logah_jax.inits.grown import GrowthInit
 from logah_jax.inits.orthogonal import OrthogonalInit
 from logah_jax.inits.random import RandomInit
 from logah_jax.validation import ConfigError
 
 SIMPLE = {'random': RandomInit, 'orthogonal': OrthogonalInit}
 GHN_METHODS = tuple(VARIANTS)
-METHODS = tuple(SIMPLE) + GHN_METHODS
+GROWTH_METHODS = growth.METHODS
+METHODS = tuple(SIMPLE) + GHN_METHODS + GROWTH_METHODS
 CHECKPOINT_PREFIX = 'checkpoint:'
 
 
-def make(spec: str, *, ghn_workdir: str = '',
-         ghn_step: int | None = None) -> InitMethod:
+def make(spec: str, *, ghn_workdir: str = '', ghn_step: int | None = None,
+         source: str = '', operator: str = '',
+         growth_options: dict | None = None) -> InitMethod:
   """The init method named `spec` (one of METHODS, or 'checkpoint:DIR').
 
   GHN methods need `ghn_workdir`, the workdir of a trained GHN (`ghn_step`:
-  its checkpoint step, None = the latest).
+  its checkpoint step, None = the latest). Growth methods need `source`, a
+  small model's params directory (ligo also `operator`, its trained operator;
+  `growth_options` go to the closed-form methods).
   """
   if spec in SIMPLE:
     return SIMPLE[spec]()
@@ -41,10 +48,17 @@ def make(spec: str, *, ghn_workdir: str = '',
     if not ghn_workdir:
       raise ConfigError(f'init method {spec!r} needs a GHN workdir')
     return GHNPrediction(spec, ghn_workdir, step=ghn_step)
+  if spec in GROWTH_METHODS:
+    if not source:
+      raise ConfigError(f'init method {spec!r} needs a source (a small '
+                        "model's params directory)")
+    options = {k: v for k, v in (growth_options or {}).items()
+               if k in growth.OPTIONS[spec] and k != 'operator'}
+    return GrowthInit(spec, source, operator=operator, options=options)
   raise ConfigError(f'init method {spec!r} is unknown; use one of {METHODS} '
                     f"or '{CHECKPOINT_PREFIX}DIR'")
 
 
 __all__ = ['CHECKPOINT_PREFIX', 'CheckpointInit', 'GHNPrediction',
-           'GHN_METHODS', 'InitMethod', 'METHODS', 'OrthogonalInit',
-           'RandomInit', 'VARIANTS', 'make']
+           'GHN_METHODS', 'GROWTH_METHODS', 'GrowthInit', 'InitMethod',
+           'METHODS', 'OrthogonalInit', 'RandomInit', 'VARIANTS', 'make']

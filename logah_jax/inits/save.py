@@ -37,7 +37,7 @@ def save_init(method: InitMethod, arch, seed: int, directory: str, *,
   return directory
 
 
-def _check_output(workdir: str, overwrite: bool) -> None:
+def check_output(workdir: str, overwrite: bool) -> None:
   """Refuses a non-empty output unless overwrite (before any work)."""
   if os.path.isdir(workdir) and not os.listdir(workdir):
     os.rmdir(workdir)  # an empty directory the user made: fine to use
@@ -55,7 +55,7 @@ def run_predict(config, workdir: str) -> dict:
   if not config.ghn_workdir:
     raise ConfigError('config.ghn_workdir is empty: give the workdir of a '
                       'GHN training run')
-  _check_output(workdir, config.overwrite)
+  check_output(workdir, config.overwrite)
   step = None if config.ghn_step < 0 else config.ghn_step
   method = ghn_prediction.GHNPrediction.from_workdir(config.ghn_workdir, step)
   trained = method.trained

@@ -5,7 +5,9 @@ compilation, a workdir of another config is refused, a run resumes bit-exactly
 from its latest checkpoint, a NaN/Inf loss stops the run with the last good
 checkpoint intact. The evaluation split is scored at step 0 (the init
 itself), every `eval.every_steps` and at the end; those rows go to
-eval.jsonl, training rows to metrics.jsonl.
+eval.jsonl, training rows to metrics.jsonl. A completed run exports its params
+to `final_params` (the layout of a saved init, with the architecture in its
+metadata), so a fine-tuned model can be restored anywhere or grown from.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from logah_jax.validation import ConfigError, check_int
 RESUMABLE_KEYS = (*ckpt_lib.DEFAULT_IGNORE_KEYS, 'compilation_cache',
                   'checkpoint.async_save', 'job')
 EVAL_FILE = 'eval.jsonl'
+FINAL_PARAMS = 'final_params'  # a completed run's params (save_params layout)
 CURVES = ('loss', 'acc', 'eval_loss', 'eval_accuracy', 'eval_perplexity', 'lr')
 
 
@@ -113,19 +116,21 @@ def build_run(config, init: inits.InitMethod | None = None) -> FinetuneRun:
 
 
 def finetune(config, workdir: str, *, init: inits.InitMethod | None = None,
-             stop_after_steps: int | None = None) -> FinetuneResult:
+             stop_after_steps: int | None = None,
+             export_params: bool = True) -> FinetuneResult:
   """Fine-tunes (or resumes) a config's target: `train(build_run(...))`."""
   return train(build_run(config, init), workdir,
-               stop_after_steps=stop_after_steps)
+               stop_after_steps=stop_after_steps, export_params=export_params)
 
 
 def train(run: FinetuneRun, workdir: str, *,
-          stop_after_steps: int | None = None) -> FinetuneResult:
+          stop_after_steps: int | None = None,
+          export_params: bool = True) -> FinetuneResult:
   """Fine-tunes (or resumes) `run.arch` from `run.init` in `workdir`.
 
   The init is called only when the run starts from step 0 (a resumed run
   restores its params). `stop_after_steps`: run at most this many steps in
-  this call.
+  this call. `export_params`: a run that completes writes `final_params`.
   """
   clock = loop.Clock()
   mesh = loop.make_mesh(run.mesh_axes, run.data.batch_size)
@@ -182,6 +187,14 @@ def train(run: FinetuneRun, workdir: str, *,
                       _eval_line(evaluate(done, state.params)))),
         state, start=start, end=end, loader=loader, mngr=mngr,
         workdir=workdir, clock=clock)
+  if export_params and end == run.num_steps:
+    ckpt_lib.save_params(
+        os.path.join(workdir, FINAL_PARAMS), state.params, overwrite=True,
+        metadata={'arch': arch_lib.to_dict(run.arch),
+                  'arch_name': run.arch.name, 'family': run.arch.family,
+                  'method': 'finetuned', 'init': run.init.name,
+                  'steps': run.num_steps, 'data': run.data.name,
+                  'seed': run.seed})
   evals = report.read_metrics(os.path.join(workdir, EVAL_FILE))
   return FinetuneResult(step=end, params=state.params, evals=evals,
                         last=last, compiles=clock.compiles().count,

@@ -1,0 +1,77 @@
+"""The 'grow' job: a saved small model -> an init for a larger target.
+
+Checks everything first (source, target, method, output), trains LiGO's
+operator when the method is `ligo` (resumable, in `config.ligo_workdir`,
+default `<workdir>-ligo`), then saves the grown init at the workdir in the
+layout of a predicted init, so the same restore code reads either.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import ml_collections
+
+from logah_jax import arch as arch_lib
+from logah_jax import growth
+from logah_jax import inits
+from logah_jax.inits import growth_source
+from logah_jax.inits import save as init_save
+from logah_jax.train import ligo_training
+from logah_jax.validation import ConfigError
+
+
+def ligo_run_config(config) -> ml_collections.ConfigDict:
+  """The operator run's config: the target, data and `config.ligo`'s recipe."""
+  c = ml_collections.ConfigDict()
+  c.job = 'ligo'
+  c.seed = config.seed
+  c.arch = config.arch
+  c.data = copy.deepcopy(config.data)
+  c.optim = copy.deepcopy(config.ligo.optim)
+  c.train = ml_collections.ConfigDict(dict(
+      num_steps=config.ligo.num_steps, label_smoothing=0.0))
+  c.mesh = copy.deepcopy(config.mesh)
+  c.checkpoint = ml_collections.ConfigDict(dict(
+      every_steps=config.ligo.num_steps, keep=2, async_save=True))
+  c.log_every_steps = config.log_every_steps
+  c.compilation_cache = config.compilation_cache
+  c.ligo = {k: config.ligo[k] for k in ('init', 'sharing', 'split_noise')}
+  return c
+
+
+def run_grow(config, workdir: str) -> dict:
+  """Grows `config.source` into `config.arch` with `config.method`."""
+  try:
+    growth.check_method(config.method)
+  except ConfigError as e:
+    raise ConfigError(f'config.method: {e}') from e
+  try:
+    large = arch_lib.parse(config.arch)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f'config.arch: {e}') from e
+  try:
+    small = growth_source.source_arch(config.source)
+    growth.check_pair(small, large)
+  except ConfigError as e:
+    raise ConfigError(f'config.source: {e}') from e
+  init_save.check_output(workdir, config.overwrite)
+  operator = ''
+  if config.method == 'ligo':
+    ligo_dir = config.ligo_workdir or f'{workdir}-ligo'
+    try:
+      run = ligo_training.build_run(ligo_run_config(config), config.source,
+                                    small)
+    except ConfigError as e:
+      raise ConfigError(f'config.ligo (the operator run): {e}') from e
+    operator = ligo_training.train(run, ligo_dir)
+  method = inits.make(config.method, source=config.source, operator=operator,
+                      growth_options={'split_noise': config.growth.split_noise,
+                                      'mode': config.growth.bert2bert_mode})
+  init_save.save_init(method, large, config.seed, workdir,
+                      overwrite=config.overwrite)
+  print(f'{config.method} init of {large.name} '
+        f'({arch_lib.num_params(large):,} params) grown from {small.name} '
+        f'({config.source}) saved to {workdir}')
+  return {'directory': workdir, 'arch': large.name, 'method': config.method,
+          'source': config.source, 'operator': operator}
