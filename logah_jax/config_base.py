@@ -178,15 +178,42 @@ def finetuning(*, arch: str, data: ml_collections.ConfigDict,
   return c
 
 
+def growth_sections(*, source: ml_collections.ConfigDict | None,
+                    ligo_steps: int = 100, ligo_lr: float = 1e-3):
+  """(source, growth, ligo) sections of a job that grows a small model.
+
+  `source.params` is a small model's params directory; '' lets the
+  comparison harness pretrain it with the fine-tuning config
+  `source.finetune` (None: no source training configured). `growth` holds the
+  closed-form options; `ligo` the operator's steps, optimizer (Adam, short
+  warmup, then constant, no weight decay) and its starting point.
+  """
+  src = ml_collections.ConfigDict(dict(params=''))
+  if source is not None:
+    src.finetune = source
+  grow = ml_collections.ConfigDict(dict(split_noise=0.5, bert2bert_mode='aki'))
+  ligo = ml_collections.ConfigDict(dict(
+      num_steps=ligo_steps, init='stack', sharing='layer', split_noise=0.5,
+      optim=optim_section(ligo_lr, name='adamw', schedule='constant',
+                          warmup_steps=min(10, ligo_steps - 1), weight_decay=0.0,
+                          clip_norm=1.0)))
+  return src, grow, ligo
+
+
 def comparison(*, ghn_train: ml_collections.ConfigDict,
                finetune: ml_collections.ConfigDict, seeds: int = 3,
-               methods: str = 'random,orthogonal,logah,logah-transpose,ghn3',
-               ghn3_name: str = 'ghn3-tiny') -> ml_collections.ConfigDict:
+               methods: str = ('random,orthogonal,logah,logah-transpose,ghn3,'
+                              'stack,interpolate,net2net,bert2bert,ligo'),
+               ghn3_name: str = 'ghn3-tiny',
+               source: ml_collections.ConfigDict | None = None,
+               ligo_steps: int = 100) -> ml_collections.ConfigDict:
   """A comparison config (job 'compare'): methods x seeds on one target.
 
   `ghn_train` is the LoGAH training config every GHN method derives from
   (GHN-3 swaps in `ghn3_name`'s full-rank decoder); `finetune` the run each
   (method, seed) makes. `ghn_workdir` '' keeps the GHNs in WORKDIR/ghn.
+  `source` is the fine-tuning config that pretrains the growth methods'
+  small model (in WORKDIR/source) unless `source.params` names one.
   """
   c = ml_collections.ConfigDict()
   c.job = 'compare'
@@ -198,5 +225,6 @@ def comparison(*, ghn_train: ml_collections.ConfigDict,
     ghn_train.holdout.enabled = False
   c.ghn_train = ghn_train
   c.finetune = finetune
-  c.compilation_cache = ''
+  c.source, c.growth, c.ligo = growth_sections(source=source,
+                                               ligo_steps=ligo_steps)
   return c
