@@ -14,10 +14,18 @@ Fine-tuning: 150 AdamW steps of 16 x 128 tokens, evaluated every 25 steps on
 Variants: ':smoke' (2 methods x 2 seeds, a few steps; tests).
 """
 
+import copy
+
 from logah_jax import config_base
 
 TARGET = ('gpt2:depth=6,width=128,heads=4,vocab_size=256,n_positions=128,'
           'tie_embeddings=false')
+
+# The growth methods' source: half the target's depth and width, same head
+# size, pretrained with the target's recipe for SOURCE_STEPS steps.
+SOURCE = ('gpt2:depth=3,width=64,heads=2,vocab_size=256,n_positions=128,'
+          'tie_embeddings=false')
+SOURCE_STEPS = 300
 
 
 def get_config(arg: str | None = None):
@@ -43,8 +51,14 @@ def get_config(arg: str | None = None):
   ft.eval.batch_size = 16
   ft.eval.max_batches = 2
   ft.log_every_steps = 2 if smoke else 25
+  source = copy.deepcopy(ft)
+  source.arch = SOURCE
+  source.train.num_steps = 4 if smoke else SOURCE_STEPS
+  source.checkpoint.every_steps = source.train.num_steps
+  source.eval.every_steps = 0
   c = config_base.comparison(ghn_train=ghn, finetune=ft, seeds=2 if smoke
-                             else 3)
+                             else 3, source=source,
+                             ligo_steps=4 if smoke else 100)
   if smoke:
     c.methods = 'random,logah'
   return c

@@ -13,10 +13,18 @@ Fine-tuning: 150 AdamW steps, batch 64, evaluated every 25 steps on the first
 Variants: ':smoke' (2 methods x 2 seeds, a few steps; tests).
 """
 
+import copy
+
 from logah_jax import config_base
 
 TARGET = ('vit:depth=6,width=128,heads=8,patch=4,image_size=28,channels=1,'
           'num_classes=10')
+
+# The growth methods' source: half the target's depth and width, same head
+# size, pretrained with the target's recipe for SOURCE_STEPS steps.
+SOURCE = ('vit:depth=3,width=64,heads=4,patch=4,image_size=28,channels=1,'
+          'num_classes=10')
+SOURCE_STEPS = 300
 
 
 def get_config(arg: str | None = None):
@@ -41,8 +49,14 @@ def get_config(arg: str | None = None):
       every_steps=steps)
   ft.eval.max_batches = 2
   ft.log_every_steps = 2 if smoke else 25
+  source = copy.deepcopy(ft)
+  source.arch = SOURCE
+  source.train.num_steps = 4 if smoke else SOURCE_STEPS
+  source.checkpoint.every_steps = source.train.num_steps
+  source.eval.every_steps = 0
   c = config_base.comparison(ghn_train=ghn, finetune=ft, seeds=2 if smoke
-                             else 3)
+                             else 3, source=source,
+                             ligo_steps=4 if smoke else 100)
   if smoke:
     c.methods = 'random,logah'
     c.finetune.eval.batch_size = 50

@@ -2,7 +2,10 @@
 
 Each GHN method first gets its GHN trained (in `<ghn_root>/<method>`, resumed
 or skipped when complete) with the same recipe and data, only the decoder
-swapped (`ghn_training_config`); the init method then only loads it. Every
+swapped (`ghn_training_config`); the init method then only loads it. Growth
+methods get their source the same way: a small model pretrained once in
+`<workdir>/source` (unless `config.source.params` names one), and LiGO its
+operator, trained once in `<workdir>/ligo`. Every
 (method, seed) run is a resumable fine-tuning run in
 `<workdir>/runs/<method>/seed<k>`, so an interrupted comparison continues
 where it stopped. The result is
@@ -14,15 +17,19 @@ compare.png (curves with ±1 std bands).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 
 from logah_jax import ghn as ghn_lib
+from logah_jax import growth
 from logah_jax import inits
+from logah_jax.inits import growth_source
 from logah_jax.inits import save as init_save
 from logah_jax.train import compare_report
 from logah_jax.train import finetuning
 from logah_jax.train import ghn_training
+from logah_jax.train import ligo_training
 from logah_jax.train import report
 from logah_jax.validation import ConfigError, check_int
 
@@ -76,17 +83,72 @@ def ghn_training_config(base, method: str, ghn3_name: str = 'ghn3-tiny'):
   return config
 
 
-def _plan(config, workdir):
-  """Checks everything (no training yet).
+def ligo_config(config):
+  """The LiGO operator run of a comparison: the target's fine-tuning config
+  (same data and batch) with `config.ligo`'s steps and optimizer."""
+  c = copy.deepcopy(config.finetune)
+  with c.unlocked():
+    c.job = 'ligo'
+    c.train.num_steps = config.ligo.num_steps
+    c.optim = copy.deepcopy(config.ligo.optim)
+    c.checkpoint.every_steps = config.ligo.num_steps
+    c.ligo = {k: config.ligo[k] for k in ('init', 'sharing', 'split_noise')}
+  return c
 
-  Returns (fine-tuning run, {method: InitMethod}, seeds, {method: (GHN run,
-  its workdir)}) for the GHN methods.
-  """
+
+@dataclasses.dataclass
+class Plan:
+  """What a comparison trains before fine-tuning, and its init methods."""
+
+  run: finetuning.FinetuneRun
+  methods: dict
+  seeds: list
+  ghn_runs: dict            # method -> (GHN run, its workdir)
+  source_run: object = None  # FinetuneRun of the growth source, if trained
+  source_dir: str = ''
+  ligo_run: object = None
+  ligo_dir: str = ''
+
+
+def _growth_plan(config, workdir, target, plan: Plan, names) -> None:
+  """Checks the growth source and LiGO run; fills `plan` (no training)."""
+  if config.source.params:
+    plan.source_dir = config.source.params
+    small = growth_source.source_arch(plan.source_dir)
+  else:
+    if 'finetune' not in config.source:
+      raise ConfigError('config.source.params is empty and no '
+                        'config.source.finetune is set to pretrain one')
+    try:
+      plan.source_run = finetuning.build_run(config.source.finetune)
+    except ConfigError as e:
+      raise ConfigError(f'config.source.finetune: {e}') from e
+    small = plan.source_run.arch
+    plan.source_dir = os.path.join(workdir, 'source', finetuning.FINAL_PARAMS)
+  try:
+    growth.check_pair(small, target)
+  except ConfigError as e:
+    raise ConfigError(f'config.source: {e}') from e
+  if 'ligo' in names:
+    try:
+      plan.ligo_run = ligo_training.build_run(ligo_config(config),
+                                              plan.source_dir, small)
+    except ConfigError as e:
+      raise ConfigError(f'config.ligo: {e}') from e
+    plan.ligo_dir = os.path.join(workdir, 'ligo')
+
+
+def _plan(config, workdir) -> Plan:
+  """Checks everything (no training yet)."""
   names = methods_of(config)
   seeds = list(range(check_int(config.seeds, 'config.seeds')))
   ghn_root = config.ghn_workdir or os.path.join(workdir, 'ghn')
   target = finetuning.target_arch(config.finetune)
-  methods, ghn_runs = {}, {}
+  plan = Plan(run=None, methods={}, seeds=seeds, ghn_runs={})
+  if any(n in inits.GROWTH_METHODS for n in names):
+    _growth_plan(config, workdir, target, plan, names)
+  options = {'split_noise': config.growth.split_noise,
+             'mode': config.growth.bert2bert_mode}
   for name in names:
     ghn_dir = os.path.join(ghn_root, name)
     if name in inits.GHN_METHODS:
@@ -99,10 +161,15 @@ def _plan(config, workdir):
         ghn_lib.check_archs(ghn_run.ghn_cfg, target.family, [target])
       except ValueError as e:
         raise ConfigError(f'config.finetune.arch: {e}') from e
-      ghn_runs[name] = (ghn_run, ghn_dir)
-    methods[name] = inits.make(name, ghn_workdir=ghn_dir)
-  run = finetuning.build_run(config.finetune, init=methods[names[0]])
-  return run, methods, seeds, ghn_runs
+      plan.ghn_runs[name] = (ghn_run, ghn_dir)
+    plan.methods[name] = inits.make(
+        name, ghn_workdir=ghn_dir, source=plan.source_dir,
+        operator=(ligo_training.operator_dir(plan.ligo_dir) if plan.ligo_dir
+                  else ''),
+        growth_options=options)
+  plan.run = finetuning.build_run(config.finetune,
+                                  init=plan.methods[names[0]])
+  return plan
 
 
 def finetune_all(methods: dict, seeds, finetune_config, workdir: str,
@@ -125,7 +192,7 @@ def finetune_all(methods: dict, seeds, finetune_config, workdir: str,
         c.compilation_cache = compilation_cache
       result = finetuning.finetune(
           c, os.path.join(workdir, 'runs', label, f'seed{seed}'),
-          init=method)
+          init=method, export_params=False)
       curves[label][seed] = result.evals
   return curves
 
@@ -144,11 +211,18 @@ def write_results(curves: dict, summary: dict, workdir: str) -> str:
 
 def run_compare(config, workdir: str) -> dict:
   """Runs (or resumes) the whole comparison; returns the summary."""
-  run, methods, seeds, ghn_runs = _plan(config, workdir)
+  plan = _plan(config, workdir)
+  run, methods, seeds = plan.run, plan.methods, plan.seeds
   os.makedirs(workdir, exist_ok=True)
-  for name, (ghn_run, ghn_dir) in ghn_runs.items():
+  for name, (ghn_run, ghn_dir) in plan.ghn_runs.items():
     report.say(f'=== GHN of {name} ===')
     ghn_training.train(ghn_run, ghn_dir)
+  if plan.source_run is not None:
+    report.say(f'=== growth source {plan.source_run.arch.name} ===')
+    finetuning.train(plan.source_run, os.path.dirname(plan.source_dir))
+  if plan.ligo_run is not None:
+    report.say('=== LiGO operator ===')
+    ligo_training.train(plan.ligo_run, plan.ligo_dir)
   for name, method in methods.items():
     if method.deterministic:  # keep the prediction a user can restore
       method.prepare()
