@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 
+from logah_jax import checkpoint as ckpt_lib
 from logah_jax import ghn as ghn_lib
 from logah_jax import growth
 from logah_jax import inits
@@ -28,6 +29,7 @@ from logah_jax.inits import growth_source
 from logah_jax.inits import save as init_save
 from logah_jax.train import compare_report
 from logah_jax.train import finetuning
+from logah_jax.train import flops
 from logah_jax.train import ghn_training
 from logah_jax.train import ligo_training
 from logah_jax.train import report
@@ -172,6 +174,53 @@ def _plan(config, workdir) -> Plan:
   return plan
 
 
+def _source_flops(plan: Plan) -> tuple[float, str]:
+  """Pretraining FLOPs of the growth source, from its run or its metadata."""
+  if plan.source_run is not None:
+    run = plan.source_run
+    return flops.finetune_flops(run.arch, run.data.batch_size, run.num_steps,
+                                flops.run_seq_len(run.arch, run.data)), ''
+  meta = ckpt_lib.read_metadata(plan.source_dir)
+  if not all(k in meta for k in ('steps', 'batch_size')):
+    return 0.0, ' (given source: its pretraining is not counted)'
+  small = growth_source.source_arch(plan.source_dir)
+  seq = meta.get('block_size') if small.family == 'gpt2' else None
+  return flops.finetune_flops(small, meta['batch_size'], meta['steps'],
+                              seq), ''
+
+
+def costs(plan: Plan) -> dict:
+  """Each method's upfront FLOPs and the target's FLOPs per fine-tuning step
+  (`compare_report.summarize`'s `costs`), and what shares the upfront cost."""
+  run = plan.run
+  step = flops.train_step_flops(run.arch, run.data.batch_size,
+                                flops.run_seq_len(run.arch, run.data))
+  out = {}
+  source = None
+  for name in plan.methods:
+    if name in plan.ghn_runs:
+      upfront = flops.ghn_training_flops(plan.ghn_runs[name][0])
+      what = 'GHN training; one GHN serves every target it predicts'
+    elif name in inits.GROWTH_METHODS:
+      if source is None:
+        source = _source_flops(plan)
+      upfront, note = source
+      what = ('source pretraining; one source serves every target grown '
+              f'from it{note}')
+      if name == 'ligo':
+        ligo_run = plan.ligo_run
+        upfront += ligo_run.num_steps * flops.ligo_step_flops(
+            ligo_run.small, ligo_run.large, ligo_run.data.batch_size,
+            flops.run_seq_len(ligo_run.large, ligo_run.data),
+            ligo_run.sharing)
+        what += f', plus {ligo_run.num_steps} operator steps (LiGO only)'
+    else:
+      upfront, what = 0.0, 'none'
+    out[name] = {'upfront_flops': float(upfront), 'upfront': what,
+                 'step_flops': float(step)}
+  return out
+
+
 def finetune_all(methods: dict, seeds, finetune_config, workdir: str,
                  compilation_cache: str = '') -> dict:
   """Fine-tunes every (method, seed); returns {method: {seed: eval rows}}.
@@ -233,7 +282,7 @@ def run_compare(config, workdir: str) -> dict:
                         config.compilation_cache)
   summary = compare_report.summarize(
       curves, family=run.arch.family, num_steps=run.num_steps,
-      baseline='random')
+      baseline='random', costs=costs(plan))
   summary.update(target=run.arch.name, data=config.finetune.data.name,
                  split=config.finetune.eval.split, seeds=seeds,
                  methods=list(methods),

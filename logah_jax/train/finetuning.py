@@ -194,7 +194,8 @@ def train(run: FinetuneRun, workdir: str, *,
                   'arch_name': run.arch.name, 'family': run.arch.family,
                   'method': 'finetuned', 'init': run.init.name,
                   'steps': run.num_steps, 'data': run.data.name,
-                  'seed': run.seed})
+                  'batch_size': run.data.batch_size,
+                  'block_size': run.data.block_size, 'seed': run.seed})
   evals = report.read_metrics(os.path.join(workdir, EVAL_FILE))
   return FinetuneResult(step=end, params=state.params, evals=evals,
                         last=last, compiles=clock.compiles().count,

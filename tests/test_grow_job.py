@@ -1,0 +1,150 @@
+"""The grow job and growth in the comparison harness, end to end (tiny)."""
+
+import hashlib
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs_for_tests import finetune_smoke, load_config_file
+from logah_jax import arch, checkpoint, growth, main, models
+from logah_jax.train import compare, finetuning, flops
+from logah_jax.validation import ConfigError
+
+SMALL = ('vit:depth=1,width=16,heads=2,mlp_dim=64,patch=7,image_size=28,'
+         'channels=1,num_classes=10')
+LARGE = ('vit:depth=2,width=32,heads=4,mlp_dim=128,patch=7,image_size=28,'
+         'channels=1,num_classes=10')
+
+
+@pytest.fixture(scope='module')
+def source(tmp_path_factory):
+  """A 4-step fine-tuned tiny ViT: its final_params are the source."""
+  workdir = str(tmp_path_factory.mktemp('source'))
+  finetuning.finetune(finetune_smoke(SMALL, steps=4), workdir)
+  return os.path.join(workdir, finetuning.FINAL_PARAMS)
+
+
+def _grow_config(source_dir, method, target=LARGE):
+  c = load_config_file('grow', 'smoke')
+  c.method, c.source, c.arch = method, source_dir, target
+  c.data.batch_size = 8
+  c.compilation_cache = 'off'
+  return c
+
+
+def _hash_tree(path):
+  digest = hashlib.sha256()
+  for root, _, files in sorted(os.walk(path)):
+    for name in sorted(files):
+      digest.update(name.encode())
+      digest.update(open(os.path.join(root, name), 'rb').read())
+  return digest.hexdigest()
+
+
+def test_source_is_a_restorable_params_checkpoint(source):
+  meta = checkpoint.read_metadata(source)
+  assert arch.from_dict(meta['arch']) == arch.parse(SMALL)
+  assert meta['method'] == 'finetuned' and meta['steps'] == 4
+
+
+def test_grow_net2net_saves_the_grown_function(source, tmp_path):
+  out = str(tmp_path / 'init')
+  result = main.run(_grow_config(source, 'net2net'), out)['grow']
+  small, large = arch.parse(SMALL), arch.parse(LARGE)
+  grown = checkpoint.restore_params(
+      out, abstract_params=models.abstract_params(large))
+  params = checkpoint.restore_params(
+      source, abstract_params=models.abstract_params(small))
+  x = jax.random.normal(jax.random.key(0), (4, 28, 28, 1))
+  np.testing.assert_allclose(
+      models.build(large).apply({'params': grown}, x),
+      models.build(small).apply({'params': params}, x), atol=1e-4)
+  meta = checkpoint.read_metadata(out)
+  assert meta['method'] == 'net2net' and meta['source'] == source
+  assert meta['function_preserving'] and result['operator'] == ''
+
+
+def test_grow_ligo_trains_the_operator_then_saves(source, tmp_path):
+  out = str(tmp_path / 'init')
+  result = main.run(_grow_config(source, 'ligo'), out)['grow']
+  assert result['operator'] == f'{out}-ligo/operator'
+  meta = checkpoint.read_metadata(result['operator'])
+  assert meta['kind'] == 'ligo-operator' and meta['steps'] == 2
+  grown = checkpoint.restore_params(
+      out, abstract_params=models.abstract_params(arch.parse(LARGE)))
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(grown))
+
+
+@pytest.mark.parametrize('change,match', [
+    (dict(arch=SMALL.replace('width=16', 'width=8').replace('heads=2',
+                                                           'heads=1')),
+     'config.source: growth: target width=8 is smaller'),
+    (dict(arch=LARGE.replace('heads=4', 'heads=2')), 'head size'),
+    (dict(arch='gpt2:depth=2,width=32,heads=4,vocab_size=256,'
+          'n_positions=128'), 'is a vit but the target'),
+    (dict(method='stackbert'), "config.method: growth method 'stackbert'"),
+    (dict(source='/nonexistent/params'), 'no checkpoint at'),
+    (dict(arch=LARGE.replace('patch=7', 'patch=4')), 'patch'),
+])
+def test_bad_growth_input_fails_before_work_and_touches_nothing(
+    source, tmp_path, change, match):
+  out = tmp_path / 'init'
+  out.mkdir()
+  (out / 'keep.txt').write_text('existing output')
+  before, source_hash = _hash_tree(out), _hash_tree(source)
+  c = _grow_config(source, 'stack')
+  for key, value in change.items():
+    c[key] = value
+  with pytest.raises(ConfigError, match=match):
+    main.run(c, str(out))
+  assert _hash_tree(out) == before and _hash_tree(source) == source_hash
+  assert not os.path.exists(f'{out}-ligo')
+
+
+def test_existing_output_and_non_params_source_are_refused(source, tmp_path):
+  out = tmp_path / 'init'
+  out.mkdir()
+  (out / 'keep.txt').write_text('x')
+  with pytest.raises(ConfigError, match='already exists'):
+    main.run(_grow_config(source, 'stack'), str(out))
+  with pytest.raises(ConfigError, match='not a params checkpoint'):
+    main.run(_grow_config(os.path.dirname(source), 'stack'),
+             str(tmp_path / 'other'))
+
+
+def test_comparison_pretrains_the_source_once_and_grows_from_it(tmp_path):
+  c = load_config_file('compare_vits', 'smoke')
+  c.methods, c.seeds = 'random,net2net,ligo', 1
+  c.finetune = finetune_smoke(LARGE, steps=4)
+  c.source.finetune = finetune_smoke(SMALL, steps=4)
+  c.ligo.num_steps = 2
+  c.ligo.optim.warmup_steps = 1
+  c.compilation_cache = 'off'
+  summary = compare.run_compare(c, str(tmp_path))
+  assert summary['methods'] == ['random', 'net2net', 'ligo']
+  assert os.path.isdir(tmp_path / 'source' / 'final_params')
+  assert os.path.isdir(tmp_path / 'ligo' / 'operator')
+  assert os.path.isdir(tmp_path / 'inits' / 'ligo')  # deterministic: saved
+  described = summary['describe']['net2net']
+  assert described['source_arch'] == arch.parse(SMALL).name
+  # net2net starts exactly where the source ended (function preserved)
+  src_eval = finetuning.report.read_metrics(
+      str(tmp_path / 'source' / finetuning.EVAL_FILE))[-1]
+  n2n_eval = summary['methods_summary']['net2net']['step0']['mean']
+  assert n2n_eval == pytest.approx(src_eval['eval_accuracy'])
+  # equal-compute accounting: the source's pretraining is upfront for every
+  # growth method, LiGO adds its operator steps, random has none
+  rows = summary['methods_summary']
+  source_cost = flops.finetune_flops(arch.parse(SMALL), 8, 4)
+  assert rows['random']['upfront_flops'] == 0
+  assert rows['net2net']['upfront_flops'] == pytest.approx(source_cost)
+  assert rows['ligo']['upfront_flops'] == pytest.approx(
+      source_cost + 2 * flops.ligo_step_flops(arch.parse(SMALL),
+                                              arch.parse(LARGE), 8))
+  assert 'one source serves every target' in rows['ligo']['upfront']
+  # a second call trains nothing again and reproduces the summary
+  again = compare.run_compare(c, str(tmp_path))
+  assert again['methods_summary'] == summary['methods_summary']
+  assert growth.FUNCTION_PRESERVING['net2net']
