@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from configs_for_tests import finetune_smoke, load_config_file
-from logah_jax import arch, checkpoint, growth, main, models
-from logah_jax.train import compare, finetuning, flops
+from logah_jax import arch, checkpoint, compiles, growth, main, models
+from logah_jax.train import compare, finetuning, flops, ligo_training
 from logah_jax.validation import ConfigError
 
 SMALL = ('vit:depth=1,width=16,heads=2,mlp_dim=64,patch=7,image_size=28,'
@@ -68,10 +68,15 @@ def test_grow_net2net_saves_the_grown_function(source, tmp_path):
 
 def test_grow_ligo_trains_the_operator_then_saves(source, tmp_path):
   out = str(tmp_path / 'init')
-  result = main.run(_grow_config(source, 'ligo'), out)['grow']
+  traces = compiles.trace_counts().get(ligo_training.TRACE_NAME, 0)
+  c = _grow_config(source, 'ligo')
+  c.ligo.num_steps = 3
+  result = main.run(c, out)['grow']
+  # one compiled program for all three operator steps
+  assert compiles.trace_counts()[ligo_training.TRACE_NAME] - traces == 1
   assert result['operator'] == f'{out}-ligo/operator'
   meta = checkpoint.read_metadata(result['operator'])
-  assert meta['kind'] == 'ligo-operator' and meta['steps'] == 2
+  assert meta['kind'] == 'ligo-operator' and meta['steps'] == 3
   grown = checkpoint.restore_params(
       out, abstract_params=models.abstract_params(arch.parse(LARGE)))
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(grown))
@@ -114,6 +119,7 @@ def test_existing_output_and_non_params_source_are_refused(source, tmp_path):
              str(tmp_path / 'other'))
 
 
+@pytest.mark.slow
 def test_comparison_pretrains_the_source_once_and_grows_from_it(tmp_path):
   c = load_config_file('compare_vits', 'smoke')
   c.methods, c.seeds = 'random,net2net,ligo', 1

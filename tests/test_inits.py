@@ -70,11 +70,16 @@ def test_orthogonal_matrices_and_reference_elsewhere(arch):
 
 def test_methods_and_errors():
   assert set(inits.METHODS) == {'random', 'orthogonal', 'logah',
-                                'logah-transpose', 'ghn3'}
+                                'logah-transpose', 'ghn3', 'stack',
+                                'interpolate', 'net2net', 'bert2bert', 'ligo'}
   with pytest.raises(ValueError, match="init method 'xavier' is unknown"):
     inits.make('xavier')
   with pytest.raises(ValueError, match='needs a GHN workdir'):
     inits.make('logah')
+  with pytest.raises(ValueError, match="'net2net' needs a source"):
+    inits.make('net2net')
+  with pytest.raises(ValueError, match='ligo needs the directory of a trained'):
+    inits.make('ligo', source='/some/params')
   with pytest.raises(ValueError, match="'checkpoint:' needs a directory"):
     inits.make('checkpoint:')
   with pytest.raises(FileNotFoundError, match='no checkpoint at'):

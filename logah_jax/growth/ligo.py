@@ -139,34 +139,41 @@ def grow_params(operator: dict, small_params, small, large) -> dict:
   return layout.from_canonical(apply(operator, canon, small.family), large)
 
 
-def materialise_flops(small, large, sharing: str = 'layer') -> float:
-  """Forward FLOPs of `grow_params` (2 per multiply-add), matmuls only.
+def materialise_flops(small, large, sharing: str = 'layer') -> dict:
+  """FLOPs of `grow_params` (2 per multiply-add, matmuls only).
 
-  Each einsum contracts one axis of a tensor: 2 x (output elements) x
-  (contracted size); the depth mix is 2 x L2 x L1 x (large-layer elements).
-  A LiGO training step costs about three times this on top of the large
-  model's own training step.
+  Returns {'forward', 'backward'}: each einsum contracts one axis of a tensor,
+  2 x (output elements) x (contracted size); the depth mix is 2 x L2 x L1 x
+  (large-layer elements). The backward computes every operator gradient
+  (one forward's worth per product) and carries cotangents back through
+  every product but the first of each tensor, whose input is the frozen
+  small model: 2 x forward minus those first products.
   """
   del sharing  # the per-layer and shared operators do the same products
   s, l = layout.role_sizes(small), layout.role_sizes(large)
-  total = 0.0
+  total = first = 0.0
 
   def widen_cost(shape_small, roles, layer_axis):
-    nonlocal total
+    nonlocal total, first
     shape = list(shape_small)
     offset = 1 if layer_axis else 0
+    products = []
     for axis, role in enumerate(roles):
       if role is not None:
         shape[axis + offset] = l[role]
-        total += 2.0 * np.prod(shape) * s[role]
-    return shape
+        products.append(2.0 * np.prod(shape) * s[role])
+    total += sum(products)
+    first += products[0] if products else 0.0
+    return shape, bool(products)
 
-  abstract = jax.eval_shape(
-      lambda p: layout.to_canonical(p, small),
-      models.abstract_params(small))
+  abstract = jax.eval_shape(lambda p: layout.to_canonical(p, small),
+                            models.abstract_params(small))
   for name, x in abstract['outer'].items():
     widen_cost(x.shape, layout.OUTER_AXES[small.family][name], False)
   for name, x in abstract['blocks'].items():
-    shape = widen_cost(x.shape, layout.BLOCK_AXES[name], True)
-    total += 2.0 * large.depth * np.prod(shape)  # shape[0] == L1
-  return float(total)
+    shape, widened = widen_cost(x.shape, layout.BLOCK_AXES[name], True)
+    mix = 2.0 * large.depth * np.prod(shape)  # shape[0] == L1
+    total += mix
+    if not widened:
+      first += mix
+  return {'forward': float(total), 'backward': float(2 * total - first)}

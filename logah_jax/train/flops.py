@@ -230,6 +230,7 @@ def ligo_step_flops(small, large, batch_size: int,
                     seq_len: int | None = None, sharing: str = 'layer'
                     ) -> float:
   """One LiGO operator step: the large model's training step, plus growing
-  its params (forward) and the operator's gradient (about twice that)."""
-  return (train_step_flops(large, batch_size, seq_len)
-          + 3 * ligo.materialise_flops(small, large, sharing))
+  its params and the operator's gradient (`ligo.materialise_flops`)."""
+  grow = ligo.materialise_flops(small, large, sharing)
+  return (train_step_flops(large, batch_size, seq_len) + grow['forward']
+          + grow['backward'])
