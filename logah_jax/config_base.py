@@ -227,4 +227,5 @@ def comparison(*, ghn_train: ml_collections.ConfigDict,
   c.finetune = finetune
   c.source, c.growth, c.ligo = growth_sections(source=source,
                                                ligo_steps=ligo_steps)
+  c.compilation_cache = ''
   return c

@@ -43,6 +43,17 @@ def _hash_tree(path):
   return digest.hexdigest()
 
 
+@pytest.mark.parametrize('name,arg', [('compare_vits', None),
+                                      ('compare_gpts', None), ('grow', None),
+                                      ('grow', 'text')])
+def test_growth_configs_have_every_field_main_reads(name, arg):
+  c = load_config_file(name, arg)
+  assert c.compilation_cache == '' and c.job in main.JOBS
+  if name.startswith('compare'):
+    assert 'ligo' in c.methods and c.source.finetune.arch
+    assert c.ligo.num_steps == 100 and c.ligo.optim.weight_decay == 0.0
+
+
 def test_source_is_a_restorable_params_checkpoint(source):
   meta = checkpoint.read_metadata(source)
   assert arch.from_dict(meta['arch']) == arch.parse(SMALL)

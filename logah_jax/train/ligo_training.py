@@ -150,18 +150,19 @@ def train(run: LigoRun, workdir: str, *,
           stop_after_steps: int | None = None) -> str:
   """Trains (or resumes, or skips when done) the operator; returns its dir."""
   out = operator_dir(workdir)
-  if os.path.isdir(out):
-    report.say(f'LiGO operator already trained: {out}')
-    return out
   clock = loop.Clock()
   mesh = loop.make_mesh(run.mesh_axes, run.data.batch_size)
   os.makedirs(workdir, exist_ok=True)
-  small_params = jax.device_put(
-      growth_source.load_params(run.source, run.small),
-      parallel.replicated(mesh))
-  loader = run.data.loader(run.seed, jax.process_index(), jax.process_count())
   with loop.open_checkpoints(workdir, run.checkpoint, run.config,
-                             RESUMABLE_KEYS) as mngr:
+                             RESUMABLE_KEYS) as mngr:  # refuses other configs
+    if os.path.isdir(out):
+      report.say(f'LiGO operator already trained: {out}')
+      return out
+    small_params = jax.device_put(
+        growth_source.load_params(run.source, run.small),
+        parallel.replicated(mesh))
+    loader = run.data.loader(run.seed, jax.process_index(),
+                             jax.process_count())
     stepper = LigoStep(run, mesh)
     state, start = loop.restore(mngr, stepper.abstract_state(), loader)
     if state is None:
@@ -169,9 +170,10 @@ def train(run: LigoRun, workdir: str, *,
           run.small, run.large, key=jax.random.key(run.seed),
           scheme=run.scheme, sharing=run.sharing,
           split_noise=run.split_noise))
+    size = ligo.num_params(run.small, run.large, run.sharing)
     report.say(
-        f'{run.title}: operator of {ligo.num_params(run.small, run.large, run.sharing):,}'
-        f' params ({run.sharing} sharing), starting as {run.scheme}; '
+        f'{run.title}: operator of {size:,} params ({run.sharing} sharing), '
+        f'starting as {run.scheme}; '
         f'{run.num_steps} steps, batch {run.data.batch_size}',
         f'resuming at step {start}' if start else 'starting at step 0')
     end = run.num_steps if stop_after_steps is None else min(
