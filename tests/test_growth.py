@@ -53,6 +53,10 @@ def test_net2net_preserves_the_function_width_and_depth(pair, split_noise):
   params = random_params(small)
   grown = growth.grow('net2net', params, small, large,
                       key=jax.random.key(1), split_noise=split_noise)
+  abstract = models.abstract_params(large)
+  assert jax.tree.structure(grown) == jax.tree.structure(abstract)
+  assert jax.tree.map(lambda a: (a.shape, a.dtype), grown) == jax.tree.map(
+      lambda a: (a.shape, a.dtype), abstract)
   x = _inputs(small)
   want, got = _logits(small, params, x), _logits(large, grown, x)
   assert float(jnp.max(jnp.abs(want - got))) <= 1e-4

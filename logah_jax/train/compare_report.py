@@ -204,8 +204,12 @@ def markdown(summary: dict) -> str:
   lines.append('')
   lines.append(f'Budget {n} steps; mean ± std over seeds.')
   if with_costs:
-    shared = '; '.join(f"{m}: {row['upfront']}" for m, row in rows.items()
-                       if row.get('upfront_flops'))
+    by_what = {}
+    for m, row in rows.items():
+      if row.get('upfront_flops'):
+        by_what.setdefault(row['upfront'], []).append(m)
+    shared = '; '.join(f"{', '.join(ms)}: {what}"
+                       for what, ms in by_what.items())
     lines.append(
         'FLOPs (2 per multiply-add): fine-tuning = steps to the target x '
         'FLOPs of one step, total = upfront + fine-tuning, means over the '
