@@ -182,7 +182,9 @@ SAMPLED = (arch.sample('vits-cpu', 3, 0) + arch.sample('gpts-cpu', 3, 0)
            + arch.sample('vits-1k', 2, 1) + arch.sample('gpts-1k', 1, 1))
 
 
-@pytest.mark.parametrize('ghn_cfg', [SMALL, SMALL_GHN3], ids=['logah', 'ghn3'])
+@pytest.mark.parametrize('ghn_cfg', [
+    SMALL, pytest.param(SMALL_GHN3, marks=pytest.mark.slow)],
+    ids=['logah', 'ghn3'])
 def test_predict_sampled_architectures(ghn_cfg):
   for family in ('vit', 'gpt2'):
     params = ghn.init(ghn_cfg, family, seed=0)

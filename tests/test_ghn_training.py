@@ -91,6 +91,7 @@ def test_step_equals_monolithic_gradient():
   assert int(state.step) == 1
 
 
+@pytest.mark.slow  # ~60 s: compiles once per architecture over a whole pool
 def test_compilations_stop_once_every_pool_arch_was_seen():
   space = _tiny_space(patches=(4, 7))
   sampler = ArchSampler(space, 2, seed=3, pool_size=6)
@@ -117,6 +118,7 @@ def test_compilations_stop_once_every_pool_arch_was_seen():
   assert compiles.trace_counts('ghn_step')['arch'] - traces0 == distinct
 
 
+@pytest.mark.slow  # ~70 s; fine-tuning's 1-vs-8-device test stays default
 def test_one_device_and_eight_devices_give_the_same_params():
   """Same steps on 1 device and on 8 (2 arch groups x 4-way data split).
 

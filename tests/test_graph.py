@@ -280,6 +280,7 @@ def test_ownership_against_the_fixed_layout():
     _check_ownership(cfg, _expected_params(cfg))
 
 
+@pytest.mark.slow  # traces every named model, GPT-2-L included (~100 s)
 @pytest.mark.skipif(not _HAVE_MODELS, reason='logah_jax.models not there yet')
 def test_ownership_against_models_abstract_params():
   from logah_jax import models  # pylint: disable=g-import-not-at-top

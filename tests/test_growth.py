@@ -200,7 +200,8 @@ def test_aki_takes_new_units_from_the_next_layer():
   np.testing.assert_array_equal(b_a['q_kernel'][2], b_f['q_kernel'][2])
 
 
-@pytest.mark.parametrize('pair', ['vit', 'gpt2-tied'])
+@pytest.mark.parametrize('pair', [
+    'vit', pytest.param('gpt2-tied', marks=pytest.mark.slow)])
 def test_ligo_gradients_reach_every_operator_entry_and_no_source_param(pair):
   small, large = PAIRS[pair]
   params = random_params(small, std=0.1)
