@@ -39,11 +39,6 @@ class GrowthInit(InitMethod):
     self._small = self._small_params = None
     self._operator = self._operator_meta = None
 
-  @property
-  def small_arch(self):
-    self.prepare()
-    return self._small
-
   def prepare(self) -> None:
     if self._small is None:
       self._small = growth_source.source_arch(self.source)
