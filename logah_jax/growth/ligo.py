@@ -83,9 +83,9 @@ def init_operator(small, large, *, key, scheme: str = 'stack',
   sizes = layout.role_sizes(small)
   copies = small.depth if sharing == 'layer' else 1
   width = {r: jnp.asarray(maps[r].matrix(sizes[r])) for r in GLOBAL_ROLES}
-  width.update({r: jnp.asarray(np.broadcast_to(
-      maps[r].matrix(sizes[r]), (copies, *maps[r].matrix(sizes[r]).shape)))
-                for r in LAYER_ROLES})
+  for role in LAYER_ROLES:
+    m = maps[role].matrix(sizes[role])
+    width[role] = jnp.asarray(np.broadcast_to(m, (copies, *m.shape)))
   layers, identity = closed_form.depth_layers(scheme, small.depth, large.depth)
   depth = {}
   for module in layout.MODULES:
