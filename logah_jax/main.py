@@ -6,8 +6,12 @@ r"""Entry point: one config file, one workdir.
 
 The config is locked: an override of a key that does not exist is an error.
 A config that cannot work (a bad value, a missing dataset or GHN, an output
-that exists) is reported as one line `error: ...` with exit code 2, before any
-expensive work; any other exception is a bug and shows its traceback.
+that exists, a workdir that is a file) is reported as one line `error: ...`
+with exit code 2, before any expensive work (docs/errors.md lists them). So
+are the failures that can only show up later: a non-finite loss (the last
+good checkpoint stays), a full disk, an interrupt (SIGINT or SIGTERM; the
+run's pending checkpoint is finished first, and the same command resumes).
+Any other exception is a bug and shows its traceback.
 `config.job` picks what runs:
   train_ghn  trains (or resumes) a GHN in the workdir; with
              `config.holdout.enabled` it then predicts and scores a held-out
@@ -24,7 +28,9 @@ expensive work; any other exception is a bug and shows its traceback.
 
 from __future__ import annotations
 
+import errno
 import os
+import signal
 import sys
 
 from absl import app
@@ -41,6 +47,7 @@ from logah_jax.train import finetuning
 from logah_jax.train import ghn_training
 from logah_jax.train import grow_job
 from logah_jax.train import holdout
+from logah_jax.train import loop
 from logah_jax.validation import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -50,12 +57,34 @@ _WORKDIR = flags.DEFINE_string('workdir', None,
 flags.mark_flags_as_required(['config', 'workdir'])
 
 JOBS = ('train_ghn', 'predict', 'grow', 'finetune', 'compare')
+# OS errors that mean "the output cannot be written", not a bug.
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS,
+                 errno.EACCES, errno.EPERM)
+
+
+class Interrupted(KeyboardInterrupt):
+  """SIGINT or SIGTERM: unwinds so pending checkpoint saves complete."""
+
+
+def check_workdir(workdir: str) -> None:
+  """ConfigError unless `workdir` is (or can become) a writable directory."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ConfigError(f'--workdir={workdir} is a file, not a directory')
+  parent = workdir
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise ConfigError(f'--workdir={workdir}: {parent} is a file, not a '
+                      'directory')
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise ConfigError(f'--workdir={workdir}: {parent} is not writable')
 
 
 def run(config, workdir: str) -> dict:
   """Runs `config.job` in `workdir` (also callable from Python and tests)."""
   if config.job not in JOBS:
     raise ConfigError(f'config.job={config.job!r} is not one of {JOBS}')
+  check_workdir(workdir)
   parallel.maybe_initialize()
   if config.compilation_cache != 'off':
     runtime.enable_compilation_cache(config.compilation_cache or None)
@@ -87,19 +116,60 @@ def run(config, workdir: str) -> dict:
   return result
 
 
+def _fail(message: str) -> None:
+  """One line on stderr, exit code 2: what the user must change."""
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def parse_flags(argv):
+  """absl's flag parsing, but a bad flag is one line and exit code 2."""
+  try:
+    argv = flags.FLAGS(argv)
+  except flags.Error as e:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(':'):  # a config file raised
+      _fail(f'{lines[0]} {lines[-1]}')
+    _fail(lines[0] if lines else type(e).__name__)
+  except Exception as e:  # pylint: disable=broad-except
+    # config_flags: an unknown key, a bad override, a config file that raised
+    _fail(f'--config: {type(e).__name__}: {str(e).splitlines()[0]}')
+  try:
+    _CONFIG.value.get('job')  # config_flags defers a file's load error
+  except OSError as e:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    _fail(f'--config={flags.FLAGS["config"].serialize().split("=", 1)[-1]}'
+          f': {lines[-1] if lines else e}')
+  return argv
+
+
+def _raise_interrupt(signum, frame):
+  raise Interrupted(signal.Signals(signum).name)
+
+
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    _fail(f'unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:  # orbax logs every file at INFO
     logging.set_verbosity(logging.WARNING)
+  signal.signal(signal.SIGTERM, _raise_interrupt)
   workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
   try:
     run(_CONFIG.value, workdir)
   except ConfigError as e:
     # A bad config, dataset or workdir: one sentence, no traceback.
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    _fail(str(e))
+  except loop.NonFiniteLossError as e:
+    _fail(str(e))
+  except OSError as e:
+    if e.errno not in _WRITE_ERRNOS:
+      raise
+    _fail(f'cannot write {e.filename or workdir}: {e.strerror}; the last '
+          'complete checkpoint and outputs are intact')
+  except KeyboardInterrupt as e:
+    _fail(f'interrupted ({e or "SIGINT"}); run the same command again to '
+          f'resume from {workdir}')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

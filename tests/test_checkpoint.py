@@ -16,6 +16,7 @@ import optax
 import pytest
 
 from logah_jax import checkpoint
+from logah_jax.checkpoint import params as checkpoint_params
 from logah_jax import parallel
 
 needs_8 = pytest.mark.skipif(jax.device_count() < 8,
@@ -146,6 +147,9 @@ def test_corrupt_training_checkpoint(tmp_path):
     f.write_bytes(f.read_bytes()[:5])
   with checkpoint.CheckpointManager(tmp_path) as mngr:
     with pytest.raises(ValueError, match=f'{tmp_path}/1 is not a readable'):
+      mngr.restore(1, abstract_state={'w': jax.ShapeDtypeStruct((64,), 'f4')})
+    with pytest.raises(FileNotFoundError, match=r'no intact checkpoint .* '
+                       r'steps \[1\] are damaged'):
       mngr.restore(abstract_state={'w': jax.ShapeDtypeStruct((64,), 'f4')})
 
 
@@ -280,7 +284,7 @@ def test_overwrite(tmp_path, monkeypatch):
     checkpoint.save_params(path, {'w': jnp.ones(3)}, metadata={'v': 2})
   before = _snapshot(path)
 
-  real_write = checkpoint._write_params
+  real_write = checkpoint_params._write_params
 
   def write_then_fail(directory, tree, metadata):
     real_write(directory, tree, metadata)  # complete, then die before swap
@@ -290,7 +294,7 @@ def test_overwrite(tmp_path, monkeypatch):
     raise OSError('disk full')
 
   for name, patch in [('_write_params', write_then_fail)]:
-    monkeypatch.setattr(checkpoint, name, patch)
+    monkeypatch.setattr(checkpoint_params, name, patch)
     with pytest.raises(OSError, match='disk full'):
       checkpoint.save_params(path, {'w': jnp.ones(3)}, metadata={'v': 2},
                              overwrite=True)
@@ -365,6 +369,8 @@ def test_plain_orbax_snippet_restores_without_logah_jax(tmp_path):
   assert 'logah_jax' not in snippet and 'ocp.StandardCheckpointer' in snippet
   variables, metadata, logits = _plain_orbax_restore(tmp_path / 'init', model,
                                                      x)
+  assert set(metadata.pop('checksums')) == {
+      'fc1/kernel', 'fc1/bias', 'fc2/kernel', 'fc2/bias'}
   assert metadata == _META
   _assert_tree_equal(variables, {'params': params})
   np.testing.assert_allclose(logits, model.apply({'params': params}, x),

@@ -10,14 +10,15 @@ from configs_for_tests import ROOT
 # other. A new top-level module or package must be placed here.
 RANKS = {
     'validation': 0, 'compiles': 0,
-    'tree_compare': 1, 'runtime': 1, 'data': 1, 'parallel': 1,
-    'checkpoint': 2,
-    'arch': 3,
-    'models': 4,
-    'ghn': 5, 'export': 5, 'growth': 5,
-    'inits': 6, 'config_base': 6,
-    'train': 7,
-    'main': 8,
+    'files': 1,
+    'tree_compare': 2, 'runtime': 2, 'data': 2, 'parallel': 2, 'checksums': 2,
+    'checkpoint': 3,
+    'arch': 4,
+    'models': 5,
+    'ghn': 6, 'export': 6, 'growth': 6,
+    'inits': 7, 'config_base': 7,
+    'train': 8,
+    'main': 9,
 }
 
 

@@ -16,10 +16,11 @@ import logging
 import os
 import pathlib
 import re
-import tempfile
 from typing import Callable
 
 import numpy as np
+
+from logah_jax import files
 
 CACHE_FORMAT = 1  # bump when the meaning of cached arrays changes
 FASHION_MNIST_SUBDIR = 'fashion-mnist'
@@ -76,21 +77,9 @@ def cached_array(path, fingerprint: dict | None,
   array = build()
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda f: np.save(f, array), binary=True)
-    _atomic_write(meta_path, lambda f: json.dump(fingerprint, f), binary=False)
+    files.atomic_write(path, lambda f: np.save(f, array), binary=True)
+    files.write_json(meta_path, fingerprint)
   except OSError as e:
     logging.warning('Could not write the cache %s (%s); continuing without.',
                     path, e)
   return array
-
-
-def _atomic_write(path: pathlib.Path, write, binary: bool) -> None:
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + '.tmp')
-  try:
-    with os.fdopen(fd, 'wb' if binary else 'w') as f:
-      write(f)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise

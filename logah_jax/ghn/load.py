@@ -76,7 +76,7 @@ def load(workdir: str, step: int | None = None) -> TrainedGHN:
                       f'training run: {e}') from e
   with checkpoint.CheckpointManager(directory, async_save=False) as mngr:
     state, _ = mngr.restore(step)
-    step = mngr.latest_step() if step is None else step
+    step = mngr.restored_step
   if not isinstance(state, dict) or 'params' not in state:
     raise ConfigError(f'{directory}: step {step} holds no GHN params')
   params = state['params']

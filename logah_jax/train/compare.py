@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
 
 from logah_jax import checkpoint as ckpt_lib
+from logah_jax import files
 from logah_jax import ghn as ghn_lib
 from logah_jax import growth
 from logah_jax import inits
@@ -248,11 +248,9 @@ def finetune_all(methods: dict, seeds, finetune_config, workdir: str,
 
 def write_results(curves: dict, summary: dict, workdir: str) -> str:
   """compare.json, compare.md and compare.png; returns the Markdown table."""
-  with open(os.path.join(workdir, RESULT_JSON), 'w') as f:
-    json.dump(summary, f, indent=2)
+  files.write_json(os.path.join(workdir, RESULT_JSON), summary, indent=2)
   table = compare_report.markdown(summary)
-  with open(os.path.join(workdir, RESULT_MD), 'w') as f:
-    f.write(table + '\n')
+  files.write_text(os.path.join(workdir, RESULT_MD), table + '\n')
   compare_report.plot(curves, summary, os.path.join(workdir, RESULT_PNG))
   report.say(table, f'Curves: {os.path.join(workdir, RESULT_PNG)}')
   return table

@@ -24,6 +24,7 @@ import numbers
 from matplotlib.figure import Figure
 import numpy as np
 
+from logah_jax import files
 from logah_jax.validation import ConfigError
 
 METRICS = {  # family -> (eval row key, label, higher is better)
@@ -273,5 +274,5 @@ def plot(curves: dict, summary: dict, path: str) -> str:
   fig.suptitle(f"{summary.get('target', '')} on {summary.get('data', '')}: "
                f"mean ± std over {len(summary.get('seeds', [])) or '?'} seeds")
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  files.save_figure(fig, path, dpi=110)
   return path

@@ -8,12 +8,12 @@ checkpoint that any Flax user can restore.
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
 
 from logah_jax import arch as arch_lib
+from logah_jax import files
 from logah_jax import ghn as ghn_lib
 from logah_jax import inits
 from logah_jax import models
@@ -84,8 +84,7 @@ def run_holdout(config, run: ghn_training.GHNRun, workdir: str) -> dict:
             'largest_training_params': largest,
             'split': f'{config.data.name}/{h.split}', 'results': rows,
             'predicted_init': out_dir, 'ghn_step': trained.step}
-  with open(os.path.join(workdir, RESULT_FILE), 'w') as f:
-    json.dump(result, f, indent=2)
+  files.write_json(os.path.join(workdir, RESULT_FILE), result, indent=2)
   report.say(format_result(result))
   return result
 

@@ -26,6 +26,7 @@ import os
 import time
 from typing import Any, Callable
 
+from absl import logging
 import jax
 import numpy as np
 
@@ -35,7 +36,7 @@ from logah_jax import parallel
 from logah_jax.train import optim
 from logah_jax.train import report
 from logah_jax.train.data_spec import DataSpec
-from logah_jax.validation import ConfigError, check_int
+from logah_jax.validation import ConfigError, InputNotFoundError, check_int
 
 CHECKPOINT_DIR = 'checkpoints'
 
@@ -140,10 +141,18 @@ def host_metrics(metrics) -> dict[str, float]:
 
 
 def restore(mngr, abstract_state, loader):
-  """(state, start step) from the latest checkpoint, or (None, 0)."""
+  """(state, start step) from the newest intact checkpoint, or (None, 0).
+
+  Damaged steps are moved aside with a warning (`CheckpointManager.restore`);
+  when none is intact the run starts again from step 0.
+  """
   if mngr.latest_step() is None:
     return None, 0
-  state, extra = mngr.restore(abstract_state=abstract_state)
+  try:
+    state, extra = mngr.restore(abstract_state=abstract_state, repair=True)
+  except InputNotFoundError as e:
+    logging.warning('%s; starting again from step 0', e)
+    return None, 0
   loader.restore(extra['loader'])
   start = int(extra['step'])
   if int(state.step) != start:

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 import numpy as np
 from tqdm import tqdm
 
+from logah_jax import files
 from logah_jax import parallel
 
 METRICS_FILE = 'metrics.jsonl'
@@ -87,7 +88,9 @@ class MetricsLog:
   """Appends one JSON object per line to `<workdir>/metrics.jsonl`.
 
   On resume from step s, lines of steps > s (written after the checkpoint the
-  run resumed from) are dropped, so the file describes one consistent run.
+  run resumed from) are dropped, so the file describes one consistent run and
+  holds every logged step once. That rewrite is atomic, and it also drops a
+  last line cut by a kill mid-append.
   """
 
   def __init__(self, workdir: str, resume_step: int = 0,
@@ -95,11 +98,8 @@ class MetricsLog:
     self.path = os.path.join(workdir, name)
     self._main = parallel.is_main_process()
     if self._main and os.path.exists(self.path):
-      kept = [r for r in read_metrics(self.path)
-              if r.get('step', 0) <= resume_step]
-      with open(self.path, 'w') as f:
-        for row in kept:
-          f.write(json.dumps(row) + '\n')
+      files.write_jsonl(self.path, [r for r in read_metrics(self.path)
+                                    if r.get('step', 0) <= resume_step])
 
   def write(self, row: dict) -> None:
     if self._main:
@@ -108,15 +108,8 @@ class MetricsLog:
 
 
 def read_metrics(path: str) -> list[dict]:
-  """The rows of a metrics.jsonl file (a truncated last line is skipped)."""
-  rows = []
-  with open(path) as f:
-    for line in f:
-      try:
-        rows.append(json.loads(line))
-      except ValueError:
-        continue
-  return rows
+  """The rows of a metrics.jsonl file (see `files.read_jsonl`)."""
+  return files.read_jsonl(path)
 
 
 def plot_curves(rows: Iterable[dict], path: str, keys: tuple[str, ...],
@@ -142,5 +135,5 @@ def plot_curves(rows: Iterable[dict], path: str, keys: tuple[str, ...],
     ax.axis('off')
   fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  files.save_figure(fig, path, dpi=110)
   return path

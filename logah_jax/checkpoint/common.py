@@ -1,0 +1,117 @@
+"""What both kinds of checkpoint share: item registry, targets, errors."""
+
+import time
+from typing import Mapping
+
+from absl import logging
+from etils import epath
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from logah_jax import checksums
+from logah_jax.validation import ConfigError
+
+CHECKSUMS = 'checksums'   # key in a step's extra and an init's metadata
+CORRUPT_DIR = 'corrupt'   # damaged steps are moved here, never deleted
+
+
+class CorruptCheckpointError(ConfigError):
+  """A checkpoint's files are missing, truncated or garbled."""
+
+
+def registry(tree_item: str, json_item: str):
+  """Handler registry: one StandardSave pytree item and one JSON item."""
+  registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+  for args in (ocp.args.StandardSave, ocp.args.StandardRestore):
+    registry.add(tree_item, args)
+  for args in (ocp.args.JsonSave, ocp.args.JsonRestore):
+    registry.add(json_item, args)
+  return registry
+
+
+def to_savable(tree):
+  """Numpy scalars become 0-d arrays: orbax 0.12.8 cannot restore them."""
+  return jax.tree.map(
+      lambda x: np.asarray(x) if isinstance(x, np.generic) else x, tree)
+
+
+def to_target(tree, shardings=None):
+  """Restore target: arrays become ShapeDtypeStructs that carry a sharding.
+
+  A leaf without a sharding lands on the first local device; we never let
+  orbax fall back to the saved sharding, which breaks on another topology.
+  """
+  default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+  def one(leaf, sharding=None):
+    if isinstance(leaf, np.generic):
+      leaf = np.asarray(leaf)
+    if isinstance(leaf, (jax.Array, jax.ShapeDtypeStruct)):
+      if sharding is None:
+        sharding = getattr(leaf, 'sharding', None) or default
+      return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
+    if sharding is not None:
+      dtype = leaf.dtype if hasattr(leaf, 'dtype') else np.result_type(leaf)
+      return jax.ShapeDtypeStruct(np.shape(leaf), dtype, sharding=sharding)
+    return leaf  # numpy arrays and python scalars restore as themselves
+
+  if shardings is None:
+    return jax.tree.map(one, tree)
+  if isinstance(shardings, jax.sharding.Sharding):
+    return jax.tree.map(lambda leaf: one(leaf, shardings), tree)
+  return jax.tree.map(one, tree, shardings)
+
+
+def abstract_from_metadata(tree):
+  """ShapeDtypeStructs of a stored tree's array metadata."""
+  return jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), tree)
+
+
+def corrupt(where, e: Exception) -> CorruptCheckpointError:
+  msg = str(e).splitlines()[0] if str(e) else ''
+  msg = msg.split(' See full TensorStore details')[0][:300]
+  return CorruptCheckpointError(
+      f'{where} is not a readable checkpoint (corrupt or incomplete?): '
+      f'{type(e).__name__}: {msg}')
+
+
+def verify(where, expected, tree) -> None:
+  """CorruptCheckpointError if `tree` does not match its saved checksums.
+
+  A checkpoint written before checksums were stored has none to check.
+  """
+  if expected is None:
+    return
+  if not isinstance(expected, Mapping):
+    raise CorruptCheckpointError(f'{where}: its checksums are not a mapping')
+  bad = checksums.mismatches(expected, tree)
+  if bad:
+    more = f' and {len(bad) - 1} more' if len(bad) > 1 else ''
+    raise CorruptCheckpointError(
+        f'{where}: the values of {bad[0]}{more} do not match the checksums '
+        'saved with them (garbled files?)')
+
+
+def rmtree(path: epath.Path, quiet: bool) -> None:
+  """Removes `path`; quietly retries while a failed orbax save still writes."""
+  for delay in (0.05, 0.2, 0.5, 1.0, None):
+    try:
+      if path.exists():
+        path.rmtree()
+      return
+    except OSError as e:
+      if not quiet:
+        raise
+      if delay is None:
+        logging.warning('could not remove %s: %s', path, e)
+        return
+      time.sleep(delay)
+
+
+def barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    ocp.multihost.sync_global_processes(name)
+
+

@@ -1,0 +1,202 @@
+"""Training checkpoints: the last k steps of one run, with their config."""
+
+import json
+from typing import Any, Mapping
+
+from absl import logging
+from etils import epath
+import jax
+import orbax.checkpoint as ocp
+
+from logah_jax import checksums
+from logah_jax import tree_compare
+from logah_jax.checkpoint.common import (
+    CHECKSUMS, CORRUPT_DIR, CorruptCheckpointError, abstract_from_metadata,
+    barrier, corrupt, registry, to_savable, to_target, verify)
+from logah_jax.validation import ConfigError, InputNotFoundError
+
+CONFIG_FILE = 'config.json'
+# Config keys that may change between a run and its resumption.
+DEFAULT_IGNORE_KEYS = ('workdir', 'log_every_steps', 'eval_every_steps')
+_STATE, _EXTRA = 'state', 'extra'
+_TMP_SUFFIX = '.logah-tmp'
+
+
+class CheckpointManager:
+  """Keeps the last k training checkpoints of one run, saving asynchronously.
+
+  Use as a context manager (or call `close`) so pending saves finish.
+  """
+
+  def __init__(self, directory, *, max_to_keep: int | None = 3,
+               save_interval_steps: int = 1, async_save: bool = True,
+               config: Mapping[str, Any] | None = None,
+               ignore_keys=DEFAULT_IGNORE_KEYS):
+    """Opens or creates `directory`.
+
+    Args:
+      directory: local path or any epath URL (e.g. gs://...).
+      max_to_keep: newest checkpoints kept; None keeps all.
+      save_interval_steps: `save` writes only on multiples of this (or force).
+      async_save: write in a background thread; call `wait_until_finished`.
+      config: JSON-able dict (or ConfigDict) of the run. Stored as config.json
+        on first use; a differing stored one raises ValueError before anything
+        is written, so a resumed run can't mix configs.
+      ignore_keys: config keys (names or dotted paths) allowed to differ.
+    """
+    self.directory = epath.Path(directory)
+    self.restored_step = None  # the step the last `restore` read
+    self._config = None
+    if config is not None:
+      self._config = tree_compare.jsonable(config, 'config')
+      self._check_config(set(ignore_keys))
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=save_interval_steps,
+        preservation_policy=ocp.checkpoint_managers.LatestN(n=max_to_keep),
+        enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=True,
+        create=True)
+    self._mngr = ocp.CheckpointManager(
+        self.directory, options=options,
+        handler_registry=registry(_STATE, _EXTRA))
+    if self._config is not None:
+      self._write_config()
+
+  def _check_config(self, ignore) -> None:
+    path = self.directory / CONFIG_FILE
+    if not path.exists():
+      return
+    try:
+      stored = json.loads(path.read_text())
+    except ValueError as e:
+      raise ConfigError(f'{path} is not valid JSON: {e}') from e
+    diff = tree_compare.first_diff(stored, self._config, ignore)
+    if diff:
+      key, old, new = diff
+      raise ConfigError(
+          f'{self.directory} holds checkpoints of another config: key '
+          f"'{key}' is {old!r} there but {new!r} now (use a new workdir, or "
+          'add the key to ignore_keys if it may change)')
+
+  def _write_config(self) -> None:
+    path = self.directory / CONFIG_FILE
+    if jax.process_index() == 0 and not path.exists():
+      tmp = self.directory / (CONFIG_FILE + _TMP_SUFFIX)
+      tmp.write_text(json.dumps(self._config, indent=2, sort_keys=True))
+      tmp.rename(path)
+
+  def save(self, step: int, state, *, extra: Mapping[str, Any] | None = None,
+           force: bool = False) -> bool:
+    """Saves `state` (pytree) and `extra` (JSON) as `step`.
+
+    The state's per-leaf checksums go into the extra, in the same commit.
+
+    Returns:
+      True if a save was started (False when the interval says skip).
+    """
+    if not (force or self._mngr.should_save(step)):
+      return False
+    extra = tree_compare.jsonable(dict(extra or {}), 'extra')
+    extra[CHECKSUMS] = checksums.tree_checksums(state)
+    args = ocp.args.Composite(**{
+        _STATE: ocp.args.StandardSave(to_savable(state)),
+        _EXTRA: ocp.args.JsonSave(extra)})
+    return bool(self._mngr.save(step, args=args, force=force))
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._mngr.all_steps())
+
+  def latest_step(self) -> int | None:
+    return self._mngr.latest_step()
+
+  def restore(self, step: int | None = None, *, abstract_state=None,
+              repair: bool = False):
+    """Restores (state, extra) of `step` (default: the newest good step).
+
+    Args:
+      step: which step; None takes the newest step that reads back intact,
+        warning about each damaged newer one (`restored_step` says which).
+      abstract_state: pytree of ShapeDtypeStruct (with .sharding to place the
+        leaves) or of arrays; the result has its structure and shardings.
+        None restores the stored tree as nested dicts on the first device
+        (for readers that only want part of it, e.g. the GHN params).
+      repair: with step None, move each damaged step to `corrupt/` (the run
+        that owns the directory does this; readers only skip).
+
+    Raises:
+      InputNotFoundError: no (intact) checkpoint in the directory.
+      CorruptCheckpointError: the asked-for step is damaged.
+      ConfigError: unknown step, or a tree that does not match.
+    """
+    self._mngr.wait_until_finished()  # never read a step still being written
+    steps = self.all_steps()
+    if step is not None:
+      if step not in steps:
+        raise ConfigError(f'no step {step} in {self.directory}; it has '
+                          f'{steps}')
+      return self._restore_step(step, abstract_state)
+    if not steps:
+      raise InputNotFoundError(f'no checkpoint in {self.directory}')
+    damaged = []
+    for step in reversed(steps):
+      try:
+        return self._restore_step(step, abstract_state)
+      except CorruptCheckpointError as e:
+        damaged.append(step)
+        where = self._move_aside(step) if repair else None
+        logging.warning('checkpoint step %d is damaged, %s: %s', step,
+                        f'moved to {where}' if where else 'skipped', e)
+    raise InputNotFoundError(
+        f'no intact checkpoint in {self.directory}: steps {damaged} are '
+        'damaged' + (f' (moved to {self.directory / CORRUPT_DIR})'
+                     if repair else ''))
+
+  def _restore_step(self, step: int, abstract_state):
+    where = self.directory / str(step)
+    try:
+      stored = self._mngr.metadata(step).item_metadata[_STATE].tree
+    except Exception as e:  # orbax raises many types for a damaged step
+      raise corrupt(where, e) from e
+    if abstract_state is None:
+      abstract_state = abstract_from_metadata(stored)
+    target = to_target(abstract_state)
+    tree_compare.check_tree(stored, target, where)
+    args = ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(target),
+                                 _EXTRA: ocp.args.JsonRestore()})
+    try:
+      restored = self._mngr.restore(step, args=args)
+    except Exception as e:
+      raise corrupt(where, e) from e
+    state, extra = restored[_STATE], dict(restored[_EXTRA] or {})
+    verify(where, extra.pop(CHECKSUMS, None), state)
+    self.restored_step = step
+    return state, extra
+
+  def _move_aside(self, step: int) -> epath.Path:
+    """Moves a damaged step to `corrupt/<step>[.n]`; returns where."""
+    aside = self.directory / CORRUPT_DIR
+    target = aside / str(step)
+    if jax.process_index() == 0:
+      aside.mkdir(parents=True, exist_ok=True)
+      n = 0
+      while target.exists():
+        n += 1
+        target = aside / f'{step}.{n}'
+      (self.directory / str(step)).rename(target)
+    barrier(f'logah_move_aside_{step}')
+    self._mngr.reload()
+    return target
+
+  def wait_until_finished(self) -> None:
+    self._mngr.wait_until_finished()
+
+  def close(self) -> None:
+    self._mngr.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+

@@ -1,0 +1,163 @@
+"""Saved inits: `{'params': ...}` plus JSON metadata, in plain orbax layout."""
+
+from typing import Any, Mapping
+
+from etils import epath
+import jax
+import orbax.checkpoint as ocp
+
+from logah_jax import checksums
+from logah_jax import tree_compare
+from logah_jax.checkpoint.common import (
+    CHECKSUMS, CorruptCheckpointError, abstract_from_metadata, barrier,
+    corrupt, registry, rmtree, to_savable, to_target, verify)
+from logah_jax.validation import ConfigError, InputNotFoundError
+from logah_jax.validation import OutputExistsError
+
+_PARAMS, _METADATA = 'params', 'metadata'
+_TMP_SUFFIX, _OLD_SUFFIX = '.logah-tmp', '.logah-old'
+
+
+def _params_checkpointer():
+  return ocp.Checkpointer(ocp.CompositeCheckpointHandler(
+      handler_registry=registry(_PARAMS, _METADATA)))
+
+
+def _write_params(directory: epath.Path, tree, metadata) -> None:
+  with _params_checkpointer() as ckptr:
+    ckptr.save(directory, ocp.args.Composite(**{
+        _PARAMS: ocp.args.StandardSave(tree),
+        _METADATA: ocp.args.JsonSave(metadata)}))
+
+
+def save_params(directory, params, *, metadata: Mapping[str, Any],
+                overwrite: bool = False) -> None:
+  """Saves a predicted init as `{'params': params}` plus JSON metadata.
+
+  Every process calls this (orbax coordinates the writes). The checkpoint is
+  written to a sibling `<name>.logah-tmp` and renamed into place only once
+  complete, so a failed save never damages an existing checkpoint.
+
+  Raises:
+    FileExistsError: `directory` exists and overwrite is False.
+  """
+  path = epath.Path(directory)
+  if path.exists() and not overwrite:
+    raise OutputExistsError(f'{path} already exists; pass overwrite=True to '
+                            'replace it')
+  metadata = tree_compare.jsonable(dict(metadata), 'metadata')
+  metadata[CHECKSUMS] = checksums.tree_checksums(params)
+  tree = {'params': to_savable(params)}
+  tmp = path.parent / (path.name + _TMP_SUFFIX)
+  old = path.parent / (path.name + _OLD_SUFFIX)
+  primary = jax.process_index() == 0
+
+  def remove_tmp(quiet):  # ours, and orbax's own `<tmp>.orbax-checkpoint-tmp`
+    for leftover in path.parent.glob(tmp.name + '*'):
+      rmtree(leftover, quiet=quiet)
+
+  if primary:
+    remove_tmp(quiet=False)
+    if old.exists() and path.exists():
+      old.rmtree()
+  barrier('logah_save_params_start')
+  try:
+    _write_params(tmp, tree, metadata)
+  except BaseException:
+    if primary:  # never let the clean-up hide the original error
+      remove_tmp(quiet=True)
+    raise
+  if primary:  # between the renames the old copy sits at `old`
+    if path.exists():
+      path.rename(old)
+    tmp.rename(path)
+    if old.exists():
+      old.rmtree()
+  barrier('logah_save_params_swap')
+
+
+def _require_item(path: epath.Path, item: str) -> None:
+  """Clear errors for a missing path or a directory we did not write."""
+  if not path.exists():
+    old = path.parent / (path.name + _OLD_SUFFIX)
+    hint = (f'; an interrupted overwrite left the previous checkpoint at {old}'
+            if old.exists() else '')
+    raise InputNotFoundError(f'no checkpoint at {path}{hint}')
+  if not (path / item).is_dir():
+    raise ConfigError(f'{path} is not a params checkpoint: it has no orbax '
+                      f"item '{item}'")
+
+
+def _stored_params(path: epath.Path):
+  """The saved params tree of metadata (shapes, dtypes), from orbax."""
+  _require_item(path, _PARAMS)
+  try:
+    with _params_checkpointer() as ckptr:
+      tree = ckptr.metadata(path).item_metadata[_PARAMS].tree
+  except Exception as e:
+    raise corrupt(path, e) from e
+  if not isinstance(tree, Mapping) or set(tree) != {'params'}:
+    raise ConfigError(f"{path}: item '{_PARAMS}' does not hold a "
+                      "{'params': ...} tree")
+  return tree['params']
+
+
+def restore_params(directory, *, abstract_params=None, shardings=None):
+  """Restores a predicted init, directly into the wanted sharding.
+
+  Args:
+    directory: written by `save_params`.
+    abstract_params: pytree of ShapeDtypeStruct (e.g.
+      `jax.eval_shape(model.init, ...)['params']`); checked against the stored
+      tree before anything is read. None restores the stored tree as is.
+    shardings: one `jax.sharding.Sharding` for all leaves, or a pytree matching
+      the params; overrides the shardings carried by abstract_params.
+
+  Returns:
+    The params pytree (without the outer {'params': ...}).
+
+  Raises:
+    ConfigError: the stored tree differs from abstract_params (naming the
+      first differing path and both shapes), or a parameter holds NaN/Inf.
+    CorruptCheckpointError: files are missing, truncated or garbled (the
+      values do not match the checksums saved with them).
+  """
+  path = epath.Path(directory)
+  stored = _stored_params(path)
+  if abstract_params is None:
+    abstract_params = abstract_from_metadata(stored)
+  else:
+    tree_compare.check_tree(stored, abstract_params, path)
+  target = {'params': to_target(abstract_params, shardings)}
+  try:
+    with _params_checkpointer() as ckptr:
+      restored = ckptr.restore(path, ocp.args.Composite(**{
+          _PARAMS: ocp.args.StandardRestore(target),
+          _METADATA: ocp.args.JsonRestore()}))
+  except Exception as e:
+    raise corrupt(path, e) from e
+  params = restored[_PARAMS]['params']
+  verify(path, (restored[_METADATA] or {}).get(CHECKSUMS), params)
+  bad = checksums.nonfinite_leaves(params)
+  if bad:
+    more = f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''
+    raise ConfigError(f'{path}: parameter {bad[0]}{more} holds NaN or Inf '
+                      'values; it cannot start a run')
+  return params
+
+
+def read_metadata(directory) -> dict:
+  """The JSON metadata saved next to a predicted init."""
+  path = epath.Path(directory)
+  _require_item(path, _METADATA)
+  try:
+    with _params_checkpointer() as ckptr:
+      restored = ckptr.restore(path, ocp.args.Composite(
+          **{_METADATA: ocp.args.JsonRestore()}))
+  except Exception as e:
+    raise corrupt(path, e) from e
+  metadata = restored[_METADATA]
+  if not isinstance(metadata, dict):
+    raise CorruptCheckpointError(f'{path}: its metadata is not a JSON object')
+  metadata.pop(CHECKSUMS, None)
+  return metadata
