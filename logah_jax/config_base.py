@@ -171,6 +171,7 @@ def finetuning(*, arch: str, data: ml_collections.ConfigDict,
   c.eval = eval_section(split=eval_split, every_steps=eval_every_steps)
   c.mesh = ml_collections.ConfigDict(dict(data=-1))
   c.param_sharding = 'replicate'  # or 'fsdp' for targets too big to copy
+  c.fsdp_min_mb = 4.0  # with 'fsdp', leaves smaller than this replicate
   c.checkpoint = ml_collections.ConfigDict(dict(
       every_steps=every_steps, keep=2, async_save=True))
   c.log_every_steps = 25

@@ -6,6 +6,11 @@ multi-node launch scripts set. TPU VMs (and SLURM) discover the coordinator,
 process count and id by themselves; for multi-node GPUs without SLURM pass them
 in `LOGAH_COORDINATOR` (host:port), `LOGAH_NUM_PROCESSES`, `LOGAH_PROCESS_ID`.
 `LOGAH_INIT_TIMEOUT_S` bounds the wait for the other processes.
+
+CPU processes exchange data through gloo (JAX's CPU collectives), so several
+processes on one machine, each with some CPU devices and a localhost
+coordinator, run the same code path as a TPU pod or a multi-node GPU job;
+the tests use exactly that.
 """
 
 import os
@@ -49,11 +54,14 @@ def maybe_initialize(env: Mapping[str, str] = os.environ) -> bool:
     return False
   else:
     kwargs = _init_kwargs(env)
+    # Only the CPU backend reads this; without it CPU programs that span
+    # processes cannot run their collectives.
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     logging.info('jax.distributed.initialize(%s)', kwargs)
     jax.distributed.initialize(**kwargs)
-  logging.info('process %d of %d, %d local / %d global devices',
-               jax.process_index(), jax.process_count(),
-               jax.local_device_count(), jax.device_count())
+  print(f'process {jax.process_index()} of {jax.process_count()}, '
+        f'{jax.local_device_count()} local / {jax.device_count()} global '
+        'devices', flush=True)
   return True
 
 

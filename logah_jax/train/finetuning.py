@@ -29,7 +29,7 @@ from logah_jax.train.data_spec import check_data_matches
 from logah_jax.validation import ConfigError, check_int
 
 RESUMABLE_KEYS = (*ckpt_lib.DEFAULT_IGNORE_KEYS, 'compilation_cache',
-                  'checkpoint.async_save', 'job')
+                  'checkpoint.async_save', 'job', 'fsdp_min_mb')
 EVAL_FILE = 'eval.jsonl'
 FINAL_PARAMS = 'final_params'  # a completed run's params (save_params layout)
 CURVES = ('loss', 'acc', 'eval_loss', 'eval_accuracy', 'eval_perplexity', 'lr')
@@ -54,6 +54,7 @@ class FinetuneRun(loop.RunSettings):
   optimizer: str          # what the start-up lines print, e.g. 'adamw lr 0.001'
   eval: EvalOptions
   param_sharding: str
+  fsdp_min_mb: float
 
   @property
   def title(self) -> str:
@@ -109,9 +110,15 @@ def build_run(config, init: inits.InitMethod | None = None) -> FinetuneRun:
   if config.param_sharding not in parallel.RULES:
     raise ConfigError(f'config.param_sharding={config.param_sharding!r} must '
                       f'be one of {parallel.RULES}')
+  fsdp_min_mb = config.get('fsdp_min_mb', 4.0)
+  if isinstance(fsdp_min_mb, bool) or not (
+      isinstance(fsdp_min_mb, (int, float)) and fsdp_min_mb >= 0):
+    raise ConfigError(f'config.fsdp_min_mb={fsdp_min_mb!r} must be a number '
+                      '>= 0')
   return FinetuneRun(arch=arch, init=init or init_method(config),
                      optimizer=f'{config.optim.name} lr {config.optim.lr}',
                      eval=evaluation, param_sharding=config.param_sharding,
+                     fsdp_min_mb=float(fsdp_min_mb),
                      **settings)
 
 
@@ -141,6 +148,7 @@ def train(run: FinetuneRun, workdir: str, *,
                              RESUMABLE_KEYS) as mngr:
     stepper = finetune_step.FinetuneStep(
         run.arch, run.tx, mesh, param_rule=run.param_sharding,
+        fsdp_min_mb=run.fsdp_min_mb,
         label_smoothing=run.label_smoothing)
     state, start = loop.restore(mngr, stepper.abstract_state(), loader)
     if state is None:
