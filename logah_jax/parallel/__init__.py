@@ -9,6 +9,7 @@ from logah_jax.parallel.mesh import arch_groups
 from logah_jax.parallel.mesh import data_sharded
 from logah_jax.parallel.mesh import make_mesh
 from logah_jax.parallel.mesh import param_shardings
+from logah_jax.parallel.mesh import regroup
 from logah_jax.parallel.mesh import replicated
 from logah_jax.parallel.mesh import shard_batch
 from logah_jax.parallel.mesh import with_shardings

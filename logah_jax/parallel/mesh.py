@@ -66,8 +66,14 @@ def arch_groups(mesh: Mesh) -> list[Mesh]:
   different programs, run side by side on different devices. A mesh without
   an 'arch' axis is a single group: every architecture uses every device.
 
+  With several processes every group takes an equal share of every
+  process's devices (process-major along its 'data' axis), so that moving
+  a value between the whole mesh and a group never crosses processes
+  (`regroup`), and each process feeds its own rows of the batch.
+
   Raises:
-    ValueError: axes other than 'arch' and 'data'.
+    ValueError: axes other than 'arch' and 'data', or (several processes)
+      local devices not divisible by the groups.
   """
   names = tuple(mesh.axis_names)
   if set(names) - {ARCH, DATA} or DATA not in names:
@@ -75,9 +81,48 @@ def arch_groups(mesh: Mesh) -> list[Mesh]:
                      f"'{ARCH}'; got {names}")
   if ARCH not in names:
     return [mesh]
-  devices = np.moveaxis(mesh.devices, names.index(ARCH), 0)
+  n_groups = mesh.shape[ARCH]
+  if jax.process_count() == 1:
+    devices = np.moveaxis(mesh.devices, names.index(ARCH), 0)
+  else:
+    by_process = {}
+    for d in sorted(mesh.devices.flat, key=lambda d: (d.process_index, d.id)):
+      by_process.setdefault(d.process_index, []).append(d)
+    local = {len(v) for v in by_process.values()}
+    if len(local) != 1 or local.pop() % n_groups:
+      raise ValueError(f"mesh axis '{ARCH}'={n_groups}: every process needs "
+                       'a multiple of that many devices')
+    devices = np.stack([
+        np.concatenate([np.array_split(np.array(v, dtype=object),
+                                       n_groups)[g]
+                        for _, v in sorted(by_process.items())])
+        for g in range(n_groups)])
   return [Mesh(group, (DATA,), axis_types=(AxisType.Auto,))
           for group in devices]
+
+
+def regroup(tree, sharding: NamedSharding):
+  """Replicated arrays of one device set, replicated on another (a copy).
+
+  Built from each process's own buffers only: multi-controller JAX refuses
+  a `device_put` between different device sets across processes, and the
+  GHN step moves values between the whole mesh and its arch groups. Every
+  leaf must be fully replicated and have a buffer in every process that
+  holds a device of `sharding` (true for `arch_groups`' layout).
+  """
+  targets = [d for d in sharding.mesh.devices.flat
+             if d.process_index == jax.process_index()]
+
+  def one(x):
+    if not x.is_fully_replicated:
+      raise ValueError(f'regroup needs replicated arrays; got {x.sharding}')
+    local = {s.device: s.data for s in x.addressable_shards}
+    any_local = next(iter(local.values()))
+    copies = [jax.device_put(local.get(d, any_local), d, may_alias=False)
+              for d in targets]
+    return jax.make_array_from_single_device_arrays(x.shape, sharding, copies)
+
+  return jax.tree.map(one, tree)
 
 
 def _data_size(mesh: Mesh) -> int:

@@ -168,15 +168,15 @@ class GHNStep:
     for b, arch in enumerate(archs):
       g = b % n_groups
       mesh = self.groups[g]
+      rep = parallel.replicated(mesh)
       if g not in group_data:
-        rep = parallel.replicated(mesh)
-        group_data[g] = (jax.device_put(state.params['decoder'], rep),
+        group_data[g] = (parallel.regroup(state.params['decoder'], rep),
                          parallel.shard_batch(mesh, batch))
       decoder_params, shared_batch = group_data[g]
-      x_b = jax.device_put(xs[b], parallel.replicated(mesh))
+      x_b = parallel.regroup(xs[b], rep)
       outs.append(self._arch_program(arch, g)(decoder_params, x_b,
                                               shared_batch))
-    outs = jax.device_put(outs, self.replicated)
+    outs = parallel.regroup(outs, self.replicated)
     g_decs, g_xs, auxes = (tuple(o[i] for o in outs) for i in range(3))
     return self._finish(state, inputs, g_xs, g_decs, auxes)
 

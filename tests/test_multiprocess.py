@@ -1,0 +1,112 @@
+"""Two processes x 4 CPU devices, joined by jax.distributed, equal one x 8.
+
+Each process is started by `launch/gpu_multinode.sh` with a localhost
+coordinator (`LOGAH_COORDINATOR`, `LOGAH_NUM_PROCESSES`, `LOGAH_PROCESS_ID`),
+the start-up path of a multi-node GPU run or a TPU pod; CPU collectives go
+through gloo. Opt-in (`-m multiprocess`): a few minutes on 2 cores.
+"""
+
+import os
+import socket
+import subprocess
+
+import numpy as np
+import pytest
+
+from configs_for_tests import ROOT, TINY_VIT
+from logah_jax import checkpoint
+
+pytestmark = pytest.mark.multiprocess
+_LAUNCH = os.path.join(ROOT, 'launch', 'gpu_multinode.sh')
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def _env(devices: int, **extra) -> dict:
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith(('LOGAH_', 'XLA_FLAGS'))}
+  env.update(JAX_PLATFORMS='cpu', PYTHONPATH=ROOT,
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+             **extra)
+  return env
+
+
+def _two_processes(config, workdir, *overrides) -> list[str]:
+  """Runs the launch script twice (process 0 and 1); returns their output."""
+  port = _free_port()
+  procs = [subprocess.Popen(
+      ['bash', _LAUNCH, config, workdir, *overrides],
+      env=_env(4, LOGAH_COORDINATOR=f'localhost:{port}',
+               LOGAH_NUM_PROCESSES='2', LOGAH_PROCESS_ID=str(i),
+               LOGAH_INIT_TIMEOUT_S='120'),
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+      for i in range(2)]
+  outs = [p.communicate(timeout=900)[0] for p in procs]
+  for i, (p, out) in enumerate(zip(procs, outs)):
+    assert p.returncode == 0, f'process {i}:\n{out[-3000:]}'
+  assert 'process 0 of 2' in outs[0] and 'process 1 of 2' in outs[1]
+  return outs
+
+
+def _one_process(config, workdir, *overrides) -> str:
+  proc = subprocess.run(
+      ['.venv/bin/python', '-m', 'logah_jax.main', f'--config={config}',
+       f'--workdir={workdir}', *overrides],
+      env=_env(8), capture_output=True, text=True, cwd=ROOT, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc.stdout
+
+
+def _assert_close(a, b, what):
+  import jax  # pylint: disable=g-import-not-at-top
+  flat_a = jax.tree_util.tree_flatten_with_path(a)[0]
+  flat_b = jax.tree_util.tree_flatten_with_path(b)[0]
+  assert [p for p, _ in flat_a] == [p for p, _ in flat_b], what
+  worst = 0.0
+  for (path, x), (_, y) in zip(flat_a, flat_b):
+    x, y = np.asarray(x), np.asarray(y)
+    worst = max(worst, float(np.max(np.abs(x - y), initial=0)))
+    # gloo sums across processes in another order than one process does
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6,
+                               err_msg=f'{what}: {jax.tree_util.keystr(path)}')
+  print(f'{what}: max |difference| {worst:.3g}')
+
+
+def test_finetune_fsdp_two_processes_equals_one(tmp_path):
+  overrides = [f'--config.arch={TINY_VIT}', '--config.data.batch_size=8',
+               '--config.param_sharding=fsdp', '--config.fsdp_min_mb=0',
+               '--config.eval.batch_size=48', '--config.compilation_cache=off',
+               '--config.checkpoint.every_steps=3']
+  multi, single = str(tmp_path / 'multi'), str(tmp_path / 'single')
+  _two_processes('configs/finetune.py:smoke', multi, *overrides)
+  # Again: both processes restore the sharded step-6 checkpoint they saved
+  # and export the params once more from the restored state.
+  outs = _two_processes('configs/finetune.py:smoke', multi, *overrides)
+  assert 'resuming at step 6' in outs[0]
+  _one_process('configs/finetune.py:smoke', single, *overrides)
+  _assert_close(checkpoint.restore_params(os.path.join(multi, 'final_params')),
+                checkpoint.restore_params(os.path.join(single, 'final_params')),
+                'fine-tuning params')
+
+
+@pytest.mark.parametrize('arch_groups', [1, 2])
+def test_ghn_training_two_processes_equals_one(tmp_path, arch_groups):
+  overrides = ['--config.holdout.enabled=False', '--config.demo.enabled=False',
+               '--config.train.num_steps=4', '--config.train.m=2',
+               '--config.data.batch_size=8', '--config.compilation_cache=off',
+               f'--config.mesh.arch={arch_groups}']
+  multi, single = str(tmp_path / 'multi'), str(tmp_path / 'single')
+  _two_processes('configs/default.py:smoke', multi, *overrides)
+  _one_process('configs/default.py:smoke', single, *overrides)
+
+  def params(workdir):
+    with checkpoint.CheckpointManager(os.path.join(workdir, 'checkpoints'),
+                                      async_save=False) as mngr:
+      state, _ = mngr.restore(4)
+    return state['params']
+  _assert_close(params(multi), params(single), f'GHN params, {arch_groups} '
+                'arch groups')
