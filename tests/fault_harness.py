@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -20,6 +21,8 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Printed (flushed) once a run has restored its state, before the first step.
+_STARTED = re.compile(r'(starting|resuming) at step \d+')
 # Values that depend on wall time or on the process, not on the run.
 TIMING_KEYS = frozenset({'compiles', 'compile_s', 'examples_per_s',
                          'arch_per_s'})
@@ -92,6 +95,11 @@ def _saving(checkpoint_dir: str) -> set[str]:
     return set()
 
 
+def _read(path: str) -> str:
+  with open(path, errors='replace') as f:
+    return f.read()
+
+
 def _last_logged(metrics_path: str) -> int:
   """The step of the last complete row of metrics.jsonl (0 if none)."""
   try:
@@ -114,44 +122,52 @@ def run_with_kills(argv, environ, workdir: str, *, kills: int, seed: int,
 
   Every `save_every`-th attempt is killed the moment a checkpoint save is in
   flight; of the others, one in four during start-up (a random time before
-  the first step) and the rest a random few milliseconds after a random
-  step was logged. An attempt that finishes before its kill ends the kills
+  the run has restored its state) and the rest a random few milliseconds
+  after a random step was logged. An attempt that finishes before its kill ends the kills
   early (the caller counts them).
   """
   rng = random.Random(seed)
   checkpoint_dir = os.path.join(workdir, 'checkpoints')
   metrics = os.path.join(workdir, 'metrics.jsonl')
+  startup_s = None  # seconds to the 'starting/resuming at step' line
   attempts = []
   for i in range(kills):
     steps = _steps(checkpoint_dir)
     start = steps[-1] if steps else 0
     logged = _last_logged(metrics)
     mode = ('save' if i % save_every == save_every - 1 else
+            'step' if startup_s is None else
             'startup' if rng.random() < 0.25 or logged >= total_steps - 1
             else 'step')
     target = rng.randint(logged + 1, total_steps - 1) if mode == 'step' else 0
-    startup_kill = rng.uniform(0.3, 0.9) * timing.startup_s
+    kill_at = rng.uniform(0.2, 1.0) * (startup_s or 0)
     stale = _saving(checkpoint_dir)  # left by the previous kill
-    with open(log_path, 'a') as log:
+    out = f'{log_path}.{i}'
+    with open(out, 'w') as log:
       t0 = time.monotonic()
       proc = subprocess.Popen(argv, env=environ, stdout=log,
                               stderr=subprocess.STDOUT, cwd=ROOT)
+      started = None
       while proc.poll() is None:
         elapsed = time.monotonic() - t0
-        if mode == 'startup' and elapsed > startup_kill:
+        if started is None and _STARTED.search(_read(out)):
+          started = elapsed
+        if mode == 'startup' and (elapsed > kill_at or started):
           break
         if mode == 'save' and _saving(checkpoint_dir) - stale:
           break
-        if mode == 'step' and _last_logged(metrics) >= target:
+        if mode == 'step' and started and _last_logged(metrics) >= target:
           time.sleep(rng.uniform(0, 0.05))
           break
         if elapsed > 3 * timing.total_s:
-          raise AssertionError(f'attempt {i} ({mode}) hangs; see {log_path}')
+          raise AssertionError(f'attempt {i} ({mode}) hangs; see {out}')
         time.sleep(0.001 if mode == 'save' else 0.005)
+      if started is not None:
+        startup_s = min(started, startup_s or started)
       if proc.poll() is not None:
         if proc.returncode:
           raise AssertionError(f'attempt {i} exited with {proc.returncode}; '
-                               f'see {log_path}')
+                               f'see {out}')
         attempts.append(Attempt(False, time.monotonic() - t0, False, start))
         return attempts
       proc.kill()
