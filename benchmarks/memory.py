@@ -19,13 +19,21 @@ Two models:
   outside it (the state, the m node blocks, the batch, the gradients of the
   architectures already done); see `ghn_rows`.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/memory.py gpt2 --devices 8 64
-    PYTHONPATH=. .venv/bin/python benchmarks/memory.py ghn --devices 8 64 \
-        --batch 64 128 256 --m 1 4
+    PYTHONPATH=. .venv/bin/python benchmarks/memory.py gpt2 --devices 8
+    PYTHONPATH=. .venv/bin/python benchmarks/memory.py gpt2 --devices 64 \
+        --per_device 1 2 --depths 2 4   # extrapolated in depth, see gpt2_rows
+    PYTHONPATH=. .venv/bin/python benchmarks/memory.py ghn --devices 8 64
+
+Each prints a markdown table; `--json FILE` keeps the rows and `--rows FILE
+...` prints the table of saved rows again without compiling.
 
 CPU compiler caveat: GPU and TPU compilers schedule and fuse differently,
 so the figures are estimates of what the accelerators need.
 """
+
+# jax is imported inside functions: the fake device count must be in
+# XLA_FLAGS before jax starts, and the parent process never starts it.
+# pylint: disable=g-import-not-at-top
 
 import argparse
 import json
@@ -51,56 +59,86 @@ def _stats(compiled) -> dict:
 
 def _per_device_bytes(tree) -> int:
   """Bytes one device holds of abstract arrays carrying shardings."""
-  total = 0
-  for x in _leaves(tree):
-    shard = x.sharding.shard_shape(x.shape)
-    total += math.prod(shard) * x.dtype.itemsize
-  return total
-
-
-def _leaves(tree):
-  import jax  # pylint: disable=g-import-not-at-top
-  return jax.tree.leaves(tree)
+  import jax
+  return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+             for x in jax.tree.leaves(tree))
 
 
 def _emit(row: dict):
+  """One result to the parent (stdout), and progress to the terminal."""
   print('ROW ' + json.dumps(row), flush=True)
+  print(f"  {row['devices']} devices, batch {row['batch']}: peak "
+        f"{row['peak'] / GIB:.2f} GiB ({row['compile_s']:.0f} s)",
+        file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------ GPT-2-L
 
 def gpt2_rows(args, n: int):
-  """One row per per-device batch: FinetuneStep compiled on abstract inputs."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from logah_jax import arch as arch_lib  # pylint: disable=g-import-not-at-top
-  from logah_jax import config_base, parallel  # pylint: disable=g-import-not-at-top
-  from logah_jax.train import finetune_step, optim  # pylint: disable=g-import-not-at-top
+  """One row per per-device batch: FinetuneStep compiled on abstract inputs.
+
+  With `--depths d1 d2 ...` the full-depth model is not compiled: the same
+  model at those depths is, and every byte count is extrapolated to the full
+  depth by a least-squares line in depth. The stack is unrolled, so each
+  block adds the same saved activations and the same parameter shards; on 8
+  devices depths 2 and 4 predict the compiled 36-block GPT-2-L within 2%.
+  It exists because the CPU compiler needs more than 15 minutes for the full
+  GPT-2-L step on 64 fake devices (about 2 on 8).
+  """
+  from logah_jax import arch as arch_lib
+  from logah_jax.arch.configs import replace_fields
   arch = arch_lib.parse(args.arch)
+  for per_device in args.per_device:
+    t0 = time.perf_counter()
+    if not args.depths:
+      stats, state = _gpt2_stats(args, arch, n, per_device)
+      how = 'compiled'
+    else:
+      fits = [_gpt2_stats(args, replace_fields(arch, depth=d), n, per_device)
+              for d in args.depths]
+      stats = {k: _line_at(args.depths, [f[0][k] for f in fits], arch.depth)
+               for k in fits[0][0]}
+      state = _line_at(args.depths, [f[1] for f in fits], arch.depth)
+      how = 'depths ' + ','.join(map(str, args.depths))
+    _emit(dict(stats, devices=n, per_device=per_device, batch=per_device * n,
+               state=state, what=args.arch, how=how,
+               compile_s=time.perf_counter() - t0))
+
+
+def _line_at(xs, ys, x) -> int:
+  """The least-squares line through (xs, ys), evaluated at x."""
+  mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+  slope = (sum((a - mx) * (b - my) for a, b in zip(xs, ys))
+           / sum((a - mx) ** 2 for a in xs))
+  return int(round(my + slope * (x - mx)))
+
+
+def _gpt2_stats(args, arch, n: int, per_device: int):
+  """(memory stats, per-device state bytes) of one compiled fine-tuning step."""
+  import jax
+  import jax.numpy as jnp
+  from logah_jax import config_base, parallel
+  from logah_jax.train import finetune_step, optim
   # The optimizer of configs/finetune.py: AdamW, weight decay, clip 1.
   tx, _ = optim.make_optimizer(config_base.optim_section(
       1e-4, warmup_steps=10, weight_decay=5e-2, clip_norm=1.0), 1000)
   mesh = parallel.make_mesh({parallel.DATA: -1})
   stepper = finetune_step.FinetuneStep(arch, tx, mesh, param_rule=args.rule)
   state = stepper.abstract_state()
-  for per_device in args.per_device:
-    b = per_device * n
-    batch = {'tokens': jax.ShapeDtypeStruct(
-        (b, args.seq_len + 1), jnp.int32, sharding=parallel.data_sharded(mesh))}
-    t0 = time.perf_counter()
-    # pylint: disable-next=protected-access  (the very program training runs)
-    stats = _stats(stepper._step.lower(state, batch).compile())
-    _emit(dict(stats, devices=n, per_device=per_device, batch=b,
-               state=_per_device_bytes(state), what=args.arch,
-               compile_s=time.perf_counter() - t0))
+  batch = {'tokens': jax.ShapeDtypeStruct(
+      (per_device * n, args.seq_len + 1), jnp.int32,
+      sharding=parallel.data_sharded(mesh))}
+  # pylint: disable-next=protected-access  (the very program training runs)
+  stats = _stats(stepper._step.lower(state, batch).compile())
+  return stats, _per_device_bytes(state)
 
 
 # ---------------------------------------------------------- GHN training
 
 def _paper_run(args, batch_size: int, m: int):
   """The GHNRun of configs/paper_vits.py, as `main.py` would build it."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  from logah_jax.train import ghn_training  # pylint: disable=g-import-not-at-top
+  import importlib.util
+  from logah_jax.train import ghn_training
   spec = importlib.util.spec_from_file_location('paper_vits', args.config)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -118,7 +156,7 @@ def _candidates(run, how_many: int) -> list:
   params, what the decoder writes) and `sampler.deepest()` (most graph
   nodes), are compiled and the worst one is kept.
   """
-  from logah_jax.arch import counts  # pylint: disable=g-import-not-at-top
+  from logah_jax.arch import counts
   pool = run.sampler.candidates()
 
   def activations(a):
@@ -142,10 +180,11 @@ def ghn_rows(args, n: int):
             the m gradients; the new state aliases the donated one)
   where peak(p) = argument + output - alias + temp of program p.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  from logah_jax import ghn as ghn_lib  # pylint: disable=g-import-not-at-top
-  from logah_jax import parallel  # pylint: disable=g-import-not-at-top
-  from logah_jax.train import flops, ghn_step, loop  # pylint: disable=g-import-not-at-top
+  import jax
+  from logah_jax import arch as arch_lib
+  from logah_jax import ghn as ghn_lib
+  from logah_jax import parallel
+  from logah_jax.train import flops, ghn_step, loop
   worst = None  # chosen once per process, at its first (m, batch)
   arch_memo = {}  # (arch, batch) -> (stats, out_info) of its program
   for m in args.m:
@@ -173,6 +212,8 @@ def ghn_rows(args, n: int):
           parallel.data_sharded(group))
       t0 = time.perf_counter()
       # pylint: disable=protected-access  (the very programs training runs)
+      if worst is None and args.target:
+        worst = arch_lib.parse(args.target)
       if worst is None:
         scored = []
         for a in _candidates(run, args.candidates):
@@ -217,9 +258,9 @@ def ghn_rows(args, n: int):
 
 def _arch_lowered(stepper, arch, params, batch, group):
   """One architecture's program (decoder, target fwd+bwd) on abstract inputs."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from logah_jax import parallel  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+  from logah_jax import parallel
   rep = parallel.replicated(group)
   x_nd = jax.ShapeDtypeStruct((stepper.n_pad, stepper.cfg.hid), jnp.float32,
                               sharding=rep)
@@ -232,7 +273,7 @@ def _arch_lowered(stepper, arch, params, batch, group):
 
 def _child(args):
   n = args.child
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax
   if jax.device_count() != n:
     sys.exit(f'asked for {n} fake devices, jax sees {jax.device_count()}')
   (gpt2_rows if args.model == 'gpt2' else ghn_rows)(args, n)
@@ -264,14 +305,14 @@ def table(rows: list[dict], model: str, headroom: float) -> str:
   fits = ' | '.join(f'{g} GiB' for g in DEVICE_GIB)
   if model == 'gpt2':
     lines = [f'| devices | batch / device | global batch | state GiB | '
-             f'temp GiB | peak GiB | {fits} |',
-             '|---|---|---|---|---|---|' + '---|' * len(DEVICE_GIB)]
+             f'temp GiB | peak GiB | {fits} | how |',
+             '|---|---|---|---|---|---|' + '---|' * (len(DEVICE_GIB) + 1)]
     for r in rows:
       lines.append(
           f"| {r['devices']} | {r['per_device']} | {r['batch']} | "
           f"{r['state'] / GIB:.2f} | {r['temp'] / GIB:.2f} | "
           f"{r['peak'] / GIB:.2f} | " + ' | '.join(_fits(r['peak'], headroom))
-          + ' |')
+          + f" | {r.get('how', 'compiled')} |")
   else:
     lines = [f'| devices | m | batch (/ device) | state GiB | body / arch / '
              f'finish GiB | peak GiB | {fits} |',
@@ -290,16 +331,20 @@ def table(rows: list[dict], model: str, headroom: float) -> str:
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('model', choices=('gpt2', 'ghn'))
-  p.add_argument('--devices', type=int, nargs='+', default=[8, 64],
+  p.add_argument('--devices', type=int, nargs='+', default=[8],
                  help='fake device counts, one process each')
   p.add_argument('--headroom', type=float, default=0.9,
                  help='fits when peak <= this fraction of the device memory')
   p.add_argument('--json', help='also write the rows to this file')
+  p.add_argument('--rows', nargs='+',
+                 help='print the table of rows saved by --json; no compiling')
   g = p.add_argument_group('gpt2')
   g.add_argument('--arch', default='gpt2-large')
   g.add_argument('--seq_len', type=int, default=1024)
   g.add_argument('--per_device', type=int, nargs='+', default=[1, 2, 4, 8])
   g.add_argument('--rule', default='fsdp', choices=('fsdp', 'replicate'))
+  g.add_argument('--depths', type=int, nargs='*', default=[],
+                 help='compile these depths and extrapolate to the full one')
   g = p.add_argument_group('ghn')
   g.add_argument('--config', default='configs/paper_vits.py')
   g.add_argument('--ghn', default='logah-large')
@@ -309,15 +354,21 @@ def main():
   g.add_argument('--candidates', type=int, default=2,
                  help='architectures compiled (by the activation proxy) '
                       'before the worst one is kept')
+  g.add_argument('--target', default='',
+                 help='skip that search: this architecture (arch.parse spec)')
   p.add_argument('--child', type=int, help=argparse.SUPPRESS)
   args = p.parse_args()
   if args.child:
     _child(args)
     return
-  argv = [a for a in sys.argv[1:]]
   rows = []
-  for n in args.devices:
-    rows += _run_count(argv, n)
+  if args.rows:
+    for path in args.rows:
+      with open(path) as f:
+        rows += json.load(f)
+  else:
+    for n in args.devices:
+      rows += _run_count(sys.argv[1:], n)
   if args.json:
     with open(args.json, 'w') as f:
       json.dump(rows, f, indent=1)

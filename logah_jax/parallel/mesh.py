@@ -108,12 +108,16 @@ def regroup(tree, sharding: NamedSharding):
   a `device_put` between different device sets across processes, and the
   GHN step moves values between the whole mesh and its arch groups. Every
   leaf must be fully replicated and have a buffer in every process that
-  holds a device of `sharding` (true for `arch_groups`' layout).
+  holds a device of `sharding` (true for `arch_groups`' layout). A value
+  already on the same devices is only re-labelled (no copy).
   """
   targets = [d for d in sharding.mesh.devices.flat
              if d.process_index == jax.process_index()]
+  devices = set(sharding.mesh.devices.flat)
 
   def one(x):
+    if set(x.sharding.device_set) == devices:  # same devices: may alias
+      return jax.device_put(x, sharding)
     if not x.is_fully_replicated:
       raise ValueError(f'regroup needs replicated arrays; got {x.sharding}')
     local = {s.device: s.data for s in x.addressable_shards}
