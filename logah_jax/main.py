@@ -167,7 +167,7 @@ def main(argv):
     _fail(f'cannot write {e.filename or workdir}: {e.strerror}; the last '
           'complete checkpoint and outputs are intact')
   except KeyboardInterrupt as e:
-    _fail(f'interrupted ({e or "SIGINT"}); run the same command again to '
+    _fail(f'interrupted ({str(e) or "SIGINT"}); run the same command again to '
           f'resume from {workdir}')
 
 
