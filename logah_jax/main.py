@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
 import sys
 
@@ -143,6 +144,30 @@ def parse_flags(argv):
   return argv
 
 
+_OS_ERROR_CODE = re.compile(r"os_error_code=\W?(\d+)")
+_LOCAL_FILE = re.compile(r'local file "([^"]+)"')
+
+
+def _write_failure(e: BaseException) -> str | None:
+  """The one-line reason if `e` (or its cause) says a write failed.
+
+  orbax's array writes go through tensorstore, which reports a full disk as
+  a ValueError carrying `os_error_code=28`, not as an OSError.
+  """
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:
+      return f'{e.filename or "an output"}: {e.strerror}'
+    code = _OS_ERROR_CODE.search(str(e))
+    if code and int(code.group(1)) in _WRITE_ERRNOS:
+      path = _LOCAL_FILE.search(str(e))
+      return (f'{path.group(1) if path else "an output"}: '
+              f'{os.strerror(int(code.group(1)))}')
+    e = e.__cause__ or e.__context__
+  return None
+
+
 def _raise_interrupt(signum, frame):
   raise Interrupted(signal.Signals(signum).name)
 
@@ -161,14 +186,15 @@ def main(argv):
     _fail(str(e))
   except loop.NonFiniteLossError as e:
     _fail(str(e))
-  except OSError as e:
-    if e.errno not in _WRITE_ERRNOS:
-      raise
-    _fail(f'cannot write {e.filename or workdir}: {e.strerror}; the last '
-          'complete checkpoint and outputs are intact')
   except KeyboardInterrupt as e:
     _fail(f'interrupted ({str(e) or "SIGINT"}); run the same command again to '
           f'resume from {workdir}')
+  except Exception as e:  # pylint: disable=broad-except
+    reason = _write_failure(e)
+    if reason is None:
+      raise
+    _fail(f'cannot write {reason}; the last complete checkpoint and outputs '
+          'are intact')
 
 
 if __name__ == '__main__':
