@@ -63,10 +63,6 @@ _WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS,
                  errno.EACCES, errno.EPERM)
 
 
-class Interrupted(KeyboardInterrupt):
-  """SIGINT or SIGTERM: unwinds so pending checkpoint saves complete."""
-
-
 def check_workdir(workdir: str) -> None:
   """ConfigError unless `workdir` is (or can become) a writable directory."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
@@ -168,8 +164,9 @@ def _write_failure(e: BaseException) -> str | None:
   return None
 
 
-def _raise_interrupt(signum, frame):
-  raise Interrupted(signal.Signals(signum).name)
+def _interrupt(signum, frame):
+  del frame
+  loop.interrupt(signal.Signals(signum).name)
 
 
 def main(argv):
@@ -177,7 +174,8 @@ def main(argv):
     _fail(f'unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:  # orbax logs every file at INFO
     logging.set_verbosity(logging.WARNING)
-  signal.signal(signal.SIGTERM, _raise_interrupt)
+  for sig in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(sig, _interrupt)
   workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
   try:
     run(_CONFIG.value, workdir)
@@ -198,4 +196,13 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  try:
+    app.run(main, flags_parser=parse_flags)
+  except SystemExit as exit_:
+    if exit_.code != 2:
+      raise
+    # Our one line is out and every output is closed: leave without the
+    # interpreter shutdown, where orbax's idle threads may print noise.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(2)

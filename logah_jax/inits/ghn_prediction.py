@@ -73,6 +73,10 @@ class GHNPrediction(InitMethod):
   def params(self, arch, seed: int):
     del seed  # a prediction does not depend on it
     self.prepare()
+    if getattr(arch, 'family', None) != self._ghn.family:
+      raise ConfigError(f'{self.ghn_workdir}: the GHN there predicts '
+                        f'{self._ghn.family} models, not {arch.name} (a '
+                        f'{getattr(arch, "family", None)})')
     if arch not in self._predicted:
       self._predicted = {arch: self._ghn.predict(arch)}
     return self._predicted[arch]

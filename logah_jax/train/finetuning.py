@@ -141,9 +141,14 @@ def train(run: FinetuneRun, workdir: str, *,
   """
   clock = loop.Clock()
   mesh = loop.make_mesh(run.mesh_axes, run.data.batch_size)
-  os.makedirs(workdir, exist_ok=True)
   loader = run.data.loader(run.seed, jax.process_index(), jax.process_count())
   eval_source = run.data.source(run.eval.split)
+  # A fresh run checks its init (a wrong architecture, NaN values, a GHN of
+  # another family) before it writes anything, so a corrected command is not
+  # refused as another config; a resumed run never calls the init.
+  params = (None if os.path.exists(loop.checkpoint_dir(workdir))
+            else run.init(run.arch, run.seed))
+  os.makedirs(workdir, exist_ok=True)
   with loop.open_checkpoints(workdir, run.checkpoint, run.config,
                              RESUMABLE_KEYS) as mngr:
     stepper = finetune_step.FinetuneStep(
@@ -152,7 +157,9 @@ def train(run: FinetuneRun, workdir: str, *,
         label_smoothing=run.label_smoothing)
     state, start = loop.restore(mngr, stepper.abstract_state(), loader)
     if state is None:
-      state = stepper.init_state(run.init(run.arch, run.seed))
+      state = stepper.init_state(run.init(run.arch, run.seed)
+                                 if params is None else params)
+    params = None  # the state holds them now
     report.say(
         report.param_table(state.params, f'{run.arch.name} '
                            f'({arch_lib.num_params(run.arch):,} params), '

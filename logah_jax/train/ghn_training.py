@@ -135,8 +135,8 @@ def train(run: GHNRun, workdir: str, *,
   mesh = loop.make_mesh(
       run.mesh_axes, run.data.batch_size,
       lambda mesh: parallel.arch_groups(mesh)[0].shape[parallel.DATA])
-  os.makedirs(workdir, exist_ok=True)
   loader = run.data.loader(run.seed, jax.process_index(), jax.process_count())
+  os.makedirs(workdir, exist_ok=True)  # after the data is found
   with loop.open_checkpoints(workdir, run.checkpoint, run.config,
                              RESUMABLE_KEYS) as mngr:
     stepper = ghn_step.GHNStep(

@@ -45,6 +45,23 @@ class NonFiniteLossError(FloatingPointError):
   """Training met a NaN/Inf loss; the last good checkpoint is untouched."""
 
 
+class Interrupted(KeyboardInterrupt):
+  """SIGINT or SIGTERM: the run stopped at a step boundary (or in start-up)."""
+
+
+# Inside `run_steps` a signal is only noted, and acted on after the step:
+# orbax swallows a KeyboardInterrupt raised while it waits for a save.
+_signals = {'deferred': False, 'pending': None}
+
+
+def interrupt(name: str) -> None:
+  """A signal handler's action: stop now, or at the end of the current step."""
+  if _signals['deferred']:
+    _signals['pending'] = name
+    return
+  raise Interrupted(name)
+
+
 @dataclasses.dataclass(frozen=True)
 class CheckpointOptions:
   """How often a run saves, how many steps it keeps, and whether async."""
@@ -245,8 +262,11 @@ def run_steps(task: Task, state, *, start: int, end: int, loader, mngr,
     bar.update(1, loss=f'{metrics["loss"]:.4f}',
                **{task.rate_key: f'{rate.value():.2f}'})
 
+  _signals.update(deferred=True, pending=None)
   try:
     for step in range(start, end):
+      if _signals['pending']:
+        raise Interrupted(_signals['pending'])
       state, device_metrics = task.step(state, step)
       if pending is not None:  # the previous step, now that this one is queued
         settle(*pending)
@@ -272,6 +292,9 @@ def run_steps(task: Task, state, *, start: int, end: int, loader, mngr,
   finally:
     bar.close()
     mngr.wait_until_finished()
+    _signals['deferred'] = False
+  if _signals['pending']:
+    raise Interrupted(_signals['pending'])
   _plot(workdir, task)
   return state, last
 
