@@ -97,3 +97,41 @@ def test_a_non_finite_step_stops_the_run_one_step_late_at_most(tmp_path,
   assert 'fake training step 4: loss nan' in str(error)
   assert 'last good checkpoint (step None)' in str(error)
   assert mngr.saved == [] and events[-1] == ('fetch', 3)
+
+
+def test_a_signal_inside_the_loop_stops_it_at_the_next_step_boundary(
+    tmp_path, monkeypatch):
+  """orbax swallows a KeyboardInterrupt raised while it waits for a save, so
+  a signal during the steps is noted and acted on between two steps."""
+  def hook(done, state, bar):
+    loop.interrupt('SIGTERM')  # as the handler would, mid-step
+    events.append(('hook finished', done))  # the work in hand completes
+
+  events, loader = [], _Loader()
+
+  def step(state, index):
+    events.append(('dispatch', index))
+    return state + 1, {'loss': np.float32(1.0), 'grad_norm': np.float32(0.5),
+                       'finite': np.bool_(True)}
+
+  task = loop.Task(
+      name='fake training', step=step, schedule=lambda s: 0.1, num_steps=8,
+      log_every=4, save_every=4, units_per_step=1, rate_key='steps_per_s',
+      curves=('loss',), title='fake', hook=hook, hook_at=lambda d: d == 3)
+  mngr = _Manager(events)
+  try:
+    loop.run_steps(task, 0, start=0, end=8, loader=loader, mngr=mngr,
+                   workdir=str(tmp_path), clock=loop.Clock())
+  except loop.Interrupted as e:
+    assert str(e) == 'SIGTERM'
+  else:
+    raise AssertionError('the run was not interrupted')
+  # the step in hand completes; the next one never starts
+  assert events == [('dispatch', 0), ('dispatch', 1), ('dispatch', 2),
+                    ('hook finished', 3)]
+  try:  # outside the loop a signal acts at once
+    loop.interrupt('SIGINT')
+  except loop.Interrupted as e:
+    assert str(e) == 'SIGINT'
+  else:
+    raise AssertionError('not raised outside the loop')
