@@ -71,6 +71,7 @@ def _config(methods='random,orthogonal', seeds=2):
   return c
 
 
+@pytest.mark.slow  # opt-in: keeps the default run under 15 minutes
 def test_run_compare_writes_tables_and_resumes(tmp_path):
   c = _config()
   summary = compare.run_compare(c, str(tmp_path))

@@ -183,8 +183,8 @@ SAMPLED = (arch.sample('vits-cpu', 3, 0) + arch.sample('gpts-cpu', 3, 0)
 
 
 @pytest.mark.parametrize('ghn_cfg', [
-    SMALL, pytest.param(SMALL_GHN3, marks=pytest.mark.slow)],
-    ids=['logah', 'ghn3'])
+    pytest.param(SMALL, marks=pytest.mark.slow),
+    pytest.param(SMALL_GHN3, marks=pytest.mark.slow)], ids=['logah', 'ghn3'])
 def test_predict_sampled_architectures(ghn_cfg):
   for family in ('vit', 'gpt2'):
     params = ghn.init(ghn_cfg, family, seed=0)
@@ -308,7 +308,9 @@ def test_family_mismatch_and_unplaceable_shapes_raise():
     ghn.predict(tiny_k, ghn.init(tiny_k, 'vit', 0), wide)
 
 
-@pytest.mark.parametrize('ghn_cfg', [SMALL, SMALL_GHN3], ids=['logah', 'ghn3'])
+@pytest.mark.parametrize('ghn_cfg', [
+    SMALL, pytest.param(SMALL_GHN3, marks=pytest.mark.slow)],
+    ids=['logah', 'ghn3'])
 def test_gradients_reach_every_used_ghn_parameter(ghn_cfg):
   cfg = arch.ViTConfig(depth=2, width=48, heads=3, mlp_dim=96, patch=7,
                        image_size=28, channels=1, num_classes=10)

@@ -146,6 +146,7 @@ def test_one_device_and_eight_devices_give_the_same_params():
   assert _max_abs_diff(results[0], ghn_lib.init(GHN, 'vit', 0)) > 1e-3
 
 
+@pytest.mark.slow  # opt-in: keeps the default run under 15 minutes
 def test_bfloat16_graphormer_trains_with_float32_params():
   cfg = ghn_lib.named('logah-tiny', dtype='bfloat16')
   sampler = ArchSampler(_tiny_space(), 1, seed=0, pool_size=1)
@@ -183,6 +184,7 @@ def uninterrupted(tmp_path_factory):
   return workdir, ghn_training.train_ghn(cft.smoke(), workdir)
 
 
+@pytest.mark.slow  # the default run kills fine-tuning; -m faults kills GHN runs
 def test_interrupted_run_resumes_to_the_same_params(uninterrupted, tmp_path):
   _, full = uninterrupted
   workdir = str(tmp_path)
@@ -227,6 +229,7 @@ def test_ghn_load_returns_the_trained_ghn(uninterrupted):
     ghn_lib.load(os.path.join(workdir, 'nothing-here'))
 
 
+@pytest.mark.slow  # the default run stops a NaN fine-tuning run (test_bad_inputs)
 def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(
     uninterrupted, tmp_path, monkeypatch):
   real = DataSpec.loader
