@@ -1,6 +1,6 @@
 """Comparing pytrees and configs: the first difference, named.
 
-Used by checkpoint.py to refuse a restore into a mismatching target and a
+Used by the checkpoint package to refuse a restore into a mismatching target and a
 resume under a different config, before any data is read or written.
 """
 
