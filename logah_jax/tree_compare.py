@@ -1,7 +1,7 @@
 """Comparing pytrees and configs: the first difference, named.
 
-Used by the checkpoint package to refuse a restore into a mismatching target and a
-resume under a different config, before any data is read or written.
+Used by the checkpoint package to refuse a restore into a mismatching target
+and a resume under a different config, before any data is read or written.
 """
 
 import json
