@@ -91,9 +91,18 @@ def ghn_training(*, ghn: str, space: str, data: ml_collections.ConfigDict,
       every_steps=every_steps, keep=3, async_save=True))
   c.log_every_steps = 10
   c.compilation_cache = ''  # '' = ~/.cache/logah_jax/xla; 'off' = none
+  add_compute_fields(c)
   c.holdout = holdout_section()
   c.demo = demo_section()
   return c
+
+
+def add_compute_fields(c: ml_collections.ConfigDict) -> None:
+  """compute_dtype ('auto': bfloat16 on GPU/TPU, float32 on CPU; or
+  'float32' / 'bfloat16') and remat (recompute target blocks' activations in
+  the backward pass) of the targets a run trains or evaluates."""
+  c.compute_dtype = 'auto'
+  c.remat = False
 
 
 def demo_section(enabled: bool = False, *, num_steps: int = 100,
@@ -176,6 +185,7 @@ def finetuning(*, arch: str, data: ml_collections.ConfigDict,
       every_steps=every_steps, keep=2, async_save=True))
   c.log_every_steps = 25
   c.compilation_cache = ''
+  add_compute_fields(c)
   return c
 
 

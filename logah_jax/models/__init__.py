@@ -27,12 +27,16 @@ def _check(cfg, fn: str):
                      'nor a GPT2Config.')
 
 
-def build(cfg, dtype=jnp.float32) -> nn.Module:
-  """The Flax module of `cfg`; `dtype` is the compute dtype, params are fp32."""
+def build(cfg, dtype=jnp.float32, remat: bool = False) -> nn.Module:
+  """The Flax module of `cfg`; `dtype` is the compute dtype, params are fp32.
+
+  `remat` rematerialises each block (less activation memory, about one more
+  forward pass of compute); neither option changes the params tree.
+  """
   _check(cfg, 'build')
   if isinstance(cfg, ViTConfig):
-    return ViT(cfg, dtype)
-  return GPT2(cfg, dtype)
+    return ViT(cfg, dtype, remat)
+  return GPT2(cfg, dtype, remat)
 
 
 def dummy_input(cfg, batch: int = 1) -> jax.Array:

@@ -79,11 +79,13 @@ class GPT2(nn.Module):
   """Tokens (B, T) int -> next-token logits (B, T, vocab_size), float32.
 
   `dtype` is the compute dtype; params are always float32. Logits come back
-  in float32 so that losses are computed at full precision.
+  in float32 so that losses are computed at full precision. `remat`
+  recomputes each block's activations in the backward pass.
   """
 
   cfg: GPT2Config
   dtype: jnp.dtype = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, tokens):
@@ -102,8 +104,9 @@ class GPT2(nn.Module):
                    embedding_init=layers.normal(_STD), dtype=self.dtype,
                    param_dtype=jnp.float32, name='wpe')
     x = wte(tokens) + wpe(jnp.arange(t))[None]
+    block = layers.block_class(Block, self.remat)
     for i in range(cfg.depth):
-      x = Block(cfg, self.dtype, name=f'h_{i}')(x)
+      x = block(cfg, self.dtype, name=f'h_{i}')(x)
     x = layers.layer_norm(_LN_EPS, dtype=self.dtype, name='ln_f')(x)
     if cfg.tie_embeddings:
       logits = wte.attend(x)  # h @ wte.embedding.T

@@ -66,17 +66,40 @@ def fused_self_attention(qkv: Array, heads: int, causal: bool) -> Array:
   Returns:
     (B, T, C) concatenated head outputs, before the output projection.
 
-  The attention itself is `jax.nn.dot_product_attention`: cuDNN's fused
-  kernel on GPUs where it applies (bf16/fp16), XLA elsewhere; either way the
-  logits and the softmax are computed in float32, and the scale is
-  1/sqrt(head dim).
+  The attention itself is `jax.nn.dot_product_attention`, with the
+  implementation of `attention_implementation`; either way the logits and
+  the softmax are computed in float32, and the scale is 1/sqrt(head dim).
   """
   b, t, three_c = qkv.shape
   c = three_c // 3
   q, k, v = (a.reshape(b, t, heads, c // heads)
              for a in jnp.split(qkv, 3, axis=-1))
-  out = jax.nn.dot_product_attention(q, k, v, is_causal=causal)
+  out = jax.nn.dot_product_attention(
+      q, k, v, is_causal=causal,
+      implementation=attention_implementation(qkv.dtype, c // heads))
   return out.reshape(b, t, c)
+
+
+def attention_implementation(dtype, head_dim: int) -> str | None:
+  """'cudnn' where cuDNN's fused kernel applies, else None (XLA's).
+
+  The fused kernel runs on NVIDIA GPUs for 16-bit inputs with a head
+  dimension that is a multiple of 8 up to 128 (GPT-2 and ViT-B/L use 64);
+  it refuses float32. On CPU and TPU, and for other shapes, XLA computes
+  the same attention from its matmuls.
+  """
+  if (jax.default_backend() == 'gpu'
+      and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+      and head_dim % 8 == 0 and head_dim <= 128):
+    return 'cudnn'
+  return None
+
+
+def block_class(block: type[nn.Module], remat: bool) -> type[nn.Module]:
+  """`block`, or its rematerialised version: activations inside a block are
+  recomputed in the backward pass instead of stored (same params, same
+  values; memory per block drops to its input)."""
+  return nn.remat(block) if remat else block
 
 
 def dense(features: int, kernel_init, bias_init=None, *, dtype,

@@ -82,11 +82,13 @@ class ViT(nn.Module):
   """Images (B, H, W, channels), NHWC float -> logits (B, num_classes), float32.
 
   `dtype` is the compute dtype; params are always float32. Logits come back
-  in float32 so that losses are computed at full precision.
+  in float32 so that losses are computed at full precision. `remat`
+  recomputes each block's activations in the backward pass.
   """
 
   cfg: ViTConfig
   dtype: jnp.dtype = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, images):
@@ -109,8 +111,9 @@ class ViT(nn.Module):
     cls = jnp.broadcast_to(cls.astype(self.dtype), (b, 1, c))
     x = jnp.concatenate([cls, x.astype(self.dtype)], axis=1)
     x = x + pos.astype(self.dtype)
+    block = layers.block_class(EncoderBlock, self.remat)
     for i in range(cfg.depth):
-      x = EncoderBlock(cfg, self.dtype, name=f'encoder_layer_{i}')(x)
+      x = block(cfg, self.dtype, name=f'encoder_layer_{i}')(x)
     x = layers.layer_norm(_LN_EPS, dtype=self.dtype, name='ln')(x)
     logits = layers.dense(cfg.num_classes, _zeros, _zeros, dtype=self.dtype,
                           name='head')(x[:, 0])

@@ -15,6 +15,7 @@ from logah_jax import models
 from logah_jax import parallel
 from logah_jax.train import objective
 from logah_jax.train import state as state_lib
+from logah_jax.train.compute import Compute
 from logah_jax.train.state import TrainState
 
 TRACE_NAME = 'finetune_step.update'  # compiles.trace_counts() key
@@ -30,11 +31,14 @@ class FinetuneStep:
     param_rule: 'replicate' or 'fsdp' (see `parallel.param_shardings`).
     label_smoothing: for ViT cross-entropy.
     fsdp_min_mb: with 'fsdp', leaves smaller than this stay replicated.
+    compute: the forward's dtype and remat (`compute.Compute`).
   """
 
   def __init__(self, arch, tx, mesh, *, param_rule: str = 'replicate',
-               label_smoothing: float = 0.0, fsdp_min_mb: float = 4):
+               label_smoothing: float = 0.0, fsdp_min_mb: float = 4,
+               compute: Compute = Compute()):
     self.arch, self.tx, self.mesh = arch, tx, mesh
+    self.compute = compute
     self.label_smoothing = float(label_smoothing)
     abstract = models.abstract_params(arch)
     self._params_abstract = abstract
@@ -84,8 +88,9 @@ class FinetuneStep:
     arch, smoothing = self.arch, self.label_smoothing
 
     def loss_fn(params):
-      loss, logits, targets = objective.task_loss(arch, params, batch,
-                                                  smoothing)
+      loss, logits, targets = objective.task_loss(
+          arch, params, batch, smoothing, dtype=self.compute.dtype,
+          remat=self.compute.remat)
       return loss, objective.correct(logits, targets) / targets.size
 
     (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(

@@ -29,7 +29,8 @@ from logah_jax.train.data_spec import check_data_matches
 from logah_jax.validation import ConfigError, check_int
 
 RESUMABLE_KEYS = (*ckpt_lib.DEFAULT_IGNORE_KEYS, 'compilation_cache',
-                  'checkpoint.async_save', 'job', 'fsdp_min_mb')
+                  'checkpoint.async_save', 'job', 'fsdp_min_mb',
+                  'compute_dtype', 'remat')
 EVAL_FILE = 'eval.jsonl'
 FINAL_PARAMS = 'final_params'  # a completed run's params (save_params layout)
 CURVES = ('loss', 'acc', 'eval_loss', 'eval_accuracy', 'eval_perplexity', 'lr')
@@ -154,7 +155,7 @@ def train(run: FinetuneRun, workdir: str, *,
     stepper = finetune_step.FinetuneStep(
         run.arch, run.tx, mesh, param_rule=run.param_sharding,
         fsdp_min_mb=run.fsdp_min_mb,
-        label_smoothing=run.label_smoothing)
+        label_smoothing=run.label_smoothing, compute=run.compute)
     state, start = loop.restore(mngr, stepper.abstract_state(), loader)
     if state is None:
       state = stepper.init_state(run.init(run.arch, run.seed)
@@ -166,7 +167,7 @@ def train(run: FinetuneRun, workdir: str, *,
                            f'init {run.init.name}'),
         f'{run.data.name}: batch {run.data.batch_size}, {run.num_steps} '
         f'steps, {run.optimizer}; eval on {run.eval.split} every '
-        f'{run.eval.every_steps or "-"} steps',
+        f'{run.eval.every_steps or "-"} steps', run.compute.describe(),
         f'resuming at step {start}' if start else 'starting at step 0')
     # A fresh run drops every old eval row (an attempt that died before its
     # first checkpoint may have written the step-0 row already).

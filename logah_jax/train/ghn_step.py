@@ -35,6 +35,7 @@ from logah_jax import parallel
 from logah_jax.ghn.config import GHNConfig
 from logah_jax.train import objective
 from logah_jax.train import state as state_lib
+from logah_jax.train.compute import Compute
 from logah_jax.train.state import TrainState
 
 TRACE_GROUP = 'ghn_step'  # compiles.trace_counts(TRACE_GROUP): body/arch/finish
@@ -51,11 +52,15 @@ class GHNStep:
     n_pad: node bucket every step pads to (`ArchSampler.node_bucket`).
     gamma: weight of the Frobenius regulariser (docs/algorithm.md §6.1).
     label_smoothing: for ViT cross-entropy.
+    compute: the target forward's dtype and remat (`compute.Compute`); the
+      Graphormer's dtype is the GHN's own (`GHNConfig.dtype`).
   """
 
   def __init__(self, cfg: GHNConfig, family: str, tx, mesh, *, m: int,
-               n_pad: int, gamma: float = 3e-5, label_smoothing: float = 0.0):
+               n_pad: int, gamma: float = 3e-5, label_smoothing: float = 0.0,
+               compute: Compute = Compute()):
     self.cfg, self.family, self.tx = cfg, family, tx
+    self.compute = compute
     self.mesh, self.m, self.n_pad = mesh, m, n_pad
     self.gamma, self.label_smoothing = float(gamma), float(label_smoothing)
     self.groups = parallel.arch_groups(mesh)
@@ -100,12 +105,13 @@ class GHNStep:
   def _compile_arch(self, arch, group: int):
     decode = ghn_lib.decode_function(self.cfg, arch)
     n = ghn_lib.num_nodes(self.cfg, arch)
-    gamma, smoothing = self.gamma, self.label_smoothing
+    gamma, smoothing, compute = self.gamma, self.label_smoothing, self.compute
 
     def loss_fn(decoder_params, x_ND, batch):
       predicted = decode(decoder_params, x_ND[:n])
-      ce, logits, targets = objective.task_loss(arch, predicted, batch,
-                                                smoothing)
+      ce, logits, targets = objective.task_loss(
+          arch, predicted, batch, smoothing, dtype=compute.dtype,
+          remat=compute.remat)
       reg = objective.frobenius_sum(predicted)
       acc = objective.correct(logits, targets) / targets.size
       return ce + gamma * reg, {'ce': ce, 'reg': reg, 'acc': acc}

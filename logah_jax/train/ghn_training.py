@@ -27,7 +27,8 @@ from logah_jax.validation import ConfigError, check_int
 
 # Keys that may change when a run is resumed: they do not affect training.
 RESUMABLE_KEYS = (*ckpt_lib.DEFAULT_IGNORE_KEYS, 'holdout', 'demo',
-                  'compilation_cache', 'checkpoint.async_save', 'job')
+                  'compilation_cache', 'checkpoint.async_save', 'job',
+                  'compute_dtype', 'remat')
 CURVES = ('loss', 'ce', 'acc', 'reg', 'grad_norm', 'lr')
 
 
@@ -142,7 +143,7 @@ def train(run: GHNRun, workdir: str, *,
     stepper = ghn_step.GHNStep(
         run.ghn_cfg, run.family, run.tx, mesh, m=run.sampler.m,
         n_pad=run.sampler.node_bucket(run.ghn_cfg.cutoff), gamma=run.gamma,
-        label_smoothing=run.label_smoothing)
+        label_smoothing=run.label_smoothing, compute=run.compute)
     params_abstract = jax.eval_shape(
         lambda: ghn_lib.init(run.ghn_cfg, run.family, run.seed))
     state, start = loop.restore(mngr, stepper.abstract_state(params_abstract),
@@ -157,6 +158,8 @@ def train(run: GHNRun, workdir: str, *,
         f'architectures (compile bound x {len(stepper.groups)} arch groups), '
         f'node bucket {stepper.n_pad}; m={run.sampler.m}, batch '
         f'{run.data.batch_size}, mesh {dict(mesh.shape)}',
+        f'targets: {run.compute.describe()}; Graphormer '
+        f'{run.ghn_cfg.dtype}',
         f'resuming at step {start}' if start else 'starting at step 0')
     end = run.num_steps
     if stop_after_steps is not None:

@@ -33,6 +33,7 @@ import numpy as np
 from logah_jax import checkpoint as ckpt_lib
 from logah_jax import compiles
 from logah_jax import parallel
+from logah_jax.train import compute as compute_lib
 from logah_jax.train import optim
 from logah_jax.train import report
 from logah_jax.train.data_spec import DataSpec
@@ -97,13 +98,15 @@ class RunSettings:
   checkpoint: CheckpointOptions
   log_every: int
   config: dict
+  compute: compute_lib.Compute
 
 
 def settings(config, num_steps: int) -> dict:
   """The checked `RunSettings` fields of a GHN-training or fine-tuning config.
 
   Reads config.data, .optim, .train.label_smoothing, .seed, .mesh,
-  .checkpoint and .log_every_steps; ConfigError names a bad field.
+  .checkpoint, .log_every_steps, .compute_dtype and .remat; ConfigError
+  names a bad field.
   """
   smoothing = config.train.label_smoothing
   if not 0 <= smoothing < 1:
@@ -118,7 +121,7 @@ def settings(config, num_steps: int) -> dict:
       data=DataSpec.from_config(config.data), mesh_axes=dict(config.mesh),
       checkpoint=CheckpointOptions.from_config(config.checkpoint),
       log_every=check_int(config.log_every_steps, 'config.log_every_steps'),
-      config=config.to_dict())
+      config=config.to_dict(), compute=compute_lib.from_config(config))
 
 
 def checkpoint_dir(workdir: str) -> str:

@@ -37,10 +37,15 @@ def cross_entropy(logits, targets, label_smoothing: float = 0.0):
       logits, targets).mean()
 
 
-def task_loss(arch, params, batch, label_smoothing: float = 0.0):
-  """(loss, logits, targets) of target `arch` with `params` on `batch`."""
+def task_loss(arch, params, batch, label_smoothing: float = 0.0, *,
+              dtype=jnp.float32, remat: bool = False):
+  """(loss, logits, targets) of target `arch` with `params` on `batch`.
+
+  `dtype` is the forward's compute dtype and `remat` rematerialises its
+  blocks (`models.build`); logits and the loss are float32 either way.
+  """
   x, targets = inputs_and_targets(arch, batch)
-  logits = models.build(arch).apply({'params': params}, x)
+  logits = models.build(arch, dtype, remat).apply({'params': params}, x)
   return cross_entropy(logits, targets, label_smoothing), logits, targets
 
 
