@@ -336,3 +336,35 @@ def test_gradients_reach_every_used_ghn_parameter(ghn_cfg):
               ["['bias_class']['bias']", "['bias_class']['kernel']",
                "['decoder_1d']['bias']", "['decoder_1d']['kernel']"])
   assert sorted(zero) == expected
+
+
+@pytest.mark.parametrize('ghn_cfg', [SMALL, SMALL_GHN3], ids=['lowrank',
+                                                              'fullrank'])
+def test_per_shape_prediction_equals_the_traced_decoder(ghn_cfg):
+  # `predict` runs the write-back as programs compiled per tensor shape;
+  # GHN training traces `decode_function` into its step. Same values.
+  for cfg in [arch.GPT2Config(depth=3, width=64, heads=4, vocab_size=300,
+                              n_positions=64, tie_embeddings=False),
+              arch.ViTConfig(depth=2, width=48, heads=3, mlp_dim=96, patch=7,
+                             image_size=28, channels=1, num_classes=10)]:
+    params = ghn.init(ghn_cfg, cfg.family, seed=0)
+    n = ghn.num_nodes(ghn_cfg, cfg)
+    x = ghn.node_embeddings(ghn_cfg, params, [cfg])[0, :n]
+    traced = ghn.decode(ghn_cfg, params, cfg, x, per_shape=False)
+    per_shape = ghn.decode(ghn_cfg, params, cfg, x)
+    assert jax.tree.structure(per_shape) == jax.tree.structure(traced)
+    for a, b in zip(jax.tree.leaves(per_shape), jax.tree.leaves(traced)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_deeper_model_of_known_shapes_compiles_no_new_leaf_program():
+  params = ghn.init(SMALL, 'gpt2', seed=0)
+  shallow, deep = (arch.GPT2Config(depth=d, width=64, heads=4, vocab_size=300,
+                                   n_positions=64) for d in (2, 5))
+  ghn.predict(SMALL, params, shallow)
+  before = ghn.trace_counts()
+  ghn.predict(SMALL, params, deep)
+  after = ghn.trace_counts()
+  assert after['decode.leaf'] == before['decode.leaf']
+  # the decoder groups (their node count grew) and the body do compile
+  assert after['decode.group'] > before['decode.group']

@@ -2,10 +2,10 @@
 
 Prediction is two compiled steps. The body (embeddings + Graphormer) runs on a
 dense padded batch of graphs and compiles once per (batch size, node bucket).
-Decoding runs per architecture on that architecture's own node embeddings and
-compiles once per (GHN config, architecture); a batch of different-sized
-architectures therefore gives each exactly its solo prediction, and a repeated
-architecture never recompiles. `trace_counts()` reports the compilations.
+Decoding runs per architecture on that architecture's own node embeddings,
+with programs compiled once per tensor shape (not per architecture); a batch
+of different-sized architectures therefore gives each exactly its solo
+prediction, and a repeated architecture never recompiles. `trace_counts()` reports the compilations.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from logah_jax.ghn import plan as plan_lib
 from logah_jax.ghn import vocab
 from logah_jax.ghn.config import GHNConfig
 from logah_jax.ghn.graphormer import GHNBody, TorchDense
-from logah_jax.ghn.writeback import decode_arch, decoder_module
+from logah_jax.ghn.writeback import (decode_arch, decode_arch_per_shape,
+                                     decoder_module)
 from logah_jax.validation import ConfigError
 
 
@@ -177,16 +178,6 @@ def _body_fn(cfg: GHNConfig, family: str):
   return jax.jit(body)
 
 
-@functools.lru_cache(maxsize=4096)
-def _decode_fn(cfg: GHNConfig, arch):
-  decode_fn = decode_function(cfg, arch)
-
-  def decode(decoder_params, x_ND):
-    compiles.count_trace('ghn.decode')
-    return decode_fn(decoder_params, x_ND)
-  return jax.jit(decode)
-
-
 def node_embeddings(cfg: GHNConfig, params, archs: Sequence,
                     n_pad: int | None = None) -> jax.Array:
   """[B, N, D] node embeddings of `archs` (padded to a node bucket)."""
@@ -196,8 +187,34 @@ def node_embeddings(cfg: GHNConfig, params, archs: Sequence,
   return _body_fn(cfg, family)(params['body'], inputs)
 
 
-def decode(cfg: GHNConfig, params, arch, x_ND: jax.Array):
-  """The params pytree of `arch` from its node embeddings [n_nodes, D]."""
+@functools.lru_cache(maxsize=4096)
+def _decode_fn(cfg: GHNConfig, arch):
+  decode_fn = decode_function(cfg, arch)
+
+  def decode_program(decoder_params, x_ND):
+    compiles.count_trace('ghn.decode')
+    return decode_fn(decoder_params, x_ND)
+  return jax.jit(decode_program)
+
+
+def decode(cfg: GHNConfig, params, arch, x_ND: jax.Array,
+           per_shape: bool | None = None):
+  """The params pytree of `arch` from its node embeddings [n_nodes, D].
+
+  `per_shape` (default: on CPUs) runs programs compiled once per tensor
+  shape (`writeback.decode_arch_per_shape`): a cold GPT-2-Large prediction
+  compiles in a third of the time, and a new architecture of known shapes
+  compiles nothing, but each leaf is its own call. Otherwise one program per
+  architecture, which runs 3x faster once compiled and is the better choice
+  on accelerators, where the calls, not the compilation, dominate
+  (docs/performance.md).
+  """
+  if per_shape is None:
+    per_shape = jax.default_backend() == 'cpu'
+  if per_shape:
+    return decode_arch_per_shape(cfg, params['decoder'], x_ND,
+                                 plan_lib.make_plan(cfg, arch),
+                                 models.abstract_params(arch))
   return _decode_fn(cfg, arch)(params['decoder'], x_ND)
 
 

@@ -2,16 +2,21 @@
 
 `decode_arch` runs the decoder once per request group of an ArchPlan and turns
 each node's block into its Flax leaves: tile (docs/algorithm.md §5.1),
-normalise (§5.2), change layout. The plan is static, so under jit this
-compiles once per architecture; the result has exactly the structure, shapes
-and dtypes of the target model's `init`.
+normalise (§5.2), change layout. Leaves made the same way (the same tensor of
+every block) are written by one batched computation, so the traced program
+grows with the number of distinct tensor shapes, not with depth. The result
+has exactly the structure, shapes and dtypes of the target model's `init`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import jax
 import jax.numpy as jnp
 
+from logah_jax import compiles
 from logah_jax.ghn.config import GHNConfig
 from logah_jax.ghn.decoders import FullRankDecoder, LowRankDecoder
 from logah_jax.ghn.plan import ArchPlan, Request, SlotPlan
@@ -123,6 +128,23 @@ def _leaf(block, sp: SlotPlan):
   return sp.slot.to_flax_layout(_normalise(x, sp))
 
 
+def _recipes(nodes) -> dict[SlotPlan, list[tuple[int, tuple]]]:
+  """Slots of a request group that are made the same way, batched.
+
+  Two slots share a recipe when everything but their path is equal (shape,
+  layout, normalisation, scale): the 36 blocks of GPT-2-Large give one recipe
+  per kind of leaf, so the write-back is traced (and compiled) once per
+  tensor shape, not once per block. Value: [(row in the group, leaf path)].
+  """
+  out: dict = {}
+  for j, node_plan in enumerate(nodes):
+    for sp in node_plan.slots:
+      recipe = dataclasses.replace(sp, slot=dataclasses.replace(sp.slot,
+                                                                path=()))
+      out.setdefault(recipe, []).append((j, sp.slot.path))
+  return out
+
+
 def _set(tree: dict, path, value):
   for key in path[:-1]:
     tree = tree.setdefault(key, {})
@@ -151,11 +173,15 @@ def decode_arch(cfg: GHNConfig, decoder_params, x_ND, plan: ArchPlan,
     hid = None if hidden is None else hidden[
         jnp.array([position[n.node] for n in nodes])]
     blocks = _decode_group(cfg, decoder_params, x_ND[idx], hid, req)
-    for j, node_plan in enumerate(nodes):
-      block = (tuple(x[j] for x in blocks) if isinstance(blocks, tuple)
-               else blocks[j])
-      for sp in node_plan.slots:
-        _set(tree, sp.slot.path, _leaf(block, sp))
+    for recipe, members in _recipes(nodes).items():
+      rows = [j for j, _ in members]
+      if rows != list(range(len(nodes))):
+        blocks_of = jax.tree.map(lambda b, r=jnp.array(rows): b[r], blocks)
+      else:
+        blocks_of = blocks
+      leaves = jax.vmap(lambda block, sp=recipe: _leaf(block, sp))(blocks_of)
+      for k, (_, path) in enumerate(members):
+        _set(tree, path, leaves[k])
   for path, _ in plan.graph.unpredicted:
     leaf = abstract_params
     for key in path:
@@ -163,3 +189,86 @@ def decode_arch(cfg: GHNConfig, decoder_params, x_ND, plan: ArchPlan,
     _set(tree, path, jnp.zeros(leaf.shape, leaf.dtype))
   return tree
 
+
+
+# ------------------------------------------------------------- per shape
+# Prediction outside training runs the same pieces as `decode_arch`, each
+# jitted on its own: a program per decoder request group, and one per leaf
+# recipe called once per leaf on its node's block. Leaf programs are keyed by
+# shapes, not by architecture: the 36 blocks of GPT-2-Large share one per
+# kind of tensor, a deeper model of the same width compiles no new one, and
+# every leaf is written straight into its own buffer.
+
+
+@functools.lru_cache(maxsize=None)
+def _hidden_program(cfg: GHNConfig):
+  def hidden(decoder_params, x_ND, rows):
+    compiles.count_trace('ghn.decode.hidden')
+    return decoder_module(cfg).apply({'params': decoder_params}, x_ND[rows],
+                                     method=LowRankDecoder.hidden)
+  return jax.jit(hidden)
+
+
+@functools.lru_cache(maxsize=None)
+def _group_program(cfg: GHNConfig, req: Request):
+  """Decodes a request group: its nodes' blocks, stacked."""
+  def group(decoder_params, x_ND, rows, hidden, hidden_rows):
+    compiles.count_trace('ghn.decode.group')
+    hid = None if hidden is None else hidden[hidden_rows]
+    return _decode_group(cfg, decoder_params, x_ND[rows], hid, req)
+  return jax.jit(group)
+
+
+@jax.jit
+def _block_of(blocks, row):
+  """One node's block of a group (a traced row: one program per shape)."""
+  return jax.tree.map(lambda b: b[row], blocks)
+
+
+@functools.lru_cache(maxsize=None)
+def _leaf_program(recipe: SlotPlan):
+  """One leaf from its node's block; the fan-in scale is an argument (it
+  depends on depth through the residual projections), not a constant."""
+  def leaf(block, scale):
+    compiles.count_trace('ghn.decode.leaf')
+    return _leaf(block, dataclasses.replace(recipe, scale=scale))
+  return jax.jit(leaf)
+
+
+@functools.lru_cache(maxsize=None)
+def _zeros_program(shape: tuple[int, ...], dtype):
+  return jax.jit(lambda: jnp.zeros(shape, dtype))
+
+
+def decode_arch_per_shape(cfg: GHNConfig, decoder_params, x_ND,
+                          plan: ArchPlan, abstract_params) -> dict:
+  """`decode_arch`'s params, computed by programs compiled once per shape.
+
+  Not differentiable as a whole (each piece is its own program): this is
+  the prediction path; training traces `decode_arch` into its step.
+  """
+  x_ND = jnp.asarray(x_ND, jnp.float32)
+  param_nodes = [p.node for p in plan.nodes]
+  position = {node: i for i, node in enumerate(param_nodes)}
+  hidden = None
+  if cfg.decoder == 'lowrank':
+    hidden = _hidden_program(cfg)(decoder_params, x_ND,
+                                  jnp.array(param_nodes, jnp.int32))
+  tree: dict = {}
+  for req, nodes in plan.groups().items():
+    hidden_rows = None if hidden is None else jnp.array(
+        [position[n.node] for n in nodes], jnp.int32)
+    blocks = _group_program(cfg, req)(
+        decoder_params, x_ND, jnp.array([n.node for n in nodes], jnp.int32),
+        hidden, hidden_rows)
+    for recipe, members in _recipes(nodes).items():
+      program = _leaf_program(dataclasses.replace(recipe, scale=1.0))
+      scale = jnp.float32(recipe.scale)
+      for j, path in members:
+        _set(tree, path, program(_block_of(blocks, jnp.int32(j)), scale))
+  for path, _ in plan.graph.unpredicted:
+    leaf = abstract_params
+    for key in path:
+      leaf = leaf[key]
+    _set(tree, path, _zeros_program(tuple(leaf.shape), leaf.dtype)())
+  return tree
