@@ -47,13 +47,14 @@ def test_auto_is_float32_on_cpu_and_bad_values_name_the_field():
 
 
 def test_cudnn_attention_only_for_16_bit_inputs_on_gpus(monkeypatch):
-  assert layers.attention_implementation(jnp.bfloat16, 64) is None  # CPU
+  assert layers.attention_implementation(jnp.bfloat16, 64, 1024) is None
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
-  assert layers.attention_implementation(jnp.bfloat16, 64) == 'cudnn'
-  assert layers.attention_implementation(jnp.float16, 128) == 'cudnn'
-  assert layers.attention_implementation(jnp.float32, 64) is None
-  assert layers.attention_implementation(jnp.bfloat16, 14) is None
-  assert layers.attention_implementation(jnp.bfloat16, 256) is None
+  assert layers.attention_implementation(jnp.bfloat16, 64, 1024) == 'cudnn'
+  assert layers.attention_implementation(jnp.float16, 128, 64) == 'cudnn'
+  assert layers.attention_implementation(jnp.float32, 64, 1024) is None
+  assert layers.attention_implementation(jnp.bfloat16, 14, 1024) is None
+  assert layers.attention_implementation(jnp.bfloat16, 256, 1024) is None
+  assert layers.attention_implementation(jnp.bfloat16, 64, 197) is None
 
 
 @pytest.mark.parametrize('arch', [GPT, pytest.param(VIT, marks=pytest.mark.slow)],

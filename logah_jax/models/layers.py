@@ -74,23 +74,31 @@ def fused_self_attention(qkv: Array, heads: int, causal: bool) -> Array:
   c = three_c // 3
   q, k, v = (a.reshape(b, t, heads, c // heads)
              for a in jnp.split(qkv, 3, axis=-1))
-  out = jax.nn.dot_product_attention(
-      q, k, v, is_causal=causal,
-      implementation=attention_implementation(qkv.dtype, c // heads))
+  implementation = attention_implementation(qkv.dtype, c // heads, t)
+  if implementation == 'cudnn':
+    try:
+      out = jax.nn.dot_product_attention(q, k, v, is_causal=causal,
+                                         implementation='cudnn')
+      return out.reshape(b, t, c)
+    except NotImplementedError:  # a shape this cuDNN version refuses
+      pass
+  out = jax.nn.dot_product_attention(q, k, v, is_causal=causal)
   return out.reshape(b, t, c)
 
 
-def attention_implementation(dtype, head_dim: int) -> str | None:
+def attention_implementation(dtype, head_dim: int,
+                             seq_len: int) -> str | None:
   """'cudnn' where cuDNN's fused kernel applies, else None (XLA's).
 
   The fused kernel runs on NVIDIA GPUs for 16-bit inputs with a head
-  dimension that is a multiple of 8 up to 128 (GPT-2 and ViT-B/L use 64);
+  dimension that is a multiple of 8 up to 128 (GPT-2 and ViT-B/L use 64)
+  and, for training, an even sequence length (a ViT's 197 tokens are not);
   it refuses float32. On CPU and TPU, and for other shapes, XLA computes
   the same attention from its matmuls.
   """
   if (jax.default_backend() == 'gpu'
       and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-      and head_dim % 8 == 0 and head_dim <= 128):
+      and head_dim % 8 == 0 and head_dim <= 128 and seq_len % 2 == 0):
     return 'cudnn'
   return None
 
