@@ -45,7 +45,9 @@ def run_one(name: str, ghn_name: str, repeats: int) -> dict:
   t_import = time.perf_counter() - _START
   cfg = _arch(name)
   ghn_cfg = ghn.named(ghn_name)
+  t0 = time.perf_counter()
   params = jax.block_until_ready(ghn.init(ghn_cfg, cfg.family, seed=0))
+  t_init = time.perf_counter() - t0  # a user loading a trained GHN skips it
   t0 = time.perf_counter()
   pred = jax.block_until_ready(ghn.predict(ghn_cfg, params, cfg))
   first = time.perf_counter() - t0
@@ -63,6 +65,7 @@ def run_one(name: str, ghn_name: str, repeats: int) -> dict:
       'target': name, 'params': arch.num_params(cfg),
       'device': jax.devices()[0].device_kind, 'import_s': t_import,
       'first_s': first, 'steady_s': steady[len(steady) // 2], 'cold_s': cold,
+      'init_s': t_init, 'cold_without_init_s': cold - t_init,
       'peak_rss_gib': single_rss,  # one prediction, as the reference
       'peak_rss_repeats_gib': resource.getrusage(
           resource.RUSAGE_SELF).ru_maxrss / 2**20,

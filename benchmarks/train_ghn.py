@@ -9,12 +9,29 @@ run's). The steps run twice: the first pass compiles each architecture once
 (its seconds are printed apart), the second pass over the same order is the
 steady state (median s/step and architectures/s).
 
+Compile s per new architecture: the seconds that jax.monitoring reports for
+tracing, lowering and XLA-compiling each architecture's program (`GHNStep`'s
+`arch` program, one per architecture) in the first pass; mean, median and
+max over the run's distinct architectures. (The body and finish programs,
+compiled once per run, are in the total only.) As a check, the JSON line
+also has the wall-time estimate: a first-pass step minus the same step in
+the steady state, over the architectures new in it (steps after the first).
+
+TFLOP/s: XLA's count of the programs a step runs (body, one `arch` program
+per architecture, finish; lowered on abstract inputs as
+`train.flops.ghn_training_flops` does, all ops counted) summed over the
+steady-state steps, over their summed seconds; x matmul: that as a fraction
+of a plain float32 matmul measured in the same process
+(`benchmarks/finetune.py`'s `matmul_flops_per_s`, 2048^3 on CPU).
+
     .venv/bin/python benchmarks/train_ghn.py                  # all three
     .venv/bin/python benchmarks/train_ghn.py --runs vit-m4
 """
 
 import argparse
+import importlib.util
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -55,6 +72,80 @@ def _steps(run: str):
            for d, w in step] for step in GPT_M2]
 
 
+def _matmul_flops_per_s():
+  """`matmul_flops_per_s` of benchmarks/finetune.py (loaded by its path)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                      'finetune.py')
+  spec = importlib.util.spec_from_file_location('_bench_finetune', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.matmul_flops_per_s
+
+
+# The jax.monitoring events of one compilation. Each names the program: its
+# Python function's name when tracing, the module's ('jit(program)', or
+# 'jit_program' in older jax) when lowering and compiling; GHNStep's
+# per-architecture program is the function `program`.
+_TRACE = '/jax/core/compile/jaxpr_trace_duration'
+_LOWER = '/jax/core/compile/jaxpr_to_mlir_module_duration'
+_XLA = '/jax/core/compile/backend_compile_duration'
+_EVENTS = (_TRACE, _LOWER, _XLA)
+
+
+def _program_name(fun_name) -> str:
+  name = str(fun_name)
+  if name.startswith('jit(') and name.endswith(')'):
+    return name[4:-1]
+  return name[4:] if name.startswith('jit_') else name
+
+
+class _ArchCompiles:
+  """Trace + lower + XLA seconds of each `arch` program compiled, in order."""
+
+  def __init__(self):
+    import jax  # pylint: disable=g-import-not-at-top
+    self.events = {e: [] for e in _EVENTS}
+    jax.monitoring.register_event_duration_secs_listener(self._listen)
+
+  def _listen(self, event, duration, fun_name=None, **_):
+    if event in self.events and _program_name(fun_name) == 'program':
+      self.events[event].append(duration)
+
+  def seconds(self) -> list[float]:
+    n = len(self.events[_XLA])
+    if any(len(v) != n for v in self.events.values()):
+      raise RuntimeError(f'unmatched compile events: '
+                         f'{ {e: len(v) for e, v in self.events.items()} }')
+    return [sum(v) for v in zip(*self.events.values())]
+
+
+def _step_flops(step, state, steps, batch) -> list[float]:
+  """XLA's FLOPs of each step of `steps` (see the module docstring)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from logah_jax import ghn  # pylint: disable=g-import-not-at-top
+  from logah_jax.train import flops  # pylint: disable=g-import-not-at-top
+  abstract = lambda t: jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), t)
+  params = abstract(state.params)
+  inputs = abstract(ghn.make_inputs(step.cfg, step.family, steps[0],
+                                    step.n_pad))
+  # pylint: disable=protected-access  (the very programs the step runs)
+  body = step._body.lower(params['body'], inputs)
+  x_nd = body.out_info[0]
+  arch_flops, aux = {}, None
+  for arch in {a for s in steps for a in s}:
+    lowered = step._arch_program(arch, 0).lower(params['decoder'], x_nd,
+                                                abstract(batch))
+    aux = lowered.out_info[2]
+    arch_flops[arch] = flops.lowered_flops(lowered)
+  finish = step._finish.lower(
+      step.abstract_state(params), inputs, (x_nd,) * step.m,
+      (params['decoder'],) * step.m, (aux,) * step.m)
+  # pylint: enable=protected-access
+  fixed = flops.lowered_flops(body) + flops.lowered_flops(finish)
+  return [fixed + sum(arch_flops[a] for a in s) for s in steps]
+
+
 def run_one(run: str, ghn_name: str) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -79,13 +170,20 @@ def run_one(run: str, ghn_name: str) -> dict:
                           n_pad=n_pad)
   state = step.init_state(ghn.init(cfg, family, 0))
   jax.block_until_ready(state)
+  arch_compiles = _ArchCompiles()
   before = compiles.snapshot()
-  t0 = time.perf_counter()
+  first_times, new_archs, seen = [], [], set()
   for archs in steps:  # first pass: compiles every architecture once
+    new_archs.append(len(set(archs) - seen))
+    seen |= set(archs)
+    t0 = time.perf_counter()
     state, metrics = step(state, archs, batch)
     loop.host_metrics(metrics)
-  first_pass = time.perf_counter() - t0
+    first_times.append(time.perf_counter() - t0)
+  first_pass = sum(first_times)
   compiled = compiles.snapshot() - before
+  per_arch = arch_compiles.seconds()
+  assert len(per_arch) == len(seen), (len(per_arch), len(seen))
   times = []
   for archs in steps[1:]:  # steady state: same order, nothing to compile
     t0 = time.perf_counter()
@@ -94,10 +192,27 @@ def run_one(run: str, ghn_name: str) -> dict:
     times.append(time.perf_counter() - t0)
   assert (compiles.snapshot() - before).count == compiled.count, 'recompiled'
   s_step = statistics.median(times)
+  # Wall-time check of the per-architecture compile seconds: steps after the
+  # first (which also compiles body and finish) that saw new architectures.
+  wall = [(f - s) / n for f, s, n in zip(first_times[1:], times,
+                                         new_archs[1:]) if n]
+  step_flops = _step_flops(step, state, steps[1:], batch)
+  flops_s = sum(step_flops) / sum(times)
+  matmul = _matmul_flops_per_s()(
+      2048 if jax.default_backend() == 'cpu' else 8192)
   return {'run': run, 'm': len(steps[0]), 's_step': s_step,
           'min': min(times), 'max': max(times),
           'arch_s': len(steps[0]) / s_step, 'compile_s': compiled.seconds,
           'compiles': compiled.count, 'first_pass_s': first_pass,
+          'new_archs': len(per_arch),
+          'arch_compile_mean_s': statistics.mean(per_arch),
+          'arch_compile_median_s': statistics.median(per_arch),
+          'arch_compile_max_s': max(per_arch),
+          'arch_compile_s': per_arch,
+          'arch_compile_wall_mean_s': statistics.mean(wall) if wall else None,
+          'step_gflop': statistics.mean(step_flops) / 1e9,
+          'tflops': flops_s / 1e12, 'matmul_f32_tflops': matmul / 1e12,
+          'frac_matmul_f32': flops_s / matmul,
           'rss_gib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
           'device': str(jax.devices()[0].device_kind),
           'n_devices': jax.device_count()}
@@ -120,18 +235,28 @@ def main():
     if out.returncode or not line:
       sys.exit(f'{run} failed:\n{out.stderr[-3000:]}')
     rows.append(json.loads(line[0][7:]))
+    print(json.dumps(rows[-1]), flush=True)
   print(f'GHN training step, {args.ghn}, {rows[0]["device"]} x '
         f'{rows[0]["n_devices"]}; steady state = median over the order\'s '
         'steps after each architecture compiled once')
-  print('| run | s/step [min-max] | arch/s | compile s (count) | peak RSS GiB '
-        '| original s/step | arch/s | GiB | x arch/s | x memory |')
-  print('|---|---|---|---|---|---|---|---|---|---|')
+  print('| run | s/step [min-max] | arch/s | compile s (count) | '
+        'compile s/new arch mean/median/max (n) | TFLOP/s | x f32 matmul | '
+        'peak RSS GiB | original s/step | arch/s | GiB | x arch/s | '
+        'x memory |')
+  print('|---|---|---|---|---|---|---|---|---|---|---|---|---|')
   for r in rows:
     o_step, o_rate, o_rss = ORIGINAL[r['run']]
     print(f"| {r['run']} | {r['s_step']:.3f} [{r['min']:.2f}-{r['max']:.2f}] "
           f"| {r['arch_s']:.3f} | {r['compile_s']:.1f} ({r['compiles']}) | "
+          f"{r['arch_compile_mean_s']:.1f}/{r['arch_compile_median_s']:.1f}/"
+          f"{r['arch_compile_max_s']:.1f} ({r['new_archs']}) | "
+          f"{r['tflops']:.3g} | {r['frac_matmul_f32']:.1%} | "
           f"{r['rss_gib']:.2f} | {o_step} | {o_rate} | {o_rss} | "
           f"{r['arch_s'] / o_rate:.2f} | {r['rss_gib'] / o_rss:.2f} |")
+  print('compile s/new arch: trace + lower + XLA seconds of each '
+        "architecture's program in the first pass; TFLOP/s: XLA's FLOPs of "
+        'the steady-state steps over their seconds; x f32 matmul: that over '
+        'a float32 matmul in the same process.')
 
 
 if __name__ == '__main__':

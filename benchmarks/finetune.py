@@ -1,0 +1,357 @@
+"""Throughput of a fine-tuning step: GPT-2 small/medium/large and ViT-B/16.
+
+Runs the project's own training step (`train.finetune_step.FinetuneStep`:
+forward, backward, AdamW with global-norm clipping at 1, the guarded update)
+on a random batch that is placed on the devices once, so the input pipeline
+is not measured. Each (target, dtype) runs in a fresh process: one target's
+memory does not carry into the next, and one that fails (out of memory, say)
+is a row with its error instead of the end of the benchmark.
+
+Per run: the first call (trace + lower + XLA compile + one step; compile s =
+first call - the median step), `--warmup` steps, then `--steps` timed steps,
+each blocked on (median s/step: the per-step latency), then `--steps` more
+back to back with one block at the end (mean: the throughput without host
+syncs). Tokens/s is B x T per step for GPT-2 (T = --seq-len), images/s for
+ViT.
+
+FLOPs convention (`logah_jax.train.flops`): a multiply-add is 2 FLOPs, only
+matmul-like work is counted (dense layers, the patch conv, attention's two
+batched matmuls over the full T x T matrix, the LM head), and a training step
+is 3 x the forward (backward = 2 x forward); the optimizer update and the
+elementwise ops are not counted, nor the recomputation that --remat adds.
+Also printed: XLA's own count of the compiled step (all ops, remat included)
+and its ratio to the analytic one, and for GPT-2 the per-token formula
+6 (12 L d^2 + V d) + 12 L d T (L depth, d width, V vocabulary, T sequence).
+Model TFLOP/s = analytic FLOPs / median s/step; MFU = that / the dense peak
+of the device in the step's dtype (`PEAK_TFLOPS`, or --peak-tflops). Every
+device also measures a plain matmul in the same process (float32 2048^3 on
+CPU, float32 and bfloat16 8192^3 on GPU/TPU): the step's FLOP/s as a fraction
+of it is the CPU's stand-in for MFU.
+
+    .venv/bin/python benchmarks/finetune.py                    # all targets
+    .venv/bin/python benchmarks/finetune.py --targets gpt2-small \\
+        --dtype float32 bfloat16 --batch gpt2-small=16
+    .venv/bin/python benchmarks/finetune.py --targets gpt2-large --remat \\
+        --json-out /tmp/finetune.json
+    # a small smoke run on a CPU:
+    .venv/bin/python benchmarks/finetune.py --targets gpt2-small \\
+        --batch gpt2-small=1 --seq-len 64 --steps 2 --warmup 1
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+TARGETS = ('gpt2-small', 'gpt2-medium', 'gpt2-large', 'vit-b/16')
+DEFAULT_BATCH = {'gpt2': 8, 'vit': 64}
+
+# Dense (no sparsity) peak TFLOP/s: (bfloat16, float32). float32 matmuls on
+# these GPUs run as TF32 under XLA's default precision, hence the TF32 peak.
+# Keyed by a substring of jax.devices()[0].device_kind; the longest matching
+# key wins ('H100 PCIe' before 'H100'). TPUs have no float32 matmul unit: no
+# float32 peak (pass --peak-tflops).
+PEAK_TFLOPS = {
+    'H100 PCIe': (756.0, 378.0),
+    'H100': (989.0, 494.0),   # SXM
+    'H200': (989.0, 494.0),
+    'A100': (312.0, 156.0),
+    'TPU v4': (275.0, None),
+    'TPU v5 lite': (197.0, None),
+    'TPU v5e': (197.0, None),
+    'TPU v5p': (459.0, None),
+    'TPU v6 lite': (918.0, None),
+    'TPU v6e': (918.0, None),
+}
+
+
+def peak_tflops(device_kind: str, dtype_name: str):
+  """The dense peak of `device_kind` in `dtype_name`, or None if unknown."""
+  keys = sorted((k for k in PEAK_TFLOPS if k.lower() in device_kind.lower()),
+                key=len, reverse=True)
+  if not keys:
+    return None
+  bf16, fp32 = PEAK_TFLOPS[keys[0]]
+  return bf16 if dtype_name == 'bfloat16' else fp32
+
+
+def matmul_flops_per_s(n: int = 2048, dtype=None, repeats: int = 5) -> float:
+  """FLOP/s of a jitted n x n x n matmul `a @ b` (2 n^3 FLOPs per call).
+
+  The median of `repeats` timed calls, each blocked, after one warm-up call
+  (which compiles). On the default device; `dtype` default float32.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  dtype = jnp.float32 if dtype is None else dtype
+  ka, kb = jax.random.split(jax.random.key(0))
+  a = jax.random.normal(ka, (n, n), dtype)
+  b = jax.random.normal(kb, (n, n), dtype)
+  matmul = jax.jit(lambda x, y: x @ y)
+  jax.block_until_ready(matmul(a, b))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(matmul(a, b))
+    times.append(time.perf_counter() - t0)
+  return 2.0 * n**3 / statistics.median(times)
+
+
+def _batch_sizes(specs):
+  """--batch values: 'N' (every target) or 'target=N' -> (default, {t: N})."""
+  default, per = None, {}
+  for spec in specs or []:
+    name, sep, value = spec.rpartition('=')
+    if sep:
+      per[name] = int(value)
+    else:
+      default = int(value)
+  return default, per
+
+
+def issue_flops_per_token(arch, seq_len: int) -> float:
+  """6 (12 L d^2 + V d) + 12 L d T: GPT-2 training FLOPs per token."""
+  l, d = arch.depth, arch.width
+  return 6.0 * (12 * l * d * d + arch.vocab_size * d) + 12.0 * l * d * seq_len
+
+
+def run_one(name: str, dtype_arg: str, batch_size: int, seq_len: int,
+            remat: bool, steps: int, warmup: int, peak_arg) -> dict:
+  """One (target, dtype) in this process; returns the result row."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from logah_jax import arch as arch_lib, compiles, config_base, models, parallel  # pylint: disable=g-import-not-at-top
+  from logah_jax.train import finetune_step, flops, optim  # pylint: disable=g-import-not-at-top
+  from logah_jax.train.compute import Compute, resolve_dtype  # pylint: disable=g-import-not-at-top
+
+  cfg = arch_lib.named(name)
+  dtype = resolve_dtype(dtype_arg, prefix='--dtype')
+  dtype_name = jnp.dtype(dtype).name
+  device_kind = str(jax.devices()[0].device_kind)
+  backend = jax.default_backend()
+  is_gpt2 = cfg.family == 'gpt2'
+  t = seq_len if is_gpt2 else cfg.seq_len
+  row = {'target': name, 'dtype': dtype_name, 'remat': remat,
+         'batch': batch_size, 'seq_len': t, 'params': arch_lib.num_params(cfg),
+         'device': device_kind, 'backend': backend,
+         'n_devices': jax.device_count(), 'jax': jax.__version__}
+
+  tx, _ = optim.make_optimizer(config_base.optim_section(  # configs/finetune
+      1e-4, warmup_steps=50, weight_decay=5e-2, clip_norm=1.0), 10**6,
+                               prefix='finetune.optim')
+  mesh = parallel.make_mesh({parallel.DATA: -1})
+  stepper = finetune_step.FinetuneStep(cfg, tx, mesh,
+                                       compute=Compute(dtype, remat))
+  state = stepper.init_state(models.init_params(cfg, jax.random.key(0)))
+  rng = np.random.default_rng(0)
+  if is_gpt2:
+    host = {'tokens': rng.integers(0, cfg.vocab_size, (batch_size, t + 1),
+                                   dtype=np.int32)}
+  else:
+    s = cfg.image_size
+    host = {'image': rng.normal(size=(batch_size, s, s, cfg.channels)
+                                ).astype(np.float32),
+            'label': rng.integers(0, cfg.num_classes, batch_size,
+                                  dtype=np.int32)}
+  batch = jax.block_until_ready(parallel.shard_batch(mesh, host))
+  jax.block_until_ready(state)
+
+  before = compiles.snapshot()
+  t0 = time.perf_counter()
+  state, metrics = jax.block_until_ready(stepper(state, batch))
+  first_call = time.perf_counter() - t0
+  compiled = compiles.snapshot() - before
+  for _ in range(warmup):
+    state, metrics = jax.block_until_ready(stepper(state, batch))
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    state, metrics = jax.block_until_ready(stepper(state, batch))
+    times.append(time.perf_counter() - t0)
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = stepper(state, batch)
+  jax.block_until_ready((state, metrics))
+  back_to_back = (time.perf_counter() - t0) / steps
+  loss = float(metrics['loss'])
+  recompiled = (compiles.snapshot() - before).count - compiled.count
+
+  # XLA's count of the step as lowered, before optimisation: on GPUs the
+  # compiled program's count leaves out the matmuls that became cuBLAS or
+  # cuDNN calls (an H100 reported 0.19-0.52 x the analytic FLOPs).
+  # pylint: disable=protected-access
+  lowered = stepper._step.lower(state, batch)
+  # pylint: enable=protected-access
+  xla = flops.lowered_flops(lowered)
+  mem = None
+  stats = getattr(jax.devices()[0], 'memory_stats', lambda: None)()
+  if stats and 'peak_bytes_in_use' in stats:
+    mem = stats['peak_bytes_in_use'] / 2**30
+  del state, metrics, batch
+
+  s_step = statistics.median(times)
+  analytic = flops.train_step_flops(cfg, batch_size, t if is_gpt2 else None)
+  achieved = analytic / s_step
+  peak = peak_arg if peak_arg else peak_tflops(device_kind, dtype_name)
+  on_cpu = backend == 'cpu'
+  mm_f32 = matmul_flops_per_s(2048 if on_cpu else 8192, jnp.float32)
+  mm_bf16 = None if on_cpu else matmul_flops_per_s(8192, jnp.bfloat16)
+  row.update({
+      's_step': s_step, 'min': min(times), 'max': max(times),
+      's_step_back_to_back': back_to_back,
+      'items_s': batch_size * (t if is_gpt2 else 1) / s_step,
+      'items_s_back_to_back': batch_size * (t if is_gpt2 else 1) / back_to_back,
+      'unit': 'tokens/s' if is_gpt2 else 'images/s',
+      'first_call_s': first_call, 'compile_s': first_call - s_step,
+      'xla_compile_s': compiled.seconds, 'compiles': compiled.count,
+      'recompiles': recompiled, 'loss': loss,
+      'flops_analytic': analytic, 'flops_xla': xla,
+      'analytic_over_xla': analytic / xla if xla else None,
+      'flops_issue': (issue_flops_per_token(cfg, t) * batch_size * t
+                      if is_gpt2 else None),
+      'tflops': achieved / 1e12, 'peak_tflops': peak,
+      'mfu': achieved / (peak * 1e12) if peak else None,
+      'matmul_f32_tflops': mm_f32 / 1e12,
+      'frac_matmul_f32': achieved / mm_f32,
+      'matmul_bf16_tflops': mm_bf16 / 1e12 if mm_bf16 else None,
+      'frac_matmul_bf16': achieved / mm_bf16 if mm_bf16 else None,
+      'peak_device_gib': mem,
+      'peak_rss_gib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                      / 2**20,
+  })
+  if row['flops_issue']:
+    row['issue_over_analytic'] = row['flops_issue'] / analytic
+  return row
+
+
+def _fmt(x, spec, none='-'):
+  return none if x is None else format(x, spec)
+
+
+def _table(rows) -> str:
+  lines = [
+      '| target | dtype | B | T | s/step [min-max] | s/step b2b | items/s | '
+      'compile s | TFLOP/s | MFU | x f32 matmul | x bf16 matmul | '
+      'analytic/XLA | issue/analytic | peak GiB |',
+      '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+  for r in rows:
+    if 'error' in r:
+      lines.append(f"| {r['target']} | {r['dtype']} | {r.get('batch', '-')} "
+                   f"| {r.get('seq_len', '-')} | error: {r['error']} |"
+                   + ' |' * 10)
+      continue
+    gib = r['peak_device_gib'] if r['peak_device_gib'] is not None else (
+        r['peak_rss_gib'])
+    lines.append(
+        f"| {r['target']}{' remat' if r['remat'] else ''} | {r['dtype']} | "
+        f"{r['batch']} | {r['seq_len']} | {r['s_step']:.4g} "
+        f"[{r['min']:.3g}-{r['max']:.3g}] | {r['s_step_back_to_back']:.4g} | "
+        f"{r['items_s']:.4g} {r['unit']} | {r['compile_s']:.1f} | "
+        f"{r['tflops']:.3g} | {_fmt(r['mfu'], '.1%')} | "
+        f"{r['frac_matmul_f32']:.1%} | {_fmt(r['frac_matmul_bf16'], '.1%')} | "
+        f"{_fmt(r['analytic_over_xla'], '.3f')} | "
+        f"{_fmt(r.get('issue_over_analytic'), '.3f')} | {gib:.2f} |")
+  return '\n'.join(lines)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('--targets', nargs='+', default=list(TARGETS),
+                 help='names for logah_jax.arch.named (default: %(default)s)')
+  p.add_argument('--batch', nargs='*', metavar='[TARGET=]N',
+                 help='batch size for every target, or per target '
+                 f'(default: GPT-2 {DEFAULT_BATCH["gpt2"]}, ViT '
+                 f'{DEFAULT_BATCH["vit"]})')
+  p.add_argument('--seq-len', type=int, default=1024,
+                 help='GPT-2 tokens per example (default %(default)s)')
+  p.add_argument('--dtype', nargs='+', default=['auto'],
+                 choices=('auto', 'float32', 'bfloat16'),
+                 help='compute dtype(s), each a separate run; auto = '
+                 'bfloat16 on GPU/TPU, float32 on CPU')
+  p.add_argument('--remat', action='store_true',
+                 help='rematerialise each block')
+  p.add_argument('--steps', type=int, default=8, help='timed steps')
+  p.add_argument('--warmup', type=int, default=2,
+                 help='untimed steps after the first call')
+  p.add_argument('--peak-tflops', type=float, default=None,
+                 help='peak for MFU, every dtype (default: PEAK_TFLOPS of '
+                 'the detected device in the step dtype)')
+  p.add_argument('--json-out', help='also write all results to this file')
+  p.add_argument('--timeout', type=float, default=None,
+                 help='seconds per (target, dtype) process')
+  p.add_argument('--one', nargs=3, metavar=('TARGET', 'DTYPE', 'BATCH'),
+                 help=argparse.SUPPRESS)
+  args = p.parse_args()
+  if args.one:
+    name, dtype, batch = args.one
+    try:
+      row = run_one(name, dtype, int(batch), args.seq_len, args.remat,
+                    args.steps, args.warmup, args.peak_tflops)
+    except Exception as e:  # pylint: disable=broad-except
+      row = {'target': name, 'dtype': dtype, 'batch': int(batch),
+             'error': (f'{type(e).__name__}: {str(e).splitlines()[0][:300]}'
+                       if str(e) else type(e).__name__).replace('|', '/')}
+    print('RESULT ' + json.dumps(row), flush=True)
+    return
+
+  default, per = _batch_sizes(args.batch)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {**os.environ, 'PYTHONPATH': os.pathsep.join(
+      [root] + [q for q in [os.environ.get('PYTHONPATH')] if q])}
+  rows = []
+  for name in args.targets:
+    family = 'vit' if name.startswith('vit') else 'gpt2'
+    b = per.get(name, default or DEFAULT_BATCH[family])
+    for dtype in args.dtype:
+      cmd = [sys.executable, __file__, '--one', name, dtype, str(b),
+             '--seq-len', str(args.seq_len), '--steps', str(args.steps),
+             '--warmup', str(args.warmup)]
+      if args.remat:
+        cmd.append('--remat')
+      if args.peak_tflops:
+        cmd += ['--peak-tflops', str(args.peak_tflops)]
+      try:
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env,
+                             check=False, timeout=args.timeout)
+        line = [l for l in out.stdout.splitlines() if l.startswith('RESULT ')]
+        if line:
+          row = json.loads(line[-1][len('RESULT '):])
+        else:  # killed (the OOM killer, a crash in XLA): no row was printed
+          tail = [l for l in out.stderr.splitlines() if l.strip()][-1:]
+          row = {'target': name, 'dtype': dtype, 'batch': b,
+                 'error': (f'exit {out.returncode}: '
+                           + (tail[0][:300] if tail else 'no output')
+                           ).replace('|', '/')}
+          print(out.stderr[-3000:], file=sys.stderr)
+      except subprocess.TimeoutExpired:
+        row = {'target': name, 'dtype': dtype, 'batch': b,
+               'error': f'timed out after {args.timeout} s'}
+      print(json.dumps(row), flush=True)
+      rows.append(row)
+  if args.json_out:
+    with open(args.json_out, 'w') as f:
+      json.dump(rows, f, indent=1)
+  ok = [r for r in rows if 'error' not in r]
+  if ok:
+    r = ok[0]
+    print(f"\nFine-tuning step on {r['device']} x {r['n_devices']} "
+          f"({r['backend']}), jax {r['jax']}; {args.steps} timed steps after "
+          f"{args.warmup} warm-up")
+  print(_table(rows))
+  print('s/step: median, each step blocked; b2b: mean of back-to-back steps, '
+        'one block at the end. TFLOP/s: analytic matmul FLOPs (3 x forward) '
+        '/ median s/step; MFU against the dense peak of the dtype; x f32/bf16 '
+        'matmul: TFLOP/s over a plain float32/bfloat16 matmul in the same '
+        'process (bf16 on GPU/TPU only). '
+        'compile s: first call - median step. analytic/XLA < 1: XLA also '
+        'counts elementwise ops (and remat recomputation). peak GiB: device '
+        'peak where reported, else process RSS.')
+
+
+if __name__ == '__main__':
+  main()
