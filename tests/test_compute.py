@@ -112,3 +112,16 @@ def test_bfloat16_step_stays_close_to_float32_with_float32_state(arch):
   assert np.corrcoef(flat32, flat16)[0, 1] > 0.9
   # and it really ran in bfloat16: the losses are not bit-identical
   assert m16['loss'] != m32['loss']
+
+
+def test_runs_read_and_check_the_compute_fields():
+  from configs_for_tests import finetune_smoke  # pylint: disable=g-import-not-at-top
+  from logah_jax.train import finetuning  # pylint: disable=g-import-not-at-top
+  c = finetune_smoke()
+  assert (c.compute_dtype, c.remat) == ('auto', False)
+  run = finetuning.build_run(c)
+  assert run.compute == Compute(jnp.float32, False)  # auto on a CPU
+  assert {'compute_dtype', 'remat'} <= set(finetuning.RESUMABLE_KEYS)
+  c.compute_dtype = 'fp8'
+  with pytest.raises(ConfigError, match=r"config.compute_dtype='fp8'"):
+    finetuning.build_run(c)
