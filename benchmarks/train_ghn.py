@@ -134,8 +134,9 @@ def _step_flops(step, state, steps, batch) -> list[float]:
   x_nd = body.out_info[0]
   arch_flops, aux = {}, None
   for arch in {a for s in steps for a in s}:
-    lowered = step._arch_program(arch, 0).lower(params['decoder'], x_nd,
-                                                abstract(batch))
+    # unrolled: XLA counts a scanned loop's body once, not once per block
+    lowered = step._compile_arch(arch, 0, scan=False).lower(
+        params['decoder'], x_nd, abstract(batch))
     aux = lowered.out_info[2]
     arch_flops[arch] = flops.lowered_flops(lowered)
   finish = step._finish.lower(

@@ -338,8 +338,9 @@ def test_gradients_reach_every_used_ghn_parameter(ghn_cfg):
   assert sorted(zero) == expected
 
 
-@pytest.mark.parametrize('ghn_cfg', [SMALL, SMALL_GHN3], ids=['lowrank',
-                                                              'fullrank'])
+@pytest.mark.parametrize('ghn_cfg', [
+    SMALL, pytest.param(SMALL_GHN3, marks=pytest.mark.slow)],
+                         ids=['lowrank', 'fullrank'])
 def test_per_shape_prediction_equals_the_traced_decoder(ghn_cfg):
   # `predict` runs the write-back as programs compiled per tensor shape;
   # GHN training traces `decode_function` into its step. Same values.
@@ -368,3 +369,35 @@ def test_deeper_model_of_known_shapes_compiles_no_new_leaf_program():
   assert after['decode.leaf'] == before['decode.leaf']
   # the decoder groups (their node count grew) and the body do compile
   assert after['decode.group'] > before['decode.group']
+
+
+def test_stacked_decode_and_scanned_target_equal_the_unrolled_ones():
+  # GHN training decodes blocks straight into the stacked layout and runs
+  # the target as a scan: same params, same loss, same gradients.
+  from logah_jax.train import objective  # pylint: disable=g-import-not-at-top
+  cfg = arch.GPT2Config(depth=3, width=64, heads=4, vocab_size=300,
+                        n_positions=64, tie_embeddings=False)
+  batch = {'tokens': (np.arange(34).reshape(2, 17) * 7 % 300).astype(
+      np.int32)}
+  params = ghn.init(SMALL, 'gpt2', seed=0)
+  n = ghn.num_nodes(SMALL, cfg)
+  x = ghn.node_embeddings(SMALL, params, [cfg])[0, :n]
+  out = {}
+  for stacked in (False, True):
+    decode = ghn.decode_function(SMALL, cfg, stacked=stacked)
+
+    def loss(dec_params, x_ND, decode=decode, stacked=stacked):
+      w = decode(dec_params, x_ND)
+      ce = objective.task_loss(cfg, w, batch, scan=stacked)[0]
+      return ce + 0.1 * objective.frobenius_sum(w)
+    out[stacked] = (jax.jit(decode)(params['decoder'], x),
+                    jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(
+                        params['decoder'], x))
+  (w_u, (l_u, g_u)), (w_s, (l_s, g_s)) = out[False], out[True]
+  want = models.stack_blocks(cfg, w_u)
+  assert jax.tree.structure(w_s) == jax.tree.structure(want)
+  for a, b in zip(jax.tree.leaves(w_s), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_allclose(l_s, l_u, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(g_s), jax.tree.leaves(g_u)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

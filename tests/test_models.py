@@ -446,3 +446,28 @@ def test_fused_attention_matches_per_head_numpy(causal):
                                     causal)
   assert low.dtype == jnp.bfloat16
   np.testing.assert_allclose(np.asarray(low, np.float32), want, atol=0.05)
+
+
+@pytest.mark.parametrize('cfg', [
+    GPT2Config(depth=3, width=32, heads=2, vocab_size=50, n_positions=16),
+    ViTConfig(depth=3, width=32, heads=2, mlp_dim=64, patch=4, image_size=16,
+              channels=3, num_classes=5)], ids=['gpt2', 'vit'])
+def test_scanned_blocks_equal_unrolled_blocks(cfg):
+  # GHN training runs targets as one scan over stacked block params.
+  params = random_params(cfg, seed=1)
+  x = (jnp.arange(16).reshape(2, 8) % 50 if cfg.family == 'gpt2' else
+       jax.random.normal(jax.random.key(0), (2, 16, 16, 3)))
+  want = models.build(cfg).apply({'params': params}, x)
+  stacked = models.stack_blocks(cfg, params)
+  assert stacked['blocks']['ln_1']['scale'].shape == (3, 32)
+  layout = jax.eval_shape(models.build(cfg, scan=True).init,
+                          jax.random.key(0), x)['params']
+  assert jax.tree.structure(layout) == jax.tree.structure(stacked)
+  for remat in (False, True):
+    got = models.build(cfg, remat=remat, scan=True).apply(
+        {'params': stacked}, x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  back = models.unstack_blocks(cfg, stacked)
+  assert jax.tree.structure(back) == jax.tree.structure(params)
+  for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)

@@ -152,15 +152,17 @@ def body_function(cfg: GHNConfig, family: str):
                                                    inputs)
 
 
-def decode_function(cfg: GHNConfig, arch):
+def decode_function(cfg: GHNConfig, arch, stacked: bool = False):
   """The pure decoder of `arch`: (params['decoder'], x [n_nodes, D]) -> params.
 
-  Not jitted: GHN training traces it inside its own per-architecture step.
+  Not jitted: GHN training traces it inside its own per-architecture step,
+  with `stacked` (the block params stacked, for `models.build(scan=True)`).
   """
   plan = plan_lib.make_plan(cfg, arch)
   abstract = models.abstract_params(arch)
+  stack = tuple(models.block_names(arch)) if stacked else ()
   return lambda decoder_params, x_ND: decode_arch(cfg, decoder_params, x_ND,
-                                                  plan, abstract)
+                                                  plan, abstract, stack)
 
 
 def num_nodes(cfg: GHNConfig, arch) -> int:

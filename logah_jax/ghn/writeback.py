@@ -20,6 +20,7 @@ from logah_jax import compiles
 from logah_jax.ghn.config import GHNConfig
 from logah_jax.ghn.decoders import FullRankDecoder, LowRankDecoder
 from logah_jax.ghn.plan import ArchPlan, Request, SlotPlan
+from logah_jax.models.layers import STACKED
 
 # The class-token row of a ViT position embedding has no node of its own. It
 # gets the reference's own init, N(0, 0.02^2), from a fixed key: the same
@@ -152,11 +153,14 @@ def _set(tree: dict, path, value):
 
 
 def decode_arch(cfg: GHNConfig, decoder_params, x_ND, plan: ArchPlan,
-                abstract_params) -> dict:
+                abstract_params, stack: tuple[str, ...] = ()) -> dict:
   """Params pytree of plan's architecture from its node embeddings [N, D].
 
   `abstract_params` (the target's eval_shape tree) supplies the leaves that
   are deliberately not predicted; they get the reference init (zeros).
+  `stack`: the block names (`models.block_names`) to return stacked under
+  `STACKED`, the layout of `models.build(arch, scan=True)`; each stacked
+  leaf is read from its recipe's batched output, not re-stacked from slices.
   """
   x_ND = x_ND.astype(jnp.float32)
   groups = plan.groups()
@@ -168,6 +172,8 @@ def decode_arch(cfg: GHNConfig, decoder_params, x_ND, plan: ArchPlan,
         {'params': decoder_params}, x_ND[jnp.array(param_nodes)],
         method=LowRankDecoder.hidden)
   tree: dict = {}
+  block_of = {name: i for i, name in enumerate(stack)}
+  stacked: dict = {}  # path inside a block -> {block index: (output, row)}
   for req, nodes in groups.items():
     idx = jnp.array([n.node for n in nodes])
     hid = None if hidden is None else hidden[
@@ -181,13 +187,36 @@ def decode_arch(cfg: GHNConfig, decoder_params, x_ND, plan: ArchPlan,
         blocks_of = blocks
       leaves = jax.vmap(lambda block, sp=recipe: _leaf(block, sp))(blocks_of)
       for k, (_, path) in enumerate(members):
-        _set(tree, path, leaves[k])
+        if path[0] in block_of:
+          stacked.setdefault(path[1:], {})[block_of[path[0]]] = (leaves, k)
+        else:
+          _set(tree, path, leaves[k])
+  for rest, by_block in stacked.items():
+    _set(tree, (STACKED, *rest), _gather_stacked(by_block, len(stack)))
   for path, _ in plan.graph.unpredicted:
     leaf = abstract_params
     for key in path:
       leaf = leaf[key]
-    _set(tree, path, jnp.zeros(leaf.shape, leaf.dtype))
+    if path[0] in block_of:
+      _set(tree, (STACKED, *path[1:]), jnp.zeros((len(stack), *leaf.shape),
+                                                 leaf.dtype))
+    else:
+      _set(tree, path, jnp.zeros(leaf.shape, leaf.dtype))
   return tree
+
+
+def _gather_stacked(by_block: dict, depth: int):
+  """[depth, ...] from {block: (batched output, row)}: the output itself
+  when it holds exactly the blocks in order, else one gather (or a stack)."""
+  sources = [by_block[i] for i in range(depth)]
+  outputs = {id(out) for out, _ in sources}
+  if len(outputs) == 1:
+    out = sources[0][0]
+    rows = [k for _, k in sources]
+    if rows == list(range(out.shape[0])):
+      return out
+    return out[jnp.array(rows)]
+  return jnp.stack([out[k] for out, k in sources])
 
 
 

@@ -14,11 +14,12 @@ import jax
 import jax.numpy as jnp
 
 from logah_jax.arch.configs import GPT2Config, ViTConfig
+from logah_jax.models import layers
 from logah_jax.models.gpt2 import GPT2
 from logah_jax.models.vit import ViT
 
-__all__ = ['GPT2', 'ViT', 'abstract_params', 'build', 'dummy_input',
-           'init_params']
+__all__ = ['GPT2', 'ViT', 'abstract_params', 'block_names', 'build',
+           'dummy_input', 'init_params', 'stack_blocks', 'unstack_blocks']
 
 
 def _check(cfg, fn: str):
@@ -27,16 +28,43 @@ def _check(cfg, fn: str):
                      'nor a GPT2Config.')
 
 
-def build(cfg, dtype=jnp.float32, remat: bool = False) -> nn.Module:
+def build(cfg, dtype=jnp.float32, remat: bool = False,
+          scan: bool = False) -> nn.Module:
   """The Flax module of `cfg`; `dtype` is the compute dtype, params are fp32.
 
   `remat` rematerialises each block (less activation memory, about one more
-  forward pass of compute); neither option changes the params tree.
+  forward pass of compute) and keeps the params tree. `scan` runs the blocks
+  as one `nn.scan`: its params are `stack_blocks` of the usual tree.
   """
   _check(cfg, 'build')
   if isinstance(cfg, ViTConfig):
-    return ViT(cfg, dtype, remat)
-  return GPT2(cfg, dtype, remat)
+    return ViT(cfg, dtype, remat, scan)
+  return GPT2(cfg, dtype, remat, scan)
+
+
+def block_names(cfg) -> list[str]:
+  """The params keys of `cfg`'s residual blocks, in order."""
+  _check(cfg, 'block_names')
+  prefix = 'encoder_layer_' if isinstance(cfg, ViTConfig) else 'h_'
+  return [f'{prefix}{i}' for i in range(cfg.depth)]
+
+
+def stack_blocks(cfg, params: dict) -> dict:
+  """The params of `build(cfg, scan=True)`: block subtrees stacked on axis 0
+  under `layers.STACKED`, every other entry as it is."""
+  names = block_names(cfg)
+  out = {k: v for k, v in params.items() if k not in names}
+  out[layers.STACKED] = jax.tree.map(lambda *xs: jnp.stack(xs),
+                                     *[params[n] for n in names])
+  return out
+
+
+def unstack_blocks(cfg, params: dict) -> dict:
+  """The inverse of `stack_blocks`: the reference (per-block) layout."""
+  out = {k: v for k, v in params.items() if k != layers.STACKED}
+  for i, name in enumerate(block_names(cfg)):
+    out[name] = jax.tree.map(lambda x, i=i: x[i], params[layers.STACKED])
+  return out
 
 
 def dummy_input(cfg, batch: int = 1) -> jax.Array:

@@ -80,12 +80,14 @@ class GPT2(nn.Module):
 
   `dtype` is the compute dtype; params are always float32. Logits come back
   in float32 so that losses are computed at full precision. `remat`
-  recomputes each block's activations in the backward pass.
+  recomputes each block's activations in the backward pass; `scan` runs the
+  blocks as one scan over stacked params (`models.stack_blocks`).
   """
 
   cfg: GPT2Config
   dtype: jnp.dtype = jnp.float32
   remat: bool = False
+  scan: bool = False
 
   @nn.compact
   def __call__(self, tokens):
@@ -104,9 +106,8 @@ class GPT2(nn.Module):
                    embedding_init=layers.normal(_STD), dtype=self.dtype,
                    param_dtype=jnp.float32, name='wpe')
     x = wte(tokens) + wpe(jnp.arange(t))[None]
-    block = layers.block_class(Block, self.remat)
-    for i in range(cfg.depth):
-      x = block(cfg, self.dtype, name=f'h_{i}')(x)
+    x = layers.run_blocks(Block, cfg, x, dtype=self.dtype, remat=self.remat,
+                          scan=self.scan, prefix='h_')
     x = layers.layer_norm(_LN_EPS, dtype=self.dtype, name='ln_f')(x)
     if cfg.tie_embeddings:
       logits = wte.attend(x)  # h @ wte.embedding.T

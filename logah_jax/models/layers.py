@@ -103,11 +103,45 @@ def attention_implementation(dtype, head_dim: int,
   return None
 
 
+STACKED = 'blocks'  # the params key of scanned blocks, stacked on axis 0
+
+
 def block_class(block: type[nn.Module], remat: bool) -> type[nn.Module]:
   """`block`, or its rematerialised version: activations inside a block are
   recomputed in the backward pass instead of stored (same params, same
   values; memory per block drops to its input)."""
   return nn.remat(block) if remat else block
+
+
+def _carried(block: type[nn.Module]) -> type[nn.Module]:
+  """`block` with the (carry, input) -> (carry, output) signature of scan."""
+  class Carried(block):
+    def __call__(self, x, _):  # pylint: disable=arguments-differ
+      return super().__call__(x), None
+  Carried.__name__ = block.__name__
+  return Carried
+
+
+def run_blocks(block: type[nn.Module], cfg, x, *, dtype, remat: bool,
+               scan: bool, prefix: str):
+  """The residual blocks of a model, inside its compact `__call__`.
+
+  Unrolled, block i's params are `{prefix}{i}` (the reference layout that
+  checkpoints, the graph and the GHN use). With `scan`, one block is traced
+  and run `cfg.depth` times by `nn.scan` over params stacked under
+  `STACKED` (see `models.stack_blocks`): the program no longer grows with
+  depth, which is what GHN training compiles once per architecture.
+  """
+  if scan:
+    blocks = nn.scan(block_class(_carried(block), remat),
+                     variable_axes={'params': 0},
+                     split_rngs={'params': True}, length=cfg.depth)
+    x, _ = blocks(cfg, dtype, name=STACKED)(x, None)
+    return x
+  cls = block_class(block, remat)
+  for i in range(cfg.depth):
+    x = cls(cfg, dtype, name=f'{prefix}{i}')(x)
+  return x
 
 
 def dense(features: int, kernel_init, bias_init=None, *, dtype,

@@ -83,12 +83,14 @@ class ViT(nn.Module):
 
   `dtype` is the compute dtype; params are always float32. Logits come back
   in float32 so that losses are computed at full precision. `remat`
-  recomputes each block's activations in the backward pass.
+  recomputes each block's activations in the backward pass; `scan` runs the
+  blocks as one scan over stacked params (`models.stack_blocks`).
   """
 
   cfg: ViTConfig
   dtype: jnp.dtype = jnp.float32
   remat: bool = False
+  scan: bool = False
 
   @nn.compact
   def __call__(self, images):
@@ -111,9 +113,9 @@ class ViT(nn.Module):
     cls = jnp.broadcast_to(cls.astype(self.dtype), (b, 1, c))
     x = jnp.concatenate([cls, x.astype(self.dtype)], axis=1)
     x = x + pos.astype(self.dtype)
-    block = layers.block_class(EncoderBlock, self.remat)
-    for i in range(cfg.depth):
-      x = block(cfg, self.dtype, name=f'encoder_layer_{i}')(x)
+    x = layers.run_blocks(EncoderBlock, cfg, x, dtype=self.dtype,
+                          remat=self.remat, scan=self.scan,
+                          prefix='encoder_layer_')
     x = layers.layer_norm(_LN_EPS, dtype=self.dtype, name='ln')(x)
     logits = layers.dense(cfg.num_classes, _zeros, _zeros, dtype=self.dtype,
                           name='head')(x[:, 0])

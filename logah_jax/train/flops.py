@@ -209,8 +209,9 @@ def ghn_training_flops(run, num_steps: int | None = None) -> float:
   archs_flops, aux = 0.0, None
   for arch, times in counts.items():
     batch = abstract_batch(arch, run.data.batch_size, seq_len)
-    lowered = stepper._arch_program(arch, 0).lower(params['decoder'], x_ND,
-                                                   batch)
+    # unrolled: XLA counts a scanned loop's body once, not once per block
+    lowered = stepper._compile_arch(arch, 0, scan=False).lower(
+        params['decoder'], x_ND, batch)
     aux = lowered.out_info[2]
     archs_flops += times * lowered_flops(lowered)
   m = sampler.m

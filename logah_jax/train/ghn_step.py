@@ -7,6 +7,8 @@ A step is three kinds of compiled program (docs/algorithm.md §6.3):
    once per run.
 2. `arch`: for one architecture, its decoder + write-back + target forward +
    loss, differentiated with respect to the decoder params and the node block.
+   The target's blocks are decoded straight into a stacked layout and run as
+   one scan, so the program does not grow with depth.
    Compiles once per (ArchConfig, arch group): a fixed pool of architectures
    bounds the count, whatever the number of steps. One program per
    architecture because different architectures are different programs: one
@@ -102,8 +104,13 @@ class GHNStep:
       self._arch_programs[key] = self._compile_arch(arch, group)
     return self._arch_programs[key]
 
-  def _compile_arch(self, arch, group: int):
-    decode = ghn_lib.decode_function(self.cfg, arch)
+  def _compile_arch(self, arch, group: int, scan: bool = True):
+    """The program of `arch` on arch group `group`.
+
+    `scan=False` unrolls the target's blocks: the same values, for FLOP
+    counting (XLA's cost analysis counts a loop body once, not per trip).
+    """
+    decode = ghn_lib.decode_function(self.cfg, arch, stacked=scan)
     n = ghn_lib.num_nodes(self.cfg, arch)
     gamma, smoothing, compute = self.gamma, self.label_smoothing, self.compute
 
@@ -111,7 +118,7 @@ class GHNStep:
       predicted = decode(decoder_params, x_ND[:n])
       ce, logits, targets = objective.task_loss(
           arch, predicted, batch, smoothing, dtype=compute.dtype,
-          remat=compute.remat)
+          remat=compute.remat, scan=scan)
       reg = objective.frobenius_sum(predicted)
       acc = objective.correct(logits, targets) / targets.size
       return ce + gamma * reg, {'ce': ce, 'reg': reg, 'acc': acc}

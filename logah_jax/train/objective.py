@@ -14,6 +14,7 @@ import optax
 
 from logah_jax import models
 from logah_jax.arch.configs import GPT2Config, ViTConfig
+from logah_jax.models.layers import STACKED
 
 
 def inputs_and_targets(arch, batch):
@@ -38,14 +39,16 @@ def cross_entropy(logits, targets, label_smoothing: float = 0.0):
 
 
 def task_loss(arch, params, batch, label_smoothing: float = 0.0, *,
-              dtype=jnp.float32, remat: bool = False):
+              dtype=jnp.float32, remat: bool = False, scan: bool = False):
   """(loss, logits, targets) of target `arch` with `params` on `batch`.
 
-  `dtype` is the forward's compute dtype and `remat` rematerialises its
-  blocks (`models.build`); logits and the loss are float32 either way.
+  `dtype` is the forward's compute dtype, `remat` rematerialises its blocks
+  and `scan` runs them as one scan over stacked params (`models.build`);
+  logits and the loss are float32 either way.
   """
   x, targets = inputs_and_targets(arch, batch)
-  logits = models.build(arch, dtype, remat).apply({'params': params}, x)
+  logits = models.build(arch, dtype, remat, scan).apply({'params': params},
+                                                         x)
   return cross_entropy(logits, targets, label_smoothing), logits, targets
 
 
@@ -64,6 +67,11 @@ def _safe_norm(x):
 def frobenius_sum(params):
   """Σ over tensors of ||w||_F, not squared, on full-size leaves.
 
-  The regulariser of LoGAH's objective (docs/algorithm.md §6.1).
+  The regulariser of LoGAH's objective (docs/algorithm.md §6.1). Stacked
+  block params (`models.stack_blocks`) count one norm per block.
   """
-  return sum(_safe_norm(leaf) for leaf in jax.tree.leaves(params))
+  total = sum(_safe_norm(leaf) for key, sub in params.items()
+              if key != STACKED for leaf in jax.tree.leaves(sub))
+  for leaf in jax.tree.leaves(params.get(STACKED, {})):
+    total = total + jnp.sum(jax.vmap(_safe_norm)(leaf))
+  return total
