@@ -1,8 +1,9 @@
 """SIGKILL at random moments, restart, same result as an uninterrupted run.
 
-The default run kills a short fine-tuning run three times (once during an
-asynchronous checkpoint save). The full harness, `-m faults`, kills a GHN
-training run and a fine-tuning run at least ten times each.
+All opt-in (`-m faults`): a short fine-tuning run killed three times (once
+during an asynchronous checkpoint save), and the full harness, which kills a
+GHN training run and a fine-tuning run at least ten times each. The default
+run checks bit-identical resume without kills (tests/test_finetune.py).
 """
 
 import os
@@ -64,6 +65,7 @@ def _assert_same_ghn(ref, killed, steps):
   fh.assert_trees_equal(params(ref), params(killed))
 
 
+@pytest.mark.faults  # the default run keeps test_finetune's resume equality
 def test_finetune_killed_three_times(tmp_path):
   steps = 30
   ref, killed, _ = _killed_vs_reference(tmp_path, _finetune_argv, steps,

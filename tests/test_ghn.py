@@ -195,8 +195,12 @@ def test_predict_sampled_architectures(ghn_cfg):
       _finite_forward(cfg, pred)
 
 
-@pytest.mark.parametrize('name', [n for n in arch.names()
-                                  if n not in ('vit-s', 'vit-b', 'vit-l')])
+_SLOW_NAMES = ('gpt2-large', 'vit-b/16', 'vit-l/2')  # covered by their twins
+
+
+@pytest.mark.parametrize('name', [
+    pytest.param(n, marks=pytest.mark.slow) if n in _SLOW_NAMES else n
+    for n in arch.names() if n not in ('vit-s', 'vit-b', 'vit-l')])
 def test_predict_named_structure(name):  # the bare vit-x names are aliases
   cfg = arch.named(name)
   params = ghn.init(TINY, cfg.family, seed=0)
@@ -204,7 +208,8 @@ def test_predict_named_structure(name):  # the bare vit-x names are aliases
   _assert_same_structure(pred, cfg)
 
 
-@pytest.mark.parametrize('name', ['vit-s/2', 'gpt2-small-untied'])
+@pytest.mark.parametrize('name', [
+    pytest.param('vit-s/2', marks=pytest.mark.slow), 'gpt2-small-untied'])
 def test_predict_named_runs_to_finite_logits(name):
   cfg = arch.named(name)
   pred = ghn.predict(TINY, ghn.init(TINY, cfg.family, seed=0), cfg)
@@ -308,9 +313,8 @@ def test_family_mismatch_and_unplaceable_shapes_raise():
     ghn.predict(tiny_k, ghn.init(tiny_k, 'vit', 0), wide)
 
 
-@pytest.mark.parametrize('ghn_cfg', [
-    SMALL, pytest.param(SMALL_GHN3, marks=pytest.mark.slow)],
-    ids=['logah', 'ghn3'])
+@pytest.mark.slow  # the GHN step's gradient is checked against a monolithic
+@pytest.mark.parametrize('ghn_cfg', [SMALL, SMALL_GHN3], ids=['logah', 'ghn3'])
 def test_gradients_reach_every_used_ghn_parameter(ghn_cfg):
   cfg = arch.ViTConfig(depth=2, width=48, heads=3, mlp_dim=96, patch=7,
                        image_size=28, channels=1, num_classes=10)

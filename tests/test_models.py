@@ -450,8 +450,9 @@ def test_fused_attention_matches_per_head_numpy(causal):
 
 @pytest.mark.parametrize('cfg', [
     GPT2Config(depth=3, width=32, heads=2, vocab_size=50, n_positions=16),
-    ViTConfig(depth=3, width=32, heads=2, mlp_dim=64, patch=4, image_size=16,
-              channels=3, num_classes=5)], ids=['gpt2', 'vit'])
+    pytest.param(ViTConfig(depth=3, width=32, heads=2, mlp_dim=64, patch=4,
+                           image_size=16, channels=3, num_classes=5),
+                 marks=pytest.mark.slow)], ids=['gpt2', 'vit'])
 def test_scanned_blocks_equal_unrolled_blocks(cfg):
   # GHN training runs targets as one scan over stacked block params.
   params = random_params(cfg, seed=1)

@@ -2,10 +2,12 @@
 
 Prediction is two compiled steps. The body (embeddings + Graphormer) runs on a
 dense padded batch of graphs and compiles once per (batch size, node bucket).
-Decoding runs per architecture on that architecture's own node embeddings,
-with programs compiled once per tensor shape (not per architecture); a batch
-of different-sized architectures therefore gives each exactly its solo
-prediction, and a repeated architecture never recompiles. `trace_counts()` reports the compilations.
+Decoding runs per architecture on that architecture's own node embeddings
+(see `decode`: on CPUs with programs compiled once per tensor shape, on
+accelerators with one program per architecture); a batch of different-sized
+architectures therefore gives each exactly its solo prediction, and a
+repeated architecture never recompiles. `trace_counts()` reports the
+compilations.
 """
 
 from __future__ import annotations
@@ -207,9 +209,9 @@ def decode(cfg: GHNConfig, params, arch, x_ND: jax.Array,
   shape (`writeback.decode_arch_per_shape`): a cold GPT-2-Large prediction
   compiles in a third of the time, and a new architecture of known shapes
   compiles nothing, but each leaf is its own call. Otherwise one program per
-  architecture, which runs 3x faster once compiled and is the better choice
-  on accelerators, where the calls, not the compilation, dominate
-  (docs/performance.md).
+  architecture, which runs faster once compiled (1.3x on a 2-core CPU for
+  GPT-2-Large) and is the better choice on accelerators, where the ~440
+  calls, not the compilation, dominate (docs/performance.md).
   """
   if per_shape is None:
     per_shape = jax.default_backend() == 'cpu'
