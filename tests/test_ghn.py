@@ -217,6 +217,7 @@ def test_predict_named_runs_to_finite_logits(name):
   _finite_forward(cfg, pred)
 
 
+@pytest.mark.slow  # about 40 s: several architectures padded into one batch
 def test_batched_prediction_equals_solo():
   cfgs = [arch.ViTConfig(depth=2, width=64, heads=4, mlp_dim=256, patch=4,
                          image_size=28, channels=1, num_classes=10),

@@ -386,7 +386,8 @@ def test_gpt2_is_causal():
   assert not np.allclose(la[:, 6:], lb[:, 6:])
 
 
-@pytest.mark.parametrize('cfg', [SMALL_VIT, SMALL_GPT])
+@pytest.mark.parametrize('cfg', [
+    pytest.param(SMALL_VIT, marks=pytest.mark.slow), SMALL_GPT])
 def test_jit_and_grad(cfg):
   params = random_params(cfg, seed=7)
   x = models.dummy_input(cfg, 2)
