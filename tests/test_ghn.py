@@ -135,6 +135,28 @@ def test_lowrank_factors_equal_full_computation(factorization):
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6)
 
 
+def test_lowrank_decodes_kernels_beyond_16x16_whole():
+  # A patch-32 kernel: LoGAH's decoder emits the full (c_out*32) x (c_in*32)
+  # product; only GHN-3's full-rank decoder is limited to 16x16 and resized.
+  cfg = dataclasses.replace(SMALL, normalize=False)
+  target = arch.ViTConfig(depth=1, width=32, heads=2, mlp_dim=64, patch=32,
+                          image_size=64, channels=3, num_classes=10)
+  params = ghn.init(cfg, 'vit', seed=0)
+  x = ghn.node_embeddings(cfg, params, [target])[0]
+  plan = plan_lib.make_plan(cfg, target)
+  node = next(p.node for p in plan.nodes
+              if p.slots[0].slot.path == ('conv_proj', 'kernel'))
+  dec = LowRankDecoder(cfg.hid, cfg.rank, cfg.max_ck, cfg.factorization)
+  w = np.asarray(dec.apply({'params': params['decoder']}, x[node:node + 1],
+                           32 * 32, 3 * 32))[0]  # [c_out*kh, c_in*kw]
+  want = w.reshape(32, 32, 3, 32).transpose(0, 2, 1, 3)  # (o, i, kh, kw)
+  for per_shape in (True, False):
+    got = ghn.decode(cfg, params, target, x[:ghn.num_nodes(cfg, target)],
+                     per_shape=per_shape)['conv_proj']['kernel']
+    np.testing.assert_allclose(np.asarray(got).transpose(3, 2, 0, 1), want,
+                               rtol=2e-5, atol=1e-6)
+
+
 def test_factorizations_differ():
   a = ghn.GHNConfig(hid=16, heads=2, rank=4, max_ck=64,
                     max_shape=(32, 32, 16, 16))

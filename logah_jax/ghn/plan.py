@@ -143,7 +143,10 @@ def _node_plan(cfg: GHNConfig, index: int, node: graph_lib.Node,
   elif len(shape) == 4:
     t0, t1, th, tw = shape
     k0, k1 = min_size(t0, mc), min_size(t1, mi)
-    kh, kw = min(th, ms), min(tw, cfg.max_shape[3])
+    # GHN-3 decodes at most max_shape's 16x16 pixels and the write-back
+    # resizes larger kernels; LoGAH's low-rank decoder emits the whole
+    # (rows * h) x (cols * w) kernel (bounded by max_ck, checked below).
+    kh, kw = (min(th, ms), min(tw, cfg.max_shape[3])) if full else (th, tw)
     key = (k0, k1, th, tw)
     request = Request('conv', min(t0, k0), min(t1, k1), kh, kw)
     for slot in node.slots:

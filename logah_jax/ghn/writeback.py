@@ -115,7 +115,7 @@ def _leaf(block, sp: SlotPlan):
     x = _tile(_tile(block, 0, shape[0]), 1, shape[1])
   elif sp.kind == 'conv':
     x = _tile(_tile(block, 0, shape[0]), 1, shape[1])
-    if x.shape[2:] != tuple(shape[2:]):  # kernels larger than max_shape
+    if x.shape[2:] != tuple(shape[2:]):  # GHN-3: kernels beyond 16x16
       x = jax.image.resize(x, shape, 'bilinear')
   elif sp.kind == 'pos':  # block [1, C', s, s] -> (1, s*s + 1, C)
     c = shape[2]
