@@ -17,9 +17,13 @@ from logah_jax import ghn as ghn_lib
 
 
 def ghn_section(name: str, **overrides) -> ml_collections.ConfigDict:
-  """All GHNConfig fields of the named GHN (logah-tiny, ghn3-small, ...)."""
-  return ml_collections.ConfigDict(
-      ghn_lib.to_dict(ghn_lib.named(name, **overrides)))
+  """The GHNConfig fields of the named GHN (logah-tiny, ghn3-small, ...)
+  that training uses: the prediction-time ones (how wider targets are
+  filled) are chosen when predicting."""
+  fields = ghn_lib.to_dict(ghn_lib.named(name, **overrides))
+  for key in ghn_lib.PREDICTION_FIELDS:
+    fields.pop(key)
+  return ml_collections.ConfigDict(fields)
 
 
 def space_section(name: str, **overrides) -> ml_collections.ConfigDict:
@@ -238,5 +242,38 @@ def comparison(*, ghn_train: ml_collections.ConfigDict,
   c.finetune = finetune
   c.source, c.growth, c.ligo = growth_sections(source=source,
                                                ligo_steps=ligo_steps)
+  c.compilation_cache = ''
+  return c
+
+
+def extrapolation(*, ghn_train: ml_collections.ConfigDict,
+                  finetune: ml_collections.ConfigDict, seeds: int = 3,
+                  width_multiples: str = '1,1.5,2,3,4',
+                  depth_multiple: float = 2.0, head_size: int = 16,
+                  patch: int = 0,
+                  fills: str = 'decoder,tile,widen') -> ml_collections.ConfigDict:
+  """An extrapolation config (job 'extrapolate').
+
+  `ghn_train` trains the GHN (in WORKDIR/ghn unless `ghn_workdir` names
+  one); targets are `width_multiples` x its largest training width at
+  `depth_multiple` x its largest depth, with `head_size` (and, for ViTs,
+  `patch`; 0 = the space's last); each is fine-tuned with `finetune` from
+  random init and from the prediction under each of `fills`.
+  """
+  c = ml_collections.ConfigDict()
+  c.job = 'extrapolate'
+  c.ghn_workdir = ''
+  with ghn_train.unlocked():
+    ghn_train.holdout.enabled = False
+    if 'demo' in ghn_train:
+      ghn_train.demo.enabled = False
+  c.ghn_train = ghn_train
+  c.finetune = finetune
+  c.seeds = seeds
+  c.width_multiples = width_multiples
+  c.depth_multiple = depth_multiple
+  c.head_size = head_size
+  c.patch = patch
+  c.fills = fills
   c.compilation_cache = ''
   return c

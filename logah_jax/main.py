@@ -24,6 +24,9 @@ Any other exception is a bug and shows its traceback.
              the same way (configs/grow.py).
   finetune   fine-tunes one target from one init (configs/finetune.py).
   compare    init methods x seeds on one target and budget (configs/compare_*).
+  extrapolate  the GHN's predictions for targets 1x-4x wider and 2x deeper
+             than its training architectures, each fill against random init
+             (configs/extrapolation_*.py).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from logah_jax import runtime
 from logah_jax.inits import save
 from logah_jax.train import compare
 from logah_jax.train import demo as demo_lib
+from logah_jax.train import extrapolation
 from logah_jax.train import finetuning
 from logah_jax.train import ghn_training
 from logah_jax.train import grow_job
@@ -57,7 +61,7 @@ _WORKDIR = flags.DEFINE_string('workdir', None,
                                'Directory for checkpoints, metrics and plots.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
-JOBS = ('train_ghn', 'predict', 'grow', 'finetune', 'compare')
+JOBS = ('train_ghn', 'predict', 'grow', 'finetune', 'compare', 'extrapolate')
 # OS errors that mean "the output cannot be written", not a bug.
 _WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS,
                  errno.EACCES, errno.EPERM)
@@ -93,6 +97,8 @@ def run(config, workdir: str) -> dict:
     return {'finetune': finetuning.finetune(config, workdir)}
   if config.job == 'compare':
     return {'compare': compare.run_compare(config, workdir)}
+  if config.job == 'extrapolate':
+    return {'extrapolate': extrapolation.run_extrapolation(config, workdir)}
   demo = config.get('demo') and config.demo.enabled
   if demo and not config.holdout.enabled:
     raise ConfigError('config.demo.enabled needs config.holdout.enabled (the '

@@ -9,6 +9,7 @@ starts on a config that cannot describe a network.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Union
 
 from logah_jax.validation import ConfigError, check_int
@@ -114,6 +115,19 @@ def replace_fields(obj, **overrides):
 
 ArchConfig = Union[ViTConfig, GPT2Config]
 FAMILIES = ('vit', 'gpt2')
+
+
+def at_width(cfg: ArchConfig, width: int) -> ArchConfig:
+  """`cfg` with its width (and a ViT's MLP width) scaled to `width`.
+
+  Every tensor of the result has the shape of `cfg`'s tensor with each
+  width-derived dimension scaled; heads become a divisor of `width`.
+  """
+  heads = math.gcd(cfg.heads, width)
+  if isinstance(cfg, ViTConfig):
+    mlp = max(1, round(cfg.mlp_dim * width / cfg.width))
+    return dataclasses.replace(cfg, width=width, heads=heads, mlp_dim=mlp)
+  return dataclasses.replace(cfg, width=width, heads=heads)
 
 
 def to_dict(cfg: ArchConfig) -> dict:

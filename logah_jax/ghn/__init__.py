@@ -4,5 +4,6 @@ from logah_jax.ghn.api import GHNInputs, decode, family_of, init, make_inputs
 from logah_jax.ghn.api import body_function, check_archs, decode_function
 from logah_jax.ghn.api import node_embeddings, num_nodes, num_params, predict
 from logah_jax.ghn.api import trace_counts
-from logah_jax.ghn.load import TrainedGHN, load
-from logah_jax.ghn.config import GHNConfig, from_dict, names, named, to_dict
+from logah_jax.ghn.load import TrainedGHN, load, trained_width
+from logah_jax.ghn.config import FILLS, PREDICTION_FIELDS, GHNConfig, from_dict
+from logah_jax.ghn.config import names, named, to_dict

@@ -16,6 +16,11 @@ from logah_jax.validation import ConfigError, check_int
 DECODERS = ('lowrank', 'fullrank')
 FACTORIZATIONS = ('paper', 'transpose')
 DTYPES = ('float32', 'bfloat16')
+# How a target wider than every training architecture gets the rows and
+# columns past the trained width (docs/extrapolation.md).
+FILLS = ('decoder', 'tile', 'widen')
+# Fields chosen at prediction time, not part of a GHN training config.
+PREDICTION_FIELDS = ('trained_width', 'fill', 'fill_noise')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +39,15 @@ class GHNConfig:
   cutoff: longest virtual edge (shortest-path length) seen by the Graphormer.
   normalize: fan-in / sigmoid / tanh normalisation of predicted tensors.
   dtype: compute dtype of the Graphormer; decoders always run in float32.
+  trained_width: the largest width among the training architectures (0:
+    unknown); set when a trained GHN is loaded.
+  fill: for a target wider than `trained_width`: 'decoder' decodes every
+    row and column (the paper; those past the trained width were never
+    trained), 'tile' decodes the target at the trained width and repeats it,
+    'widen' repeats each block of a fused tensor (q, k, v) on its own, so
+    that the wider model computes the trained-width one's function, and
+    adds noise to the copies to break their symmetry.
+  fill_noise: the noise of 'widen', relative to the tensor's std.
   """
 
   decoder: str = 'lowrank'
@@ -51,6 +65,9 @@ class GHNConfig:
   final_ln: bool = True
   normalize: bool = True
   dtype: str = 'float32'
+  trained_width: int = 0
+  fill: str = 'decoder'
+  fill_noise: float = 0.1
 
   def __post_init__(self):
     object.__setattr__(self, 'max_shape', tuple(self.max_shape))
@@ -60,6 +77,15 @@ class GHNConfig:
     if self.factorization not in FACTORIZATIONS:
       raise ConfigError(f'GHNConfig.factorization={self.factorization!r} must '
                         f'be one of {FACTORIZATIONS}.')
+    if self.fill not in FILLS:
+      raise ConfigError(f'GHNConfig.fill={self.fill!r} must be one of '
+                        f'{FILLS}.')
+    check_int(self.trained_width, 'GHNConfig.trained_width', 0)
+    if (isinstance(self.fill_noise, bool) or
+        not isinstance(self.fill_noise, (int, float)) or
+        not 0 <= self.fill_noise < 10):
+      raise ConfigError(f'GHNConfig.fill_noise={self.fill_noise!r} must be a '
+                        'number in [0, 10).')
     if self.dtype not in DTYPES:
       raise ConfigError(f'GHNConfig.dtype={self.dtype!r} must be one of '
                         f'{DTYPES}.')

@@ -57,8 +57,30 @@ def _checkpoint_dir(workdir: str) -> str:
                            f'{os.path.join(nested, _CONFIG)}')
 
 
-def load(workdir: str, step: int | None = None) -> TrainedGHN:
+def trained_width(run_config: dict) -> int:
+  """The largest width among the architectures a GHN run trained on: its
+  pool (`arch.sample(space, pool_size, arch_seed)`) or, with pool_size 0,
+  its whole space."""
+  fields = dict(run_config['space'])
+  name = fields.pop('name')
+  fields.pop('family', None)
+  if str(fields.get('heads', '')).isdigit():
+    fields['heads'] = int(fields['heads'])
+  space = arch_lib.make_space(name, **fields)
+  train = run_config.get('train', {})
+  pool_size = int(train.get('pool_size', 0))
+  if not pool_size:
+    return max(space.widths())
+  pool = arch_lib.sample(space, pool_size, int(train.get('arch_seed', 0)))
+  return max(a.width for a in pool)
+
+
+def load(workdir: str, step: int | None = None,
+         fill: str | None = None) -> TrainedGHN:
   """The GHN trained in `workdir` (its checkpoints/ folder), at `step`.
+
+  Its config's `trained_width` is the run's largest training width; `fill`
+  (default: the config's) says how a wider target is filled.
 
   Raises:
     FileNotFoundError: no training run or no checkpoint there.
@@ -71,6 +93,10 @@ def load(workdir: str, step: int | None = None) -> TrainedGHN:
     cfg = from_dict(run_config['ghn'])
     space = run_config['space']
     family = arch_lib.make_space(space['name']).family
+    if not cfg.trained_width:
+      cfg = dataclasses.replace(cfg, trained_width=trained_width(run_config))
+    if fill is not None:
+      cfg = dataclasses.replace(cfg, fill=fill)
   except (KeyError, TypeError, ValueError) as e:
     raise ConfigError(f'{directory}/{_CONFIG} does not describe a GHN '
                       f'training run: {e}') from e

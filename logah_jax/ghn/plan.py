@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import math
 
+from logah_jax.arch import configs
 from logah_jax.arch import graph as graph_lib
 from logah_jax.ghn.config import GHNConfig
 from logah_jax.ghn.vocab import min_size
@@ -27,6 +28,12 @@ class SlotPlan:
     'vector' (1-D, `row` 0 = weights, 1 = biases of the decoded 2 x c block).
   period: the decoded size along each target axis; larger axes are tiled.
   norm: 'fan_in' (times `scale`), 'sigmoid', 'tanh' or 'none'.
+  widen: for a target wider than the GHN's training architectures (fill
+    'tile' or 'widen'), per reference axis (period, chunks): the axis is
+    decoded at `period` (its size at the trained width) and repeated to the
+    target size, each of `chunks` equal parts on its own; period 0: as
+    decoded. Empty: no axis is widened.
+  noise: std of the noise added to repeated entries, relative to the leaf's.
   """
 
   slot: graph_lib.Slot
@@ -35,6 +42,8 @@ class SlotPlan:
   row: int = 0
   norm: str = 'none'
   scale: float = 1.0
+  widen: tuple[tuple[int, int], ...] = ()
+  noise: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,10 +105,56 @@ def _norm(cfg: GHNConfig, node: graph_lib.Node, slot: graph_lib.Slot,
   return 'fan_in', scale
 
 
+def _input_axis(slot: graph_lib.Slot) -> int | None:
+  """The axis a kernel's fan-in runs along in the reference layout: 0 for
+  [in, out] kernels stored as Flax has them (HF Conv1D), else 1 ([out, in,
+  ...]); None for lookups (embeddings), which no input is summed over."""
+  if slot.path[-1] == 'embedding' or len(slot.ref_shape) < 2:
+    return None
+  return 0 if slot.to_flax is None else 1
+
+
+def _widened(cfg: GHNConfig, sp: SlotPlan, target: graph_lib.Slot,
+             widths: tuple[int, int]) -> SlotPlan:
+  """`sp`, planned for the slot at the trained width, widened to `target`.
+
+  'widen' repeats each of the equal parts of a fused axis (q, k, v of an
+  attention input) separately and adds noise; both fills divide a kernel by
+  how often its input is repeated, so that the fan-in normalisation holds
+  for repeated (equal) inputs and a wider copy of a network computes what
+  the network computes.
+  """
+  width, trained = widths
+  axes = []
+  for t, p in zip(target.ref_shape, sp.slot.ref_shape):
+    if t == p:
+      axes.append((0, 1))
+      continue
+    fused = t // width if t % width == 0 else 0
+    chunks = fused if (cfg.fill == 'widen' and fused and
+                       p == fused * trained) else 1
+    axes.append((p, chunks))
+  scale = sp.scale
+  axis = _input_axis(target)
+  if sp.norm == 'fan_in' and axis is not None and axes[axis][0]:
+    scale *= axes[axis][0] / target.ref_shape[axis]
+  noise = cfg.fill_noise if (cfg.fill == 'widen' and sp.kind != 'vector') \
+      else 0.0
+  return dataclasses.replace(sp, slot=target, scale=scale, widen=tuple(axes),
+                             noise=noise)
+
+
 def _node_plan(cfg: GHNConfig, index: int, node: graph_lib.Node,
-               depth: int) -> NodePlan:
+               depth: int, proxy=None) -> NodePlan:
+  """The plan of one node; `proxy`: (node at the trained width, (target
+  width, trained width)) when the node is decoded at the trained width."""
   mc, mi, ms = cfg.max_shape[0], cfg.max_shape[1], cfg.max_shape[2]
   full = cfg.decoder == 'fullrank'
+  target_node = node
+  if proxy is not None:
+    node, widths = proxy
+    if node.shape == target_node.shape:
+      proxy = None
   shape = node.shape
   slots = []
   if len(shape) == 1:  # norm weights + biases, or a bias: decoded as 2 x c
@@ -161,13 +216,32 @@ def _node_plan(cfg: GHNConfig, index: int, node: graph_lib.Node,
     if max(rows, cols) > cfg.max_ck:
       raise ValueError(f'node {node.name}: shape {shape} needs a {rows}x{cols}'
                        f' block, more than GHNConfig.max_ck={cfg.max_ck}.')
+  if proxy is not None:
+    slots = [_widened(cfg, sp, t, widths)
+             for sp, t in zip(slots, target_node.slots)]
   return NodePlan(index, key, request, tuple(slots))
+
+
+def _proxy_nodes(cfg: GHNConfig, arch, g: graph_lib.ArchGraph):
+  """The nodes of `arch` at the GHN's trained width, when `cfg.fill`
+  decodes a wider target there (docs/extrapolation.md); else None."""
+  trained = cfg.trained_width
+  if cfg.fill == 'decoder' or not trained or arch.width <= trained:
+    return None
+  proxy = graph_lib.to_graph(configs.at_width(arch, trained),
+                             cutoff=cfg.cutoff)
+  names = [n.name for n in g.nodes]
+  if [n.name for n in proxy.nodes] != names:
+    raise ValueError(f'{arch.name} and its trained-width version have '
+                     'different graphs')
+  return [(n, (arch.width, trained)) for n in proxy.nodes]
 
 
 @functools.lru_cache(maxsize=4096)
 def make_plan(cfg: GHNConfig, arch) -> ArchPlan:
   """The decode plan of `arch` for GHN `cfg` (cached: pure integer work)."""
   g = graph_lib.to_graph(arch, cutoff=cfg.cutoff)
-  nodes = tuple(_node_plan(cfg, i, n, arch.depth)
+  proxies = _proxy_nodes(cfg, arch, g) or [None] * len(g.nodes)
+  nodes = tuple(_node_plan(cfg, i, n, arch.depth, proxies[i])
                 for i, n in enumerate(g.nodes) if n.slots)
   return ArchPlan(g, nodes)

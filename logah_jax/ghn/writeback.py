@@ -15,6 +15,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from logah_jax import compiles
 from logah_jax.ghn.config import GHNConfig
@@ -27,6 +28,9 @@ from logah_jax.models.layers import STACKED
 # values on every call (the original draws fresh noise each time).
 CLASS_POS_KEY = 0
 CLASS_POS_STD = 0.02
+# The noise the 'widen' fill adds to repeated entries: a fixed key folded
+# with the node's index, so a prediction is the same on every call.
+FILL_NOISE_KEY = 1
 
 
 def decoder_module(cfg: GHNConfig):
@@ -77,6 +81,43 @@ def _tile(x, axis: int, size: int):
   return jax.lax.slice_in_dim(jnp.tile(x, reps), 0, size, axis=axis)
 
 
+def _fit(x, axis: int, size: int, sp: SlotPlan):
+  """`x` along `axis` at the target `size`: tiled (§5.1) or, on an axis
+  widened past the trained width, cut to its trained-width period and
+  repeated, each of its `chunks` equal parts on its own."""
+  if not sp.widen or not sp.widen[axis][0]:
+    return _tile(x, axis, size)
+  period, chunks = sp.widen[axis]
+  x = jax.lax.slice_in_dim(x, 0, period, axis=axis)
+  if chunks == 1:
+    return _tile(x, axis, size)
+  shape = x.shape
+  x = x.reshape(shape[:axis] + (chunks, period // chunks) + shape[axis + 1:])
+  x = _tile(x, axis + 1, size // chunks)
+  return x.reshape(shape[:axis] + (size,) + shape[axis + 1:])
+
+
+def _repeated_mask(shape, sp: SlotPlan) -> np.ndarray:
+  """True where a widened leaf holds a repeat rather than a decoded entry."""
+  mask = np.zeros(shape, bool)
+  for axis, (period, chunks) in enumerate(sp.widen):
+    if period:
+      part = shape[axis] // chunks
+      idx = np.arange(shape[axis]) % part >= period // chunks
+      mask |= idx.reshape([-1 if a == axis else 1 for a in range(len(shape))])
+  return mask
+
+
+def _add_noise(x, sp: SlotPlan, node_id):
+  """'widen': noise on the repeats, so that copies of a unit can diverge
+  in training (equal units get equal gradients and stay equal)."""
+  if not sp.noise:
+    return x
+  key = jax.random.fold_in(jax.random.key(FILL_NOISE_KEY), node_id)
+  noise = sp.noise * jnp.std(x) * jax.random.normal(key, x.shape, x.dtype)
+  return x + jnp.where(_repeated_mask(x.shape, sp), noise, 0.0)
+
+
 def _normalise(x, sp: SlotPlan):
   if sp.norm == 'fan_in':
     return x * sp.scale
@@ -87,7 +128,7 @@ def _normalise(x, sp: SlotPlan):
   return x
 
 
-def _lowrank_matrix(a, b, sp: SlotPlan):
+def _lowrank_matrix(a, b, sp: SlotPlan, node_id):
   """A low-rank matrix leaf written by one product, in the Flax layout.
 
   Tiling A @ B equals A tiled along rows times B tiled along columns, so the
@@ -95,38 +136,49 @@ def _lowrank_matrix(a, b, sp: SlotPlan):
   no decoded block or tiled copy is ever materialised (docs/algorithm.md §5.1).
   """
   shape = sp.slot.ref_shape
-  a = _tile(a, 0, shape[0])
-  b = _tile(b, 1, shape[1])
+  a = _fit(a, 0, shape[0], sp)
+  b = _fit(b, 1, shape[1], sp)
   if sp.norm == 'fan_in':
     a = a * sp.scale
+  if sp.noise:
+    return sp.slot.to_flax_layout(_add_noise(a @ b, sp, node_id))
   if sp.slot.to_flax == (1, 0):
     return b.T @ a.T
   return sp.slot.to_flax_layout(a @ b)
 
 
-def _leaf(block, sp: SlotPlan):
-  """One reference-layout tensor from its node's block, then the Flax layout."""
+def _leaf(block, sp: SlotPlan, node_id=0):
+  """One reference-layout tensor from its node's block, then the Flax layout.
+
+  `node_id`: the node's index, which seeds the 'widen' fill's noise.
+  """
   shape = sp.slot.ref_shape
   if isinstance(block, tuple):
-    return _lowrank_matrix(*block, sp)
+    return _lowrank_matrix(*block, sp, node_id)
   if sp.kind == 'vector':
-    x = _tile(block[sp.row], 0, shape[0])
+    x = _fit(block[sp.row], 0, shape[0], sp)
   elif sp.kind == 'matrix':
-    x = _tile(_tile(block, 0, shape[0]), 1, shape[1])
+    x = _fit(_fit(block, 0, shape[0], sp), 1, shape[1], sp)
   elif sp.kind == 'conv':
-    x = _tile(_tile(block, 0, shape[0]), 1, shape[1])
+    x = _fit(_fit(block, 0, shape[0], sp), 1, shape[1], sp)
     if x.shape[2:] != tuple(shape[2:]):  # GHN-3: kernels beyond 16x16
       x = jax.image.resize(x, shape, 'bilinear')
   elif sp.kind == 'pos':  # block [1, C', s, s] -> (1, s*s + 1, C)
     c = shape[2]
     x = block.reshape(1, block.shape[1], -1).transpose(0, 2, 1)
-    x = _tile(x, 2, c)
+    # Widened, the class row is drawn at the trained width and repeated with
+    # the rest, so the wider model still computes the narrower one.
+    cls_width = sp.widen[2][0] if sp.widen and sp.widen[2][0] else c
     cls_row = CLASS_POS_STD * jax.random.normal(
-        jax.random.key(CLASS_POS_KEY), (1, 1, c), jnp.float32)
-    x = jnp.concatenate([cls_row, x], axis=1)
+        jax.random.key(CLASS_POS_KEY), (1, 1, cls_width), jnp.float32)
+    if cls_width == c:
+      x = jnp.concatenate([cls_row, _fit(x, 2, c, sp)], axis=1)
+    else:
+      x = _fit(jnp.concatenate([cls_row, x[..., :cls_width]], axis=1), 2, c,
+               sp)
   else:
     raise ValueError(f'unknown slot kind {sp.kind!r}')
-  return sp.slot.to_flax_layout(_normalise(x, sp))
+  return sp.slot.to_flax_layout(_add_noise(_normalise(x, sp), sp, node_id))
 
 
 def _recipes(nodes) -> dict[SlotPlan, list[tuple[int, tuple]]]:
@@ -185,7 +237,9 @@ def decode_arch(cfg: GHNConfig, decoder_params, x_ND, plan: ArchPlan,
         blocks_of = jax.tree.map(lambda b, r=jnp.array(rows): b[r], blocks)
       else:
         blocks_of = blocks
-      leaves = jax.vmap(lambda block, sp=recipe: _leaf(block, sp))(blocks_of)
+      node_ids = jnp.array([nodes[j].node for j in rows], jnp.int32)
+      leaves = jax.vmap(lambda block, nid, sp=recipe: _leaf(block, sp, nid))(
+          blocks_of, node_ids)
       for k, (_, path) in enumerate(members):
         if path[0] in block_of:
           stacked.setdefault(path[1:], {})[block_of[path[0]]] = (leaves, k)
@@ -258,9 +312,9 @@ def _block_of(blocks, row):
 def _leaf_program(recipe: SlotPlan):
   """One leaf from its node's block; the fan-in scale is an argument (it
   depends on depth through the residual projections), not a constant."""
-  def leaf(block, scale):
+  def leaf(block, scale, node_id):
     compiles.count_trace('ghn.decode.leaf')
-    return _leaf(block, dataclasses.replace(recipe, scale=scale))
+    return _leaf(block, dataclasses.replace(recipe, scale=scale), node_id)
   return jax.jit(leaf)
 
 
@@ -294,7 +348,8 @@ def decode_arch_per_shape(cfg: GHNConfig, decoder_params, x_ND,
       program = _leaf_program(dataclasses.replace(recipe, scale=1.0))
       scale = jnp.float32(recipe.scale)
       for j, path in members:
-        _set(tree, path, program(_block_of(blocks, jnp.int32(j)), scale))
+        _set(tree, path, program(_block_of(blocks, jnp.int32(j)), scale,
+                                 jnp.int32(nodes[j].node)))
   for path, _ in plan.graph.unpredicted:
     leaf = abstract_params
     for key in path:

@@ -1,0 +1,229 @@
+"""The extrapolation curve: predicting targets wider and deeper than training.
+
+A GHN is trained once (or loaded). Its largest training width W and depth D
+set the targets: width m x W for each multiple m, at depth
+`depth_multiple` x D, with a fixed head size. Every target is fine-tuned
+from RandInit and from the GHN's prediction under each fill
+(`ghn.FILLS`: how rows and columns past W are made), seeds x budget as in
+the comparison harness, evaluated on the validation split. At m = 1 the
+fills coincide, so one prediction is fine-tuned and reported for all.
+Results: extrapolation.json, extrapolation.md (a table per family) and
+extrapolation.png (step-0 metric and steps to RandInit's final metric
+against m). docs/extrapolation.md explains the fills and the findings.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+
+from matplotlib.figure import Figure
+import numpy as np
+
+from logah_jax import arch as arch_lib
+from logah_jax import files
+from logah_jax import ghn as ghn_lib
+from logah_jax import inits
+from logah_jax.inits.ghn_prediction import method_of
+from logah_jax.train import compare
+from logah_jax.train import compare_report
+from logah_jax.train import ghn_training
+from logah_jax.train import report
+from logah_jax.validation import ConfigError, check_int
+
+RESULT_JSON, RESULT_MD, RESULT_PNG = ('extrapolation.json',
+                                      'extrapolation.md', 'extrapolation.png')
+BASELINE = 'random'
+
+
+def _floats(text: str, field: str) -> list[float]:
+  try:
+    values = [float(v) for v in str(text).split(',') if v.strip()]
+  except ValueError as e:
+    raise ConfigError(f'{field}={text!r}: {e}') from e
+  if not values or min(values) < 1:
+    raise ConfigError(f'{field}={text!r} must list numbers >= 1')
+  return values
+
+
+def fills_of(config) -> list[str]:
+  fills = [f.strip() for f in config.fills.split(',') if f.strip()]
+  for f in fills:
+    if f not in ghn_lib.FILLS:
+      raise ConfigError(f'config.fills: {f!r} is not one of {ghn_lib.FILLS}')
+  if not fills or len(set(fills)) != len(fills):
+    raise ConfigError(f'config.fills={config.fills!r} is empty or repeats')
+  return fills
+
+
+def targets(space: arch_lib.Space, trained_width: int, trained_depth: int,
+            multiples, depth_multiple: float, head_size: int,
+            patch: int = 0) -> list[tuple[float, arch_lib.ArchConfig]]:
+  """(m, target) for each width multiple m: width round(m x W) rounded to
+  the head size, depth round(depth_multiple x D), heads = width / head
+  size; the rest from the training space."""
+  depth = max(1, round(depth_multiple * trained_depth))
+  out = []
+  for m in multiples:
+    width = max(head_size, round(m * trained_width / head_size) * head_size)
+    heads = width // head_size
+    if space.family == 'vit':
+      target = arch_lib.ViTConfig(
+          depth=depth, width=width, heads=heads, mlp_dim=space.mlp_ratio *
+          width, patch=patch or space.patches[-1], image_size=space.image_size,
+          channels=space.channels, num_classes=space.num_classes)
+    else:
+      target = arch_lib.GPT2Config(
+          depth=depth, width=width, heads=heads, vocab_size=space.vocab_size,
+          n_positions=space.n_positions, tie_embeddings=space.tie_embeddings)
+    out.append((m, target))
+  return out
+
+
+def arch_spec(a: arch_lib.ArchConfig) -> str:
+  """The `arch.parse` string of `a`."""
+  fields = dataclasses.asdict(a)
+  return f'{a.family}:' + ','.join(f'{k}={v}' for k, v in fields.items())
+
+
+def _row(summary: dict, method: str) -> dict:
+  s = summary['methods_summary'][method]
+  return {'step0': s['step0']['mean'], 'final': s['final']['mean'],
+          'final_std': s['final']['std'],
+          'steps_to_target': s.get('steps_to_target'),
+          'median_steps': median_steps(s.get('steps_to_target'))}
+
+
+def median_steps(steps) -> float | None:
+  """Median over all seeds of the steps to the target, a seed that never
+  reaches it counting as over budget; None when the median is over it."""
+  if not steps:
+    return None
+  value = float(np.median([np.inf if s is None else s for s in steps]))
+  return None if np.isinf(value) else value
+
+
+def run_extrapolation(config, workdir: str) -> dict:
+  """Trains (or resumes) the GHN, fine-tunes every (target, init, seed)."""
+  fills = fills_of(config)
+  multiples = _floats(config.width_multiples, 'config.width_multiples')
+  seeds = list(range(check_int(config.seeds, 'config.seeds')))
+  head_size = check_int(config.head_size, 'config.head_size')
+  run = ghn_training.build_run(config.ghn_train)
+  ghn_dir = config.ghn_workdir or os.path.join(workdir, 'ghn')
+  candidates = run.sampler.candidates()
+  trained_width = max(a.width for a in candidates)
+  trained_depth = max(a.depth for a in candidates)
+  plan = targets(run.space, trained_width, trained_depth, multiples,
+                 float(config.depth_multiple), head_size,
+                 int(config.get('patch', 0)))
+  finetune = config.finetune
+  os.makedirs(workdir, exist_ok=True)
+  report.say(f'=== GHN ({run.space_name}: width <= {trained_width}, depth '
+             f'<= {trained_depth}) ===')
+  ghn_training.train(run, ghn_dir)
+  method_name = method_of(ghn_lib.load(ghn_dir).cfg)
+  results = {'ghn_workdir': ghn_dir, 'trained_width': trained_width,
+             'trained_depth': trained_depth, 'fills': fills, 'seeds': seeds,
+             'num_steps': int(finetune.train.num_steps),
+             'split': finetune.eval.split, 'family': run.space.family,
+             'targets': []}
+  for m, target in plan:
+    report.say(f'=== target {target.name} ({m:g}x width) ===')
+    wider = target.width > trained_width
+    methods = {BASELINE: inits.make('random')}
+    for fill in (fills if wider else fills[:1]):
+      methods[fill] = inits.make(method_name, ghn_workdir=ghn_dir,
+                                 ghn_fill=fill)
+    ft = copy.deepcopy(finetune)
+    ft.arch = arch_spec(target)
+    curves = compare.finetune_all(
+        methods, seeds, ft, os.path.join(workdir, 'targets', target.name),
+        config.compilation_cache)
+    if not wider:  # the fills coincide: one prediction stands for all
+      curves.update({f: curves[fills[0]] for f in fills[1:]})
+    summary = compare_report.summarize(
+        curves, family=target.family, num_steps=results['num_steps'],
+        baseline=BASELINE)
+    results['targets'].append({
+        'multiple': m, 'ratio': target.width / trained_width,
+        'arch': target.name, 'width': target.width,
+        'depth': target.depth, 'target_metric': summary['target_metric'],
+        'metric': summary['metric'],
+        'rows': {k: _row(summary, k) for k in curves}})
+  write_results(results, workdir)
+  return results
+
+
+def markdown(results: dict) -> str:
+  fills = results['fills']
+  budget = results['num_steps']
+  out = [f"GHN trained up to width {results['trained_width']} and depth "
+         f"{results['trained_depth']}; targets at depth "
+         f"{results['targets'][0]['depth']}; {len(results['seeds'])} seeds, "
+         f"budget {budget} steps, metrics on {results['split']}.", '',
+         '| width (x trained) | RandInit final | ' + ' | '.join(
+             f'{f}: step 0 / final / steps to RandInit final' for f in fills)
+         + ' | RandInit step 0 |',
+         '|---|---|' + '---|' * (len(fills) + 1)]
+  for t in results['targets']:
+    fmt = _formatter(t['metric'])
+    rand = t['rows'][BASELINE]
+    cells = []
+    for f in fills:
+      r = t['rows'][f]
+      steps = ('not reached' if r['median_steps'] is None
+               else f"{r['median_steps']:.0f}")
+      cells.append(f"{fmt(r['step0'])} / {fmt(r['final'])} / {steps}")
+    out.append(f"| {t['width']} ({t['ratio']:.3g}x) | {fmt(rand['final'])} "
+               f"| " + ' | '.join(cells) + f" | {fmt(rand['step0'])} |")
+  out += ['', 'Steps to RandInit final: the median over all seeds, a seed '
+          'that never reaches it counting as over budget.']
+  return '\n'.join(out)
+
+
+def _formatter(metric: str):
+  if metric == 'accuracy':
+    return lambda v: '-' if v is None else f'{100 * v:.1f}%'
+  return lambda v: '-' if v is None else f'{v:.2f}'
+
+
+def plot(results: dict, path: str) -> str:
+  fig = Figure(figsize=(10, 4))
+  ax0, ax1 = fig.subplots(1, 2)
+  xs = [t['ratio'] for t in results['targets']]
+  budget = results['num_steps']
+  metric = results['targets'][0]['metric']
+  for method in [BASELINE] + results['fills']:
+    step0 = [t['rows'][method]['step0'] for t in results['targets']]
+    ax0.plot(xs, step0, 'o-', label=method)
+    if method != BASELINE:
+      steps = [t['rows'][method]['median_steps'] for t in results['targets']]
+      ax1.plot(xs, [budget * 1.1 if s is None else s for s in steps], 'o-',
+               label=method)
+  ax1.axhline(budget, color='gray', lw=0.8, ls='--')
+  ax0.set(xlabel='target width / largest training width',
+          ylabel=f'validation {metric} at step 0',
+          title=f"depth {results['targets'][0]['depth']} (trained <= "
+          f"{results['trained_depth']})")
+  ax1.set(xlabel='target width / largest training width',
+          ylabel="steps to RandInit's final (median)",
+          title=f'above the dashed line: not reached in {budget}')
+  if metric == 'perplexity':
+    ax0.set_yscale('log')
+  for ax in (ax0, ax1):
+    ax.legend()
+    ax.grid(alpha=0.3)
+  fig.tight_layout()
+  files.save_figure(fig, path)
+  return path
+
+
+def write_results(results: dict, workdir: str) -> str:
+  files.write_json(os.path.join(workdir, RESULT_JSON), results, indent=2)
+  table = markdown(results)
+  files.write_text(os.path.join(workdir, RESULT_MD), table + '\n')
+  plot(results, os.path.join(workdir, RESULT_PNG))
+  report.say(table, f'Plot: {os.path.join(workdir, RESULT_PNG)}')
+  return table

@@ -1,0 +1,155 @@
+"""Filling targets wider than every training architecture (ghn fills)."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from logah_jax import arch, ghn, models
+from logah_jax.ghn import plan as plan_lib
+from logah_jax.train import extrapolation
+
+# A small untrained GHN said to have trained up to width 32: whether the
+# fills keep a function does not depend on what the GHN learnt.
+CFG = ghn.GHNConfig(hid=32, layers=2, heads=4, rank=8,
+                    max_shape=(128, 128, 16, 16), max_ck=8192,
+                    trained_width=32)
+P, W = 32, 64  # trained width and target width, head size 16 in both
+
+
+def _targets(family):
+  if family == 'vit':
+    make = lambda w: arch.ViTConfig(depth=2, width=w, heads=w // 16,
+                                    mlp_dim=4 * w, patch=7, image_size=28,
+                                    channels=1, num_classes=10)
+  else:
+    make = lambda w: arch.GPT2Config(depth=2, width=w, heads=w // 16,
+                                     vocab_size=256, n_positions=32,
+                                     tie_embeddings=False)
+  return make(W), make(P)
+
+
+def _narrow(wide_params, narrow_abstract):
+  """The trained-width params inside a widened tree, written with NumPy: on
+  each widened axis the first part of each fused chunk; kernels (input on
+  Flax axis -2) times how often their input was repeated."""
+  def cut(path, wide, narrow):
+    x = np.asarray(wide)
+    names = [getattr(k, 'key', None) for k in path]
+    for axis, (t, p) in enumerate(zip(x.shape, narrow.shape)):
+      if t == p:
+        continue
+      chunks = t // W if t % W == 0 and p % P == 0 and t // W == p // P else 1
+      x = np.moveaxis(x, axis, 0)
+      x = x.reshape(chunks, t // chunks, *x.shape[1:])[:, :p // chunks]
+      x = np.moveaxis(x.reshape(p, *x.shape[2:]), 0, axis)
+      if names[-1] == 'kernel' and axis == x.ndim - 2:
+        x = x * (t / p)
+    return x
+  return jax.tree_util.tree_map_with_path(cut, wide_params, narrow_abstract)
+
+
+def _outputs(target, params):
+  model = models.build(target)
+  if target.family == 'vit':
+    x = jax.random.normal(jax.random.key(3), (2, 28, 28, 1))
+  else:
+    x = jax.random.randint(jax.random.key(3), (2, 16), 0, 256)
+  return np.asarray(model.apply({'params': params}, x))
+
+
+@pytest.mark.parametrize('family', [
+    'vit', pytest.param('gpt2', marks=pytest.mark.slow)])
+def test_widen_without_noise_computes_the_trained_width_model(family):
+  wide, narrow = _targets(family)
+  params = ghn.init(CFG, family, seed=0)
+  cfg = dataclasses.replace(CFG, fill='widen', fill_noise=0.0)
+  pred = ghn.predict(cfg, params, wide)
+  small = _narrow(pred, models.abstract_params(narrow))
+  np.testing.assert_allclose(_outputs(wide, pred), _outputs(narrow, small),
+                             rtol=2e-4, atol=2e-5)
+  # Plain tiling repeats q, k, v as one block: not the same function.
+  tiled = ghn.predict(dataclasses.replace(CFG, fill='tile'), params, wide)
+  small = _narrow(tiled, models.abstract_params(narrow))
+  assert not np.allclose(_outputs(wide, tiled), _outputs(narrow, small),
+                         rtol=1e-2)
+
+
+def test_widen_normalises_for_the_trained_width_and_repeated_inputs():
+  # fc1, torch [4C, C]: the published rule scales by sqrt(2 / fan-in); at
+  # the trained width the fan-in is P, and the input is repeated W / P times.
+  wide, _ = _targets('vit')
+  params = ghn.init(CFG, 'vit', seed=0)
+  cfg = dataclasses.replace(CFG, fill='widen', fill_noise=0.0)
+  norm = ghn.predict(cfg, params, wide)['encoder_layer_1']['mlp']['fc1']
+  raw = ghn.predict(dataclasses.replace(cfg, normalize=False), params,
+                    wide)['encoder_layer_1']['mlp']['fc1']
+  np.testing.assert_allclose(
+      np.asarray(norm['kernel']),
+      np.asarray(raw['kernel']) * np.sqrt(2 / P) * (P / W), rtol=1e-5,
+      atol=1e-7)
+
+
+def test_fills_change_only_targets_wider_than_trained():
+  params = ghn.init(CFG, 'vit', seed=0)
+  wide, narrow = _targets('vit')
+  base = ghn.predict(CFG, params, narrow)  # fill 'decoder'
+  for fill in ('tile', 'widen'):
+    got = ghn.predict(dataclasses.replace(CFG, fill=fill), params, narrow)
+    jax.tree.map(np.testing.assert_array_equal, got, base)
+  untrained = dataclasses.replace(CFG, trained_width=0, fill='widen')
+  jax.tree.map(np.testing.assert_array_equal,
+               ghn.predict(untrained, params, wide),
+               ghn.predict(CFG, params, wide))
+
+
+def test_widen_noise_touches_only_the_repeats():
+  params = ghn.init(CFG, 'vit', seed=0)
+  wide, _ = _targets('vit')
+  quiet = ghn.predict(dataclasses.replace(CFG, fill='widen', fill_noise=0.0),
+                      params, wide)
+  noisy = ghn.predict(dataclasses.replace(CFG, fill='widen', fill_noise=0.1),
+                      params, wide)
+  a = np.asarray(quiet['encoder_layer_0']['mlp']['fc2']['kernel'])  # [4C, C]
+  b = np.asarray(noisy['encoder_layer_0']['mlp']['fc2']['kernel'])
+  # Flax [in = 4 chunks of 64, out = 64]: decoded entries are rows j < 32 of
+  # each chunk and columns < 32; everything else is a repeat.
+  decoded = np.zeros_like(a, bool)
+  decoded[(np.arange(4 * W) % W < P)[:, None] & (np.arange(W) < P)[None]] = True
+  np.testing.assert_array_equal(a[decoded], b[decoded])
+  diff = (b - a)[~decoded]
+  assert np.all(diff != 0)
+  np.testing.assert_allclose(diff.std(), 0.1 * b.std(), rtol=0.15)
+  # Deterministic: the same prediction twice.
+  again = ghn.predict(dataclasses.replace(CFG, fill='widen', fill_noise=0.1),
+                      params, wide)
+  np.testing.assert_array_equal(
+      b, again['encoder_layer_0']['mlp']['fc2']['kernel'])
+
+
+def test_trained_width_is_the_widest_pool_architecture():
+  run_config = {'space': {'name': 'vits-cpu', 'heads': 'vit'},
+                'train': {'pool_size': 3, 'arch_seed': 5}}
+  want = max(a.width for a in arch.sample('vits-cpu', 3, 5))
+  assert ghn.trained_width(run_config) == want
+  run_config['train']['pool_size'] = 0
+  assert ghn.trained_width(run_config) == 96  # the whole space
+
+
+def test_bad_fill_names_the_field():
+  with pytest.raises(ValueError, match='GHNConfig.fill'):
+    dataclasses.replace(CFG, fill='stretch')
+  with pytest.raises(ValueError, match='fill_noise'):
+    dataclasses.replace(CFG, fill_noise=-1.0)
+
+
+def test_extrapolation_targets_and_median():
+  space = arch.make_space('vits-cpu')
+  got = extrapolation.targets(space, 32, 4, [1, 1.5, 4], 2.0, 16, patch=7)
+  assert [(m, a.width, a.heads, a.depth, a.patch, a.mlp_dim)
+          for m, a in got] == [(1, 32, 2, 8, 7, 128), (1.5, 48, 3, 8, 7, 192),
+                               (4, 128, 8, 8, 7, 512)]
+  assert extrapolation.median_steps([20, None, 40]) == 40
+  assert extrapolation.median_steps([20, None, None]) is None
