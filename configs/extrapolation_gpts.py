@@ -7,7 +7,7 @@ GHN: 600 AdamW steps (m = 2, 16 x 128 byte tokens) on a pool of 16 GPT-2s of
 a narrow `gpts-cpu` (depth 2 at width 24-32, depth 3 at 16-32, depth 4 at
 16-24; 4 heads, untied). Targets: head size 16. Fine-tuning: 100 AdamW
 steps (lr 5e-4, 10 warm-up, cosine, weight decay 0.05, clip 1), batch
-16 x 128 tokens, evaluated every 10 steps on 32 validation blocks.
+16 x 64 tokens, evaluated every 10 steps on 32 validation blocks of 64.
 Results: docs/results.md.
 
   python -m logah_jax.main --config=configs/extrapolation_gpts.py \
@@ -38,7 +38,7 @@ def get_config(arg: str | None = None):
   steps = 4 if smoke else 100
   ft = config_base.finetuning(
       arch='(set per target)', data=config_base.data_section(
-          'shakespeare', batch_size=16, tokenizer='bytes', block_size=128),
+          'shakespeare', batch_size=16, tokenizer='bytes', block_size=64),
       optim=config_base.optim_section(5e-4, warmup_steps=1 if smoke else 10,
                                       weight_decay=5e-2, clip_norm=1.0),
       num_steps=steps, eval_split='validation',

@@ -275,5 +275,6 @@ def extrapolation(*, ghn_train: ml_collections.ConfigDict,
   c.head_size = head_size
   c.patch = patch
   c.fills = fills
+  c.fill_noise = -1.0  # the noise of 'widen'; -1: GHNConfig's default
   c.compilation_cache = ''
   return c

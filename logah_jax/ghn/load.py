@@ -75,12 +75,12 @@ def trained_width(run_config: dict) -> int:
   return max(a.width for a in pool)
 
 
-def load(workdir: str, step: int | None = None,
-         fill: str | None = None) -> TrainedGHN:
+def load(workdir: str, step: int | None = None, fill: str | None = None,
+         fill_noise: float | None = None) -> TrainedGHN:
   """The GHN trained in `workdir` (its checkpoints/ folder), at `step`.
 
   Its config's `trained_width` is the run's largest training width; `fill`
-  (default: the config's) says how a wider target is filled.
+  and `fill_noise` (default: the config's) say how a wider target is filled.
 
   Raises:
     FileNotFoundError: no training run or no checkpoint there.
@@ -97,6 +97,8 @@ def load(workdir: str, step: int | None = None,
       cfg = dataclasses.replace(cfg, trained_width=trained_width(run_config))
     if fill is not None:
       cfg = dataclasses.replace(cfg, fill=fill)
+    if fill_noise is not None:
+      cfg = dataclasses.replace(cfg, fill_noise=fill_noise)
   except (KeyError, TypeError, ValueError) as e:
     raise ConfigError(f'{directory}/{_CONFIG} does not describe a GHN '
                       f'training run: {e}') from e

@@ -27,13 +27,15 @@ CHECKPOINT_PREFIX = 'checkpoint:'
 
 
 def make(spec: str, *, ghn_workdir: str = '', ghn_step: int | None = None,
-         ghn_fill: str | None = None, source: str = '', operator: str = '',
+         ghn_fill: str | None = None, ghn_fill_noise: float | None = None,
+         source: str = '', operator: str = '',
          growth_options: dict | None = None) -> InitMethod:
   """The init method named `spec` (one of METHODS, or 'checkpoint:DIR').
 
   GHN methods need `ghn_workdir`, the workdir of a trained GHN (`ghn_step`:
   its checkpoint step, None = the latest; `ghn_fill`: how a target wider
-  than the GHN's training architectures is filled). Growth methods need `source`, a
+  than the GHN's training architectures is filled, `ghn_fill_noise` the
+  noise of 'widen'). Growth methods need `source`, a
   small model's params directory (ligo also `operator`, its trained operator;
   `growth_options` go to the closed-form methods).
   """
@@ -48,7 +50,8 @@ def make(spec: str, *, ghn_workdir: str = '', ghn_step: int | None = None,
   if spec in VARIANTS:
     if not ghn_workdir:
       raise ConfigError(f'init method {spec!r} needs a GHN workdir')
-    return GHNPrediction(spec, ghn_workdir, step=ghn_step, fill=ghn_fill)
+    return GHNPrediction(spec, ghn_workdir, step=ghn_step, fill=ghn_fill,
+                         fill_noise=ghn_fill_noise)
   if spec in GROWTH_METHODS:
     if not source:
       raise ConfigError(f'init method {spec!r} needs a source (a small '

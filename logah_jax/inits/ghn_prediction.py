@@ -29,21 +29,22 @@ class GHNPrediction(InitMethod):
       loaded GHN, so a workdir of the wrong decoder is refused).
     ghn_workdir: a GHN training workdir holding a trained GHN.
     step: the checkpoint step to predict with (None = the latest).
-    fill: how a target wider than the GHN's training architectures is
-      filled (`ghn.FILLS`; None = the GHN config's default).
+    fill, fill_noise: how a target wider than the GHN's training
+      architectures is filled (`ghn.FILLS`; None = the GHN config's).
   """
 
   deterministic = True
 
   def __init__(self, method: str, ghn_workdir: str, *,
-               step: int | None = None, fill: str | None = None):
+               step: int | None = None, fill: str | None = None,
+               fill_noise: float | None = None):
     if method not in VARIANTS:
       raise ConfigError(f'GHN init method {method!r} is not one of '
                         f'{tuple(VARIANTS)}')
     if fill is not None and fill not in ghn_lib.FILLS:
       raise ConfigError(f'init fill={fill!r} must be one of {ghn_lib.FILLS}')
     self.name, self.ghn_workdir, self.step = method, ghn_workdir, step
-    self.fill = fill
+    self.fill, self.fill_noise = fill, fill_noise
     self._ghn = None
     self._predicted = {}  # arch -> params: seeds of a comparison share one
 
@@ -60,7 +61,8 @@ class GHNPrediction(InitMethod):
     """Loads the GHN (once) and checks that its decoder fits the method."""
     if self._ghn is not None:
       return
-    trained = ghn_lib.load(self.ghn_workdir, self.step, fill=self.fill)
+    trained = ghn_lib.load(self.ghn_workdir, self.step, fill=self.fill,
+                           fill_noise=self.fill_noise)
     for key, want in VARIANTS[self.name].items():
       have = getattr(trained.cfg, key)
       if have != want:

@@ -110,6 +110,8 @@ def run_extrapolation(config, workdir: str) -> dict:
   multiples = _floats(config.width_multiples, 'config.width_multiples')
   seeds = list(range(check_int(config.seeds, 'config.seeds')))
   head_size = check_int(config.head_size, 'config.head_size')
+  fill_noise = config.get('fill_noise', -1.0)
+  fill_noise = None if fill_noise < 0 else float(fill_noise)  # -1: default
   run = ghn_training.build_run(config.ghn_train)
   ghn_dir = config.ghn_workdir or os.path.join(workdir, 'ghn')
   candidates = run.sampler.candidates()
@@ -128,6 +130,7 @@ def run_extrapolation(config, workdir: str) -> dict:
              'trained_depth': trained_depth, 'fills': fills, 'seeds': seeds,
              'num_steps': int(finetune.train.num_steps),
              'split': finetune.eval.split, 'family': run.space.family,
+             'fill_noise': fill_noise,
              'targets': []}
   for m, target in plan:
     report.say(f'=== target {target.name} ({m:g}x width) ===')
@@ -135,7 +138,7 @@ def run_extrapolation(config, workdir: str) -> dict:
     methods = {BASELINE: inits.make('random')}
     for fill in (fills if wider else fills[:1]):
       methods[fill] = inits.make(method_name, ghn_workdir=ghn_dir,
-                                 ghn_fill=fill)
+                                 ghn_fill=fill, ghn_fill_noise=fill_noise)
     ft = copy.deepcopy(finetune)
     ft.arch = arch_spec(target)
     curves = compare.finetune_all(
@@ -152,7 +155,7 @@ def run_extrapolation(config, workdir: str) -> dict:
         'depth': target.depth, 'target_metric': summary['target_metric'],
         'metric': summary['metric'],
         'rows': {k: _row(summary, k) for k in curves}})
-  write_results(results, workdir)
+    write_results(results, workdir)  # after each target: a partial curve
   return results
 
 
