@@ -6,7 +6,9 @@ configs/shakespeare_gpts.py (m = 2), but for 600 steps instead of 1,500 to fit
 a 2-core CPU, on 16 architectures of `gpts-cpu` (depth 2-4, width 32-96).
 Target: GPT-2 depth 6, width 128, 4 heads, untied, 128 tokens (1.3M params).
 Fine-tuning: 150 AdamW steps of 16 x 128 tokens, evaluated every 25 steps on
-32 validation blocks. docs/results.md has the numbers.
+32 validation blocks (the curves, steps to RandInit's final); the test plays
+are read once per run, after the last step, whole (the test column).
+docs/results.md has the numbers.
 
   python -m logah_jax.main --config=configs/compare_gpts.py \
       --workdir=/tmp/compare_gpts
@@ -46,16 +48,18 @@ def get_config(arg: str | None = None):
           'shakespeare', batch_size=16, tokenizer='bytes', block_size=128),
       optim=config_base.optim_section(5e-4, warmup_steps=1 if smoke else 15,
                                       weight_decay=5e-2, clip_norm=1.0),
-      num_steps=steps, eval_split='validation',
+      num_steps=steps, eval_split='validation', test_split='test',
       eval_every_steps=2 if smoke else 25, every_steps=steps)
   ft.eval.batch_size = 16
   ft.eval.max_batches = 2
+  ft.eval.test_max_batches = 1 if smoke else 0  # 0: the whole test split
   ft.log_every_steps = 2 if smoke else 25
   source = copy.deepcopy(ft)
   source.arch = SOURCE
   source.train.num_steps = 4 if smoke else SOURCE_STEPS
   source.checkpoint.every_steps = source.train.num_steps
   source.eval.every_steps = 0
+  source.eval.test_split = ''  # the source is not a result: no test read
   c = config_base.comparison(ghn_train=ghn, finetune=ft, seeds=2 if smoke
                              else 3, source=source,
                              ligo_steps=4 if smoke else 100)

@@ -111,18 +111,23 @@ def add_compute_fields(c: ml_collections.ConfigDict) -> None:
 
 def demo_section(enabled: bool = False, *, num_steps: int = 100,
                  eval_every_steps: int = 25, eval_max_batches: int = 2,
-                 batch_size: int = 64, lr: float = 5e-4,
+                 eval_split: str = 'validation', batch_size: int = 64,
+                 lr: float = 5e-4,
                  warmup_steps: int = 10) -> ml_collections.ConfigDict:
   """After the held-out score: fine-tune it from predicted and random init.
 
-  Same budget and recipe for both (AdamW, cosine, weight decay 0.05, clip 1);
-  evaluated on the held-out split every `eval_every_steps` steps
-  (`eval_max_batches` batches of holdout.batch_size; 0 = all).
+  Same budget and recipe for both (AdamW, cosine, weight decay 0.05, clip 1),
+  trained on the GHN's training split. The curves are evaluated on
+  `eval_split` (a split disjoint from the training split; Fashion-MNIST's
+  'validation' is the last 5,000 training images) every `eval_every_steps`
+  steps (`eval_max_batches` batches of holdout.batch_size; 0 = all); the
+  held-out split (`holdout.split`, e.g. 'test') is read once, after the last
+  step, for the table's final row (`holdout.max_batches` batches).
   """
   return ml_collections.ConfigDict(dict(
       enabled=enabled, num_steps=num_steps, eval_every_steps=eval_every_steps,
-      eval_max_batches=eval_max_batches, batch_size=batch_size, lr=lr,
-      warmup_steps=warmup_steps))
+      eval_max_batches=eval_max_batches, eval_split=eval_split,
+      batch_size=batch_size, lr=lr, warmup_steps=warmup_steps))
 
 
 def parse_arg(arg: str | None, defaults: dict) -> dict:
@@ -151,25 +156,37 @@ def parse_arg(arg: str | None, defaults: dict) -> dict:
   return out
 
 
-def eval_section(*, split: str = 'test', every_steps: int = 100,
-                 batch_size: int = 500, max_batches: int = 0):
-  """Held-out evaluation during fine-tuning (every_steps 0: start and end)."""
+def eval_section(*, split: str = 'validation', every_steps: int = 100,
+                 batch_size: int = 500, max_batches: int = 0,
+                 test_split: str = '', test_max_batches: int = 0):
+  """Evaluation of a fine-tuning run.
+
+  `split` (a validation split) is scored at step 0, every `every_steps`
+  steps (0: only at the start and the end) and at the end, on `max_batches`
+  batches (0 = all): the curves and anything chosen from them. `test_split`
+  ('' = none) is read once, after the last step, on `test_max_batches`
+  batches (0 = all): the final number a table reports.
+  """
   return ml_collections.ConfigDict(dict(
       split=split, every_steps=every_steps, batch_size=batch_size,
-      max_batches=max_batches))
+      max_batches=max_batches, test_split=test_split,
+      test_max_batches=test_max_batches))
 
 
 def finetuning(*, arch: str, data: ml_collections.ConfigDict,
                optim: ml_collections.ConfigDict, num_steps: int,
                init: str = 'random', ghn_workdir: str = '',
-               eval_every_steps: int = 100, eval_split: str = 'test',
+               eval_every_steps: int = 100, eval_split: str = 'validation',
+               test_split: str = '',
                every_steps: int = 500) -> ml_collections.ConfigDict:
   """A complete fine-tuning config (job 'finetune').
 
   `arch` is an architecture string (`arch.parse`: 'gpt2-medium',
   'vit:depth=6,width=96,...'); `init` an init method ('random',
   'orthogonal', 'logah', 'logah-transpose', 'ghn3' with `ghn_workdir`, or
-  'checkpoint:DIR'). `seed` draws the init and the data order.
+  'checkpoint:DIR'). `seed` draws the init and the data order. Curves are
+  evaluated on `eval_split`; `test_split` ('' = none) is read once at the end
+  (`eval_section`).
   """
   c = ml_collections.ConfigDict()
   c.job = 'finetune'
@@ -181,7 +198,8 @@ def finetuning(*, arch: str, data: ml_collections.ConfigDict,
   c.train = ml_collections.ConfigDict(dict(num_steps=num_steps,
                                            label_smoothing=0.0))
   c.optim = optim
-  c.eval = eval_section(split=eval_split, every_steps=eval_every_steps)
+  c.eval = eval_section(split=eval_split, every_steps=eval_every_steps,
+                        test_split=test_split)
   c.mesh = ml_collections.ConfigDict(dict(data=-1))
   c.param_sharding = 'replicate'  # or 'fsdp' for targets too big to copy
   c.fsdp_min_mb = 4.0  # with 'fsdp', leaves smaller than this replicate

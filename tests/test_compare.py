@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from configs_for_tests import finetune_smoke, load_config_file
@@ -28,12 +29,15 @@ def test_summary_steps_to_randinit_final():
   logah = s['methods_summary']['logah']
   assert logah['step0'] == {'mean': pytest.approx(0.3), 'std': 0.0}
   assert logah['final']['mean'] == pytest.approx(0.65)
-  assert logah['final']['std'] == pytest.approx(0.05)
+  assert logah['final']['std'] == pytest.approx(np.std([0.7, 0.6], ddof=1))
   assert logah['steps_to_target'] == [10, 20]
-  assert logah['mean_steps_to_target'] == 15
+  assert logah['median_steps_to_target'] == 15
   assert logah['fraction_of_budget'] == pytest.approx(0.5)
   rand = s['methods_summary']['random']
+  # one of two seeds reached it: the median over both is over budget
   assert rand['steps_to_target'] == [30, None] and rand['reached'] == 1
+  assert rand['median_steps_to_target'] is None
+  assert rand['fraction_of_budget'] is None
   assert s['methods_summary']['bad']['steps_to_target'] == [None, 30]
 
 
@@ -46,17 +50,117 @@ def test_summary_lower_is_better_for_perplexity():
   assert s['higher_is_better'] is False and s['target_metric'] == 20.0
   assert s['methods_summary']['logah']['steps_to_target'] == [0]
   md = compare_report.markdown(s)
-  assert '| logah | 19.00 ± 0.00 | 15.00 ± 0.00 |' in md
+  assert '| logah | 19.00 ± – | 15.00 ± – |' in md  # one seed: no std
+
+
+def _reaching(first_steps, budget=100, every=25):
+  """One eval row per `every` steps; seed k crosses 0.5 (the target) at
+  first_steps[k] (None: never)."""
+  return {k: [{'step': t, 'eval_loss': 1.0, 'eval_accuracy':
+               0.6 if first is not None and t >= first else 0.4}
+              for t in range(0, budget + 1, every)]
+          for k, first in enumerate(first_steps)}
+
+
+@pytest.mark.parametrize('first_steps, median, reached', [
+    ([25, None, None], None, 1),   # 2 of 3 never: the median is over budget
+    ([25, 50, None], 50.0, 2),     # not the mean over reached seeds (37.5)
+    ([None, 25, 75], 75.0, 2),
+    ([0, 100, 50], 50.0, 3),
+    ([None, None, None], None, 0),
+    ([50, None], None, 1),         # even count: (50 + inf) / 2
+    ([25, 75], 50.0, 2),
+])
+def test_steps_to_target_is_the_median_over_all_seeds(first_steps, median,
+                                                      reached):
+  budget = 100
+  random = {0: [{'step': t, 'eval_loss': 1.0, 'eval_accuracy': 0.5 * t / budget}
+                for t in range(0, budget + 1, 25)]}  # final 0.5: the target
+  costs = {m: {'upfront_flops': 7.0, 'upfront': 'x', 'step_flops': 2.0}
+           for m in ('random', 'm')}
+  s = compare_report.summarize({'random': random, 'm': _reaching(first_steps)},
+                               family='vit', num_steps=budget, costs=costs)
+  assert s['target_metric'] == 0.5
+  row = s['methods_summary']['m']
+  assert row['steps_to_target'] == first_steps
+  assert row['reached'] == reached
+  assert row['median_steps_to_target'] == median
+  assert row['fraction_of_budget'] == (None if median is None
+                                       else median / budget)
+  assert row['median_finetune_flops_to_target'] == (
+      None if median is None else 2.0 * median)
+  assert row['median_total_flops_to_target'] == (
+      None if median is None else 7.0 + 2.0 * median)
+  md = compare_report.markdown(s)
+  line = next(l for l in md.splitlines() if l.startswith('| m |'))
+  n = len(first_steps)
+  if median is None:
+    assert f'| not reached ({reached}/{n} reached) | > 1 |' in line
+    assert line.endswith('| 7.00e0 (x) | not reached | not reached |')
+  else:
+    assert f'| {median:.0f} ({reached}/{n} reached) | {median / budget:.2f} |' \
+        in line
+
+
+def test_spreads_are_sample_std_and_undefined_for_one_seed():
+  finals = [0.61, 0.67, 0.73, 0.58]
+  curves = {'random': {k: [{'step': 0, 'eval_accuracy': 0.1, 'eval_loss': 2.0},
+                           {'step': 5, 'eval_accuracy': v, 'eval_loss': 1 - v}]
+                       for k, v in enumerate(finals)},
+            'one': {0: [{'step': 0, 'eval_accuracy': 0.2, 'eval_loss': 2.0},
+                        {'step': 5, 'eval_accuracy': 0.7, 'eval_loss': 0.3}]}}
+  s = compare_report.summarize(curves, family='vit', num_steps=5)
+  rand = s['methods_summary']['random']
+  # the sample std (ddof=1), computed here apart from the module
+  want = np.std(np.array(finals), ddof=1)
+  assert rand['final']['std'] == pytest.approx(want)
+  assert rand['final']['std'] != pytest.approx(np.std(finals))
+  assert rand['final_loss']['std'] == pytest.approx(want)
+  one = s['methods_summary']['one']
+  assert one['final'] == {'mean': pytest.approx(0.7), 'std': None}
+  md = compare_report.markdown(s)
+  assert f'| random | 10.00% ± 0.00 | 64.75% ± {100 * want:.2f} |' in md
+  assert '| one | 20.00% ± – | 70.00% ± – | 0.30 ± – |' in md
+  assert 'sample std (ddof=1)' in md
+
+
+def test_test_column_reads_each_runs_one_test_read():
+  tests = {'random': {0: {'split': 'test', 'loss': 1.0, 'accuracy': 0.5},
+                      1: {'split': 'test', 'loss': 1.2, 'accuracy': 0.4}},
+           'logah': {0: {'split': 'test', 'loss': 0.8, 'accuracy': 0.7},
+                     1: {'split': 'test', 'loss': 0.6, 'accuracy': 0.6}},
+           'bad': {0: None, 1: None}}
+  s = compare_report.summarize(CURVES, family='vit', num_steps=30,
+                               tests=tests)
+  s.update(target='vit-X', data='fashion_mnist', split='validation',
+           seeds=[0, 1])
+  assert s['test_split'] == 'test'
+  logah = s['methods_summary']['logah']
+  assert logah['test'] == {'mean': pytest.approx(0.65),
+                           'std': pytest.approx(np.std([0.7, 0.6], ddof=1))}
+  assert logah['test_loss']['mean'] == pytest.approx(0.7)
+  assert logah['test_seeds'] == 2
+  # the validation numbers are untouched by the test reads
+  plain = compare_report.summarize(CURVES, family='vit', num_steps=30)
+  assert logah['final'] == plain['methods_summary']['logah']['final']
+  md = compare_report.markdown(s)
+  assert 'on fashion_mnist/validation; test: fashion_mnist/test, 2 seeds' in md
+  assert '| test accuracy (mean ± std) | test loss |' in md
+  assert '| 65.00% ± 7.07 | 0.70 ± 0.14 | 15 (2/2 reached) | 0.50 |' in md
+  assert '| bad |' in md and md.count('| - | - |') == 1
+  assert 'test on test, read once after the last step' in md
 
 
 def test_markdown_and_plot(tmp_path):
   s = compare_report.summarize(CURVES, family='vit', num_steps=30)
-  s.update(target='vit-X', data='fashion_mnist', split='test', seeds=[0, 1])
+  s.update(target='vit-X', data='fashion_mnist', split='validation',
+           seeds=[0, 1])
   md = compare_report.markdown(s)
-  assert "steps to RandInit's final accuracy (55.00%)" in md
-  assert '| logah | 30.00% ± 0.00 | 65.00% ± 5.00 |' in md
-  assert '| 15 (2/2 seeds) | 0.50 |' in md
-  assert '| random |' in md and '30 (1/2 seeds)' in md
+  assert "steps to RandInit's final accuracy (55.00%), median" in md
+  assert '| logah | 30.00% ± 0.00 | 65.00% ± 7.07 |' in md
+  assert '| 15 (2/2 reached) | 0.50 |' in md
+  assert '| random |' in md and 'not reached (1/2 reached) | > 1 |' in md
+  assert 'test' not in md.splitlines()[2]  # no test reads: no test column
   path = compare_report.plot(CURVES, s, str(tmp_path / 'c.png'))
   assert os.path.getsize(path) > 10_000
 
@@ -77,12 +181,14 @@ def test_run_compare_writes_tables_and_resumes(tmp_path):
   summary = compare.run_compare(c, str(tmp_path))
   assert summary['methods'] == ['random', 'orthogonal']
   assert summary['seeds'] == [0, 1]
+  assert (summary['split'], summary['test_split']) == ('validation', 'test')
   for name in ('compare.json', 'compare.md', 'compare.png'):
     assert os.path.exists(tmp_path / name)
   assert json.load(open(tmp_path / 'compare.json')) == summary
   for m in ('random', 'orthogonal'):
     row = summary['methods_summary'][m]
     assert row['seeds'] == 2 and row['final']['mean'] is not None
+    assert row['test_seeds'] == 2 and row['test']['mean'] is not None
     for seed in (0, 1):
       evals = tmp_path / 'runs' / m / f'seed{seed}' / 'eval.jsonl'
       assert [json.loads(l)['step'] for l in open(evals)] == [0, 2, 4]

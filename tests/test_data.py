@@ -168,6 +168,44 @@ def test_fashion_mnist_source(fmnist_dir):
   assert (root / 'cache/images/fashion_mnist-train-image.npy').exists()
 
 
+def test_fashion_mnist_train_and_validation_partition_the_train_file(
+    fmnist_dir):
+  """'train' (curves train on it) and 'validation' (curves are read on it)
+  are disjoint: the first and last images of the idx train file, in order.
+  The stand-in holds 30 with 6 for validation; the real set 60,000 with
+  FASHION_MNIST_VALIDATION_SIZE = 5,000 (55,000 / 5,000)."""
+  root, raw = fmnist_dir
+  x, y = raw['train']
+  train = data.get_dataset('fashion_mnist', 'train', data_dir=root)
+  val = data.get_dataset('fashion_mnist', 'validation', data_dir=root)
+  test = data.get_dataset('fashion_mnist', 'test', data_dir=root)
+  assert (len(train), len(val), len(test)) == (24, 6, 10)
+  np.testing.assert_array_equal(train.images[..., 0], x[:24])
+  np.testing.assert_array_equal(val.images[..., 0], x[24:])
+  np.testing.assert_array_equal(np.concatenate([train.labels, val.labels]), y)
+  # disjoint as images, not only as positions (the stand-in has no repeats)
+  seen = {im.tobytes() for im in train.images}
+  assert not any(im.tobytes() in seen for im in val.images)
+  assert builders.FASHION_MNIST_VALIDATION_SIZE == 5000
+  assert not val.info.is_train and not test.info.is_train
+  # a slice of 'train' stays inside it: never the validation images
+  head = data.get_dataset('fashion_mnist', 'train[20:]', data_dir=root)
+  np.testing.assert_array_equal(head.images[..., 0], x[20:24])
+  with pytest.raises(ValueError, match="'validation' = those last images"):
+    data.get_dataset('fashion_mnist', 'train[24:]', data_dir=root)
+
+
+def test_evaluation_never_augments_a_slice_of_train():
+  from logah_jax.train import evaluate  # pylint: disable=g-import-not-at-top
+  src = _image_source(8, split='train[4:]')
+  assert src.info.is_train  # the name alone would let training augment it
+  loader = evaluate.eval_loader(src, 8)
+  assert not loader.augment
+  want = next(data.Loader(_image_source(8, split='validation'), 8,
+                          shuffle=False))['image']
+  np.testing.assert_array_equal(next(loader)['image'], want)
+
+
 def test_prepare_is_idempotent(fmnist_dir):
   root, _ = fmnist_dir
   info = root / 'tfds/fashion_mnist_local/1.0.0/dataset_info.json'

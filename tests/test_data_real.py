@@ -58,6 +58,11 @@ def test_fashion_mnist_real_validation_is_last_5000_of_train():
       DATA_DIR / storage.FASHION_MNIST_SUBDIR, 'train')
   np.testing.assert_array_equal(val.images, raw_x[55000:])
   np.testing.assert_array_equal(val.labels, raw_y[55000:])
+  # disjoint: train is the rest of the file, and no slice of it reaches val
+  np.testing.assert_array_equal(train.images, raw_x[:55000])
+  np.testing.assert_array_equal(train.labels, raw_y[:55000])
+  with pytest.raises(ValueError, match="'validation' = those last images"):
+    data.get_dataset('fashion_mnist', 'train[55000:]')
   np.testing.assert_array_equal(train.labels[:100], raw_y[:100])
 
 

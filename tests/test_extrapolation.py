@@ -92,19 +92,24 @@ def test_widen_normalises_for_the_trained_width_and_repeated_inputs():
       atol=1e-7)
 
 
+@pytest.mark.slow  # opt-in: keeps the default run under 15 minutes
 def test_fills_change_only_targets_wider_than_trained():
   params = ghn.init(CFG, 'vit', seed=0)
   wide, narrow = _targets('vit')
-  base = ghn.predict(CFG, params, narrow)  # fill 'decoder'
+  base = ghn.predict(dataclasses.replace(CFG, fill='decoder'), params,
+                     narrow)
   for fill in ('tile', 'widen'):
     got = ghn.predict(dataclasses.replace(CFG, fill=fill), params, narrow)
     jax.tree.map(np.testing.assert_array_equal, got, base)
+  # A GHN of unknown trained width decodes every row, as 'decoder' does.
   untrained = dataclasses.replace(CFG, trained_width=0, fill='widen')
   jax.tree.map(np.testing.assert_array_equal,
                ghn.predict(untrained, params, wide),
-               ghn.predict(CFG, params, wide))
+               ghn.predict(dataclasses.replace(CFG, fill='decoder'), params,
+                           wide))
 
 
+@pytest.mark.slow  # opt-in: keeps the default run under 15 minutes
 def test_widen_noise_touches_only_the_repeats():
   params = ghn.init(CFG, 'vit', seed=0)
   wide, _ = _targets('vit')
@@ -153,3 +158,27 @@ def test_extrapolation_targets_and_median():
                                (4, 128, 8, 8, 7, 512)]
   assert extrapolation.median_steps([20, None, 40]) == 40
   assert extrapolation.median_steps([20, None, None]) is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', ['extrapolation_vits', 'extrapolation_gpts'])
+def test_extrapolate_job_end_to_end(name, tmp_path):
+  from configs_for_tests import load_config_file  # pylint: disable=g-import-not-at-top
+  from logah_jax import main  # pylint: disable=g-import-not-at-top
+  c = load_config_file(name, 'smoke')
+  with c.unlocked():
+    c.finetune.train.num_steps = 2
+    c.finetune.eval.every_steps = 1
+    c.finetune.checkpoint.every_steps = 2
+  out = main.run(c, str(tmp_path))['extrapolate']
+  trained = out['trained_width']
+  widths = [t['width'] for t in out['targets']]
+  assert widths[0] >= trained and widths[-1] > trained
+  first, last = out['targets'][0]['rows'], out['targets'][-1]['rows']
+  assert set(last) == {'random', 'decoder', 'tile', 'widen'}
+  if widths[0] == trained:  # the fills coincide within the trained width
+    assert first['tile'] == first['decoder'] == first['widen']
+  assert last['widen']['step0'] != last['decoder']['step0']
+  table = (tmp_path / 'extrapolation.md').read_text()
+  assert table.count('\n| ') == len(widths)
+  assert (tmp_path / 'extrapolation.png').stat().st_size > 0

@@ -10,6 +10,7 @@ import pytest
 from configs_for_tests import finetune_smoke
 from logah_jax import arch as arch_lib
 from logah_jax import compiles
+from logah_jax import files
 from logah_jax import data as data_lib
 from logah_jax import inits
 from logah_jax import parallel
@@ -26,21 +27,39 @@ def _losses(workdir):
     return [json.loads(line)['loss'] for line in f]
 
 
-def test_evaluates_init_and_intervals_and_saves(tmp_path):
+def test_evaluates_init_and_intervals_and_saves(tmp_path, monkeypatch):
   c = finetune_smoke()
+  assert (c.data.split, c.eval.split, c.eval.test_split) == (
+      'train', 'validation', 'test')
   result = finetuning.finetune(c, str(tmp_path))
   assert [r['step'] for r in result.evals] == [0, 2, 4, 6]
   arch = arch_lib.parse(c.arch)
   random0 = inits.make('random')(arch, c.seed)
-  # step 0 is the init itself, evaluated before any update
-  want = evaluate.evaluate(arch, random0,
-                           DataSpec.from_config(c.data).source('test'),
+  # step 0 is the init itself, evaluated on validation before any update
+  spec = DataSpec.from_config(c.data)
+  want = evaluate.evaluate(arch, random0, spec.source('validation'),
                            batch_size=50, max_batches=1)
   assert result.evals[0]['eval_loss'] == pytest.approx(want['loss'], rel=1e-6)
   assert 0 <= result.evals[-1]['eval_accuracy'] <= 1
   assert result.step == 6 and len(_losses(tmp_path)) == 3
   assert os.path.exists(tmp_path / 'training_curves.png')
   assert sorted(os.listdir(tmp_path / 'checkpoints'))[:2] == ['4', '6']
+  # the test split: read once, after the last step, with the final params
+  test = evaluate.evaluate(arch, result.params, spec.source('test'),
+                           batch_size=50, max_batches=1)
+  assert result.test['split'] == 'test' and result.test['step'] == 6
+  assert result.test['loss'] == pytest.approx(test['loss'], rel=1e-6)
+  assert result.test['accuracy'] == pytest.approx(test['accuracy'])
+  assert finetuning.read_test(str(tmp_path)) == result.test
+  assert not any('test' in str(r) for r in result.evals)  # not a curve
+  # a completed run reads it back: no evaluation at all this time
+  def no_eval(*args, **kwargs):
+    raise AssertionError('a completed run evaluated again')
+  monkeypatch.setattr(finetuning.eval_lib, 'evaluate', no_eval)
+  again = finetuning.finetune(c, str(tmp_path))
+  assert again.test == result.test and again.evals == result.evals
+  c.eval.test_split = ''  # resumable: it changes only the read after the end
+  assert finetuning.finetune(c, str(tmp_path)).test is None
 
 
 def test_resume_is_bit_identical_and_steady_state_does_not_compile(tmp_path):
@@ -48,7 +67,11 @@ def test_resume_is_bit_identical_and_steady_state_does_not_compile(tmp_path):
   full = finetuning.finetune(c, str(tmp_path / 'full'))
   part = str(tmp_path / 'part')
   finetuning.finetune(c, part, stop_after_steps=4)
-  resumed = finetuning.finetune(c, part)
+  assert finetuning.read_test(part) is None  # only a finished run reads it
+  stale = {'split': 'test', 'step': 6, 'max_batches': 1, 'loss': -1.0}
+  files.write_json(os.path.join(part, finetuning.TEST_FILE), stale)
+  resumed = finetuning.finetune(c, part)  # resumes at 4: drops the stale one
+  assert resumed.test == full.test and resumed.test['loss'] > 0
   for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(resumed.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert [r['step'] for r in resumed.evals] == [0, 2, 4, 6]
@@ -73,6 +96,8 @@ def test_bad_config_fails_before_any_work(tmp_path):
   cases = {
       'arch': ('vit:depth=1,width=32', 'config.arch'),
       'eval.split': ('dev', 'config.eval.split'),
+      'eval.test_split': ('dev', 'config.eval.test_split'),
+      'eval.test_max_batches': (-1, 'config.eval.test_max_batches'),
       'train.num_steps': (0, 'config.train.num_steps'),
       'init.method': ('magic', 'config.init'),
       'param_sharding': ('zero3', 'config.param_sharding'),
@@ -84,6 +109,19 @@ def test_bad_config_fails_before_any_work(tmp_path):
     with pytest.raises(ValueError, match=field.replace('.', r'\.')):
       finetuning.finetune(c, str(tmp_path / key))
     assert not os.path.exists(tmp_path / key / 'checkpoints')
+  for split, field in (('validation', 'config.eval.split'),
+                       ('train', 'config.data.split')):
+    c = finetune_smoke()
+    c.eval.test_split = split  # the test split must be neither
+    with pytest.raises(ValueError, match=f"test_split='{split}' is also "
+                       f"{field.replace('.', '[.]')}"):
+      finetuning.finetune(c, str(tmp_path / split))
+    assert not os.path.exists(tmp_path / split)
+  c = finetune_smoke()
+  c.eval.split = 'train'  # curves on the training data
+  with pytest.raises(ValueError, match=r"eval\.split='train' is also "
+                     r'config\.data\.split'):
+    finetuning.finetune(c, str(tmp_path / 'curves'))
   c = finetune_smoke()
   c.data.batch_size = 6  # the 8 fake devices split the batch
   with pytest.raises(ValueError, match='batch_size=6 is not divisible by the 8'):

@@ -1,6 +1,7 @@
 """GHN training: the step against a monolithic gradient, compile bound, mesh
 equality, resume equality, NaN guard, load, and bad input."""
 
+import dataclasses
 import json
 import os
 
@@ -217,7 +218,13 @@ def test_ghn_load_returns_the_trained_ghn(uninterrupted):
   workdir, result = uninterrupted
   trained = ghn_lib.load(workdir)
   assert trained.step == 6 and trained.family == 'vit'
-  assert trained.cfg == ghn_lib.named('logah-tiny')
+  # The training config, plus the widest architecture of the run's pool.
+  stored = json.load(open(os.path.join(workdir, 'checkpoints',
+                                       'config.json')))
+  assert trained.cfg == dataclasses.replace(
+      ghn_lib.named('logah-tiny'),
+      trained_width=ghn_lib.trained_width(stored))
+  assert trained.cfg.trained_width in (32, 48, 64, 80, 96)
   assert _max_abs_diff(trained.params, result.params) == 0.0
   target = arch_lib.ViTConfig(depth=5, width=96, heads=4, mlp_dim=384,
                               patch=7, image_size=28, channels=1,

@@ -13,8 +13,11 @@ from logah_jax import arch as arch_lib
 from logah_jax import checkpoint
 from logah_jax import main as main_lib
 from logah_jax import models
+from logah_jax.train import demo as demo_lib
+from logah_jax.train import evaluate
 from logah_jax.train import ghn_training
 from logah_jax.train import holdout
+from logah_jax.train.data_spec import DataSpec
 
 import configs_for_tests as cft
 
@@ -123,10 +126,14 @@ def test_main_job_trains_predicts_scores_and_saves(tmp_path):
   assert demo['num_steps'] == 2 and demo['target'] == target.name
   for row in demo['methods_summary'].values():
     assert row['seeds'] == 1 and 0 <= row['final']['mean'] <= 1
-  # step 0 of the fine-tuning is the init itself: the held-out score
+    assert row['test_seeds'] == 1 and 0 <= row['test']['mean'] <= 1
+  # curves on validation, the held-out (test) split read once at the end
+  assert (demo['split'], demo['test_split']) == ('validation', 'test')
+  # step 0 of the fine-tuning is the init itself, on validation
   logah0 = demo['methods_summary']['LoGAH init']['step0']['mean']
-  assert logah0 == pytest.approx(h['results']['LoGAH prediction']['accuracy'],
-                                 abs=1e-6)
+  val = evaluate.evaluate(target, restored, DataSpec.from_config(
+      config.data).source('validation'), batch_size=200, max_batches=1)
+  assert logah0 == pytest.approx(val['accuracy'], abs=1e-6)
   for name in ('compare.md', 'compare.json', 'compare.png'):
     assert os.path.exists(os.path.join(workdir, 'demo', name))
 
@@ -141,7 +148,17 @@ def test_demo_needs_the_holdout(tmp_path):
   config.demo.lr = -1.0
   with pytest.raises(ValueError, match=r'config\.demo: .*lr=-1\.0'):
     main_lib.run(config, str(tmp_path))
+  for split in ('train', 'dev'):  # the curves: never on the training data
+    config = cft.load_config_file('default', 'smoke')
+    config.compilation_cache = 'off'
+    config.demo.eval_split = split
+    with pytest.raises(ValueError, match=f"demo.eval_split='{split}'"):
+      main_lib.run(config, str(tmp_path))
   assert not os.path.exists(os.path.join(tmp_path, 'checkpoints'))
+  # curves on validation, the held-out split read once after the last step
+  ft = demo_lib.demo_config(cft.load_config_file('default', 'smoke'))
+  assert (ft.data.split, ft.eval.split, ft.eval.test_split) == (
+      'train', 'validation', 'test')
 
 
 def _predict_with_loaded_ghn(workdir, target):

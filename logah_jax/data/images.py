@@ -77,7 +77,16 @@ def load_fashion_mnist(split: str, data_dir=None) -> sources.ArraySource:
               f'{builders.FASHION_MNIST_HINT.format(data_dir=data_dir)}.')
     logging.info('Preparing tfds fashion_mnist_local in %s', data_dir)
     prepared = builders.prepare('fashion_mnist_local', data_dir)
-  records = builders.data_source('fashion_mnist_local', split, data_dir)
+  try:
+    records = builders.data_source('fashion_mnist_local', split, data_dir)
+  except ConfigError:
+    raise
+  except ValueError as e:  # tfds: e.g. an empty slice such as 'train[55000:]'
+    raise ConfigError(
+        f'fashion_mnist split {split!r} cannot be read ({e}). Its splits: '
+        "'train' = the idx train file less its last images (55,000 of "
+        "60,000), 'validation' = those last images (5,000), 'test' = the "
+        "t10k file; a slice of 'train' never reaches 'validation'.") from e
   fingerprint = {'source': storage.file_fingerprint(
       prepared / 'dataset_info.json')}
   images, labels = _cached_split(records, 'fashion_mnist', split, data_dir,

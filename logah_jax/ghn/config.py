@@ -66,7 +66,7 @@ class GHNConfig:
   normalize: bool = True
   dtype: str = 'float32'
   trained_width: int = 0
-  fill: str = 'decoder'
+  fill: str = 'widen'
   fill_noise: float = 0.1
 
   def __post_init__(self):

@@ -8,10 +8,13 @@ methods get their source the same way: a small model pretrained once in
 operator, trained once in `<workdir>/ligo`. Every
 (method, seed) run is a resumable fine-tuning run in
 `<workdir>/runs/<method>/seed<k>`, so an interrupted comparison continues
-where it stopped. The result is
-compare.json, compare.md (final metric mean ± std over seeds, the metric at
-step 0, the steps each method needs to reach RandInit's final metric) and
-compare.png (curves with ±1 std bands).
+where it stopped. The curves, step 0, the final metric and the steps to
+RandInit's final are read on the validation split (`finetune.eval.split`);
+the test split (`finetune.eval.test_split`) is read once per run, after its
+last step, and only reported. The result is compare.json, compare.md (final
+validation and test metrics mean ± std over seeds, the metric at step 0, the
+median over seeds of the steps each method needs to reach RandInit's final
+metric: `compare_report`) and compare.png (curves with ±1 std bands).
 """
 
 from __future__ import annotations
@@ -95,6 +98,9 @@ def ligo_config(config):
     c.optim = copy.deepcopy(config.ligo.optim)
     c.checkpoint.every_steps = config.ligo.num_steps
     c.ligo = {k: config.ligo[k] for k in ('init', 'sharing', 'split_noise')}
+    for key in ('test_split', 'test_max_batches'):  # it evaluates nothing:
+      if key in c.eval:  # its config.json stays that of earlier versions
+        del c.eval[key]
   return c
 
 
@@ -223,16 +229,25 @@ def costs(plan: Plan) -> dict:
 
 def finetune_all(methods: dict, seeds, finetune_config, workdir: str,
                  compilation_cache: str = '') -> dict:
-  """Fine-tunes every (method, seed); returns {method: {seed: eval rows}}.
+  """Fine-tunes every (method, seed); returns {method: {seed: eval rows}}."""
+  return finetune_each(methods, seeds, finetune_config, workdir,
+                       compilation_cache)[0]
+
+
+def finetune_each(methods: dict, seeds, finetune_config, workdir: str,
+                  compilation_cache: str = '') -> tuple[dict, dict]:
+  """Fine-tunes every (method, seed): ({method: {seed: eval rows}},
+  {method: {seed: the test read, or None without a test split}}).
 
   `methods` maps a label to an InitMethod; runs go to
-  `<workdir>/runs/<label>/seed<k>` and resume (or are read back) there.
+  `<workdir>/runs/<label>/seed<k>` and resume (or are read back, the test
+  read included) there.
   """
-  curves = {}
+  curves, tests = {}, {}
   for label, method in methods.items():
     report.say(f'=== init {label} ===')
     method.prepare()
-    curves[label] = {}
+    curves[label], tests[label] = {}, {}
     for seed in seeds:
       c = copy.deepcopy(finetune_config)
       with c.unlocked():
@@ -243,7 +258,8 @@ def finetune_all(methods: dict, seeds, finetune_config, workdir: str,
           c, os.path.join(workdir, 'runs', label, f'seed{seed}'),
           init=method, export_params=False)
       curves[label][seed] = result.evals
-  return curves
+      tests[label][seed] = result.test
+  return curves, tests
 
 
 def write_results(curves: dict, summary: dict, workdir: str) -> str:
@@ -276,11 +292,12 @@ def run_compare(config, workdir: str) -> dict:
       init_save.save_init(method, run.arch, 0,
                           os.path.join(workdir, 'inits', name),
                           overwrite=True)
-  curves = finetune_all(methods, seeds, config.finetune, workdir,
-                        config.compilation_cache)
+  curves, tests = finetune_each(methods, seeds, config.finetune, workdir,
+                                config.compilation_cache)
   summary = compare_report.summarize(
       curves, family=run.arch.family, num_steps=run.num_steps,
-      baseline='random', costs=costs(plan))
+      baseline='random', costs=costs(plan),
+      tests=tests if run.eval.test_split else None)
   summary.update(target=run.arch.name, data=config.finetune.data.name,
                  split=config.finetune.eval.split, seeds=seeds,
                  methods=list(methods),

@@ -1,19 +1,31 @@
 """Tables and plots of a comparison (pure functions of the eval rows).
 
+Splits: the eval rows (step 0, the curves, the final metric and the steps to
+the target) come from the validation split, so nothing chosen from them has
+seen the test split; the test split is read once per run, after the last
+step (`finetuning.py`), and only reported: the test columns.
+
+Spreads: "mean ± std" is over seeds with the sample std (ddof=1); with one
+seed the std is undefined, stored as None and printed '–'.
+
 "Steps to reach RandInit's final metric": the target is the mean over seeds
-of RandInit's metric at the end of the budget; for each seed of a method, the
-first evaluated step whose metric is at least as good; the column gives the
-mean over the seeds that reach it, how many did, and that mean as a fraction
-of the budget (RandInit itself needs about the whole budget by definition).
-The resolution is the evaluation interval.
+of RandInit's (validation) metric at the end of the budget; for each seed of
+a method, the steps to the target are the first evaluated step whose metric
+is at least as good, and a seed that never gets there counts as over budget
+(infinity). The column gives the MEDIAN over ALL seeds, so it reads "not
+reached" when half the seeds or more never reach the target (with 3 seeds: 2
+or 3 of them), beside how many seeds reached it; × budget is that median
+divided by the budget (RandInit itself needs about the whole budget by
+definition). The resolution is the evaluation interval.
 
 Equal compute: steps hide the work done before step 0, so a comparison may
 pass `costs` (`flops.py` computes them): each method's upfront FLOPs (GHN
 training, source pretraining; zero for RandInit) and the FLOPs of one
 fine-tuning step. The summary then adds the fine-tuning FLOPs to reach the
-target (steps to target x step FLOPs) and the total (upfront + those); the
-upfront cost is paid once and shared by every target it serves, which the
-table says under it.
+target (steps to target x step FLOPs) and the total (upfront + those),
+medians over all seeds as the steps are (a seed over budget is not reached);
+the upfront cost is paid once and shared by every target it serves, which
+the table says under it.
 """
 
 from __future__ import annotations
@@ -34,10 +46,24 @@ METRICS = {  # family -> (eval row key, label, higher is better)
 
 
 def _stats(values) -> dict:
+  """Mean and sample std (ddof=1) of the values present; the std is None
+  (undefined) with fewer than two, both are None with none."""
   values = [v for v in values if v is not None]
   if not values:
     return {'mean': None, 'std': None}
-  return {'mean': float(np.mean(values)), 'std': float(np.std(values))}
+  std = float(np.std(values, ddof=1)) if len(values) > 1 else None
+  return {'mean': float(np.mean(values)), 'std': std}
+
+
+def median_over_seeds(values) -> float | None:
+  """The median over ALL seeds of per-seed steps (or FLOPs) to the target,
+  a seed that never reaches it (None) counting as over budget (infinity);
+  None when that median is over budget, or there are no seeds."""
+  if not values:
+    return None
+  median = float(np.median([math.inf if v is None else float(v)
+                            for v in values]))
+  return None if math.isinf(median) else median
 
 
 def _at(rows, step, key):
@@ -72,23 +98,22 @@ def _check_costs(costs: dict, methods) -> dict:
   return out
 
 
-def _mean_reached(values):
-  reached = [v for v in values if v is not None]
-  return float(np.mean(reached)) if reached else None
-
-
 def summarize(curves: dict, *, family: str, num_steps: int,
-              baseline: str = 'random', costs: dict | None = None) -> dict:
+              baseline: str = 'random', costs: dict | None = None,
+              tests: dict | None = None) -> dict:
   """curves: {method: {seed: [eval rows]}} -> JSON-able summary.
 
   Args:
-    curves: eval rows per method and seed.
+    curves: validation eval rows per method and seed.
     family: 'vit' or 'gpt2' (which metric, which direction).
     num_steps: the fine-tuning budget.
     baseline: the method whose final metric is the target.
     costs: optional {method: {'upfront_flops', 'upfront' (what the upfront
       cost is and what shares it), 'step_flops' (one fine-tuning step of
       the target)}} for every method; adds FLOPs to each row.
+    tests: optional {method: {seed: test read or None}} (`FinetuneResult.
+      test`: 'split', 'loss' and the metric); adds 'test' and 'test_loss'
+      (mean ± std over the seeds that have one) to each row.
 
   Raises:
     ConfigError: `costs` misses a method or has a bad entry.
@@ -116,30 +141,44 @@ def summarize(curves: dict, *, family: str, num_steps: int,
         hit = [r['step'] for r in sorted(rows, key=lambda r: r['step'])
                if r.get(key) is not None and better(r[key], target)]
         steps.append(hit[0] if hit else None)
-      reached = [s for s in steps if s is not None]
-      row['steps_to_target'] = steps
-      row['reached'] = len(reached)
-      row['mean_steps_to_target'] = (float(np.mean(reached)) if reached
-                                     else None)
-      row['fraction_of_budget'] = (row['mean_steps_to_target'] / num_steps
-                                   if reached else None)
+      row['steps_to_target'] = steps  # None: never reached (over budget)
+      row['reached'] = sum(s is not None for s in steps)
+      median = median_over_seeds(steps)
+      row['median_steps_to_target'] = median
+      row['fraction_of_budget'] = (None if median is None
+                                   else median / num_steps)
+    if tests is not None:
+      _add_tests(row, label, list((tests.get(method) or {}).values()))
     if checked is not None:
       row.update(checked[method])
       if target is not None:
         _add_flops_to_target(row)
     out['methods_summary'][method] = row
+  if tests is not None:
+    splits = sorted({t['split'] for seeds in tests.values()
+                     for t in (seeds or {}).values() if t})
+    out['test_split'] = ', '.join(splits)
   return out
 
 
+def _add_tests(row: dict, label: str, reads: list) -> None:
+  """The test split's one read per seed: mean ± std of metric and loss."""
+  reads = [t for t in reads if t]
+  row['test'] = _stats([t.get(label) for t in reads])
+  row['test_loss'] = _stats([t.get('loss') for t in reads])
+  row['test_seeds'] = len(reads)
+
+
 def _add_flops_to_target(row: dict) -> None:
-  """Per-seed fine-tuning and total FLOPs to the target, and their means."""
+  """Per-seed fine-tuning and total FLOPs to the target, and their medians
+  over all seeds (a seed over budget counts as infinity)."""
   up, step = row['upfront_flops'], row['step_flops']
   finetune = [None if s is None else s * step for s in row['steps_to_target']]
   total = [None if f is None else up + f for f in finetune]
   row['finetune_flops_to_target'] = finetune
-  row['mean_finetune_flops_to_target'] = _mean_reached(finetune)
+  row['median_finetune_flops_to_target'] = median_over_seeds(finetune)
   row['total_flops_to_target'] = total
-  row['mean_total_flops_to_target'] = _mean_reached(total)
+  row['median_total_flops_to_target'] = median_over_seeds(total)
 
 
 def _fmt_flops(value) -> str:
@@ -159,51 +198,86 @@ def _fmt(value, label) -> str:
 
 
 def _pm(stats, label) -> str:
+  """'mean ± std'; the std of one seed is undefined: '–'."""
   if stats['mean'] is None:
     return '-'
+  if stats['std'] is None:
+    return f"{_fmt(stats['mean'], label)} ± –"
   std = stats['std'] * (100 if label == 'accuracy' else 1)
   return f"{_fmt(stats['mean'], label)} ± {std:.2f}"
+
+
+def _reach_cells(row: dict) -> tuple[str, str]:
+  """(steps to the target, × budget) cells: the median over all seeds."""
+  if 'reached' not in row:
+    return '-', '-'
+  seen = f"({row['reached']}/{row['seeds']} reached)"
+  if row['median_steps_to_target'] is None:
+    return f'not reached {seen}', '> 1'
+  return (f"{row['median_steps_to_target']:.0f} {seen}",
+          f"{row['fraction_of_budget']:.2f}")
+
+
+def _flops_to_target(row: dict, key: str) -> str:
+  if 'reached' not in row:
+    return '-'
+  value = row.get(key)
+  return 'not reached' if value is None else _fmt_flops(value)
 
 
 def markdown(summary: dict) -> str:
   label, n = summary['metric'], summary['num_steps']
   target = summary.get('target_metric')
-  lines = []
-  if summary.get('target'):
-    lines += [f"{summary['target']} on {summary.get('data', '')}/"
-              f"{summary.get('split', '')}, {len(summary.get('seeds', []))} "
-              'seeds:', '']
   rows = summary['methods_summary']
   with_costs = any('upfront_flops' in row for row in rows.values())
+  with_tests = any(row.get('test_seeds') for row in rows.values())
+  split, test_split = summary.get('split', ''), summary.get('test_split', '')
+  lines = []
+  if summary.get('target'):
+    where = (f"; test: {summary.get('data', '')}/{test_split}"
+             if with_tests else '')
+    lines += [f"{summary['target']} on {summary.get('data', '')}/{split}"
+              f"{where}, {len(summary.get('seeds', []))} seeds:", '']
   head = (f"| init | {label} at step 0 | final {label} (mean ± std) | "
-          f"final loss | steps to RandInit's final {label} "
-          f"({_fmt(target, label)}) | × budget |")
+          'final loss |')
+  if with_tests:
+    head += f' test {label} (mean ± std) | test loss |'
+  head += (f" steps to RandInit's final {label} ({_fmt(target, label)}), "
+           'median | × budget |')
   if with_costs:
     head += (f" upfront FLOPs | fine-tuning FLOPs to RandInit's final "
-             f"{label} | total FLOPs |")
+             f"{label}, median | total FLOPs, median |")
   lines.append(head)
-  lines.append('|---' * (9 if with_costs else 6) + '|')
+  lines.append('|---' * (6 + 2 * with_tests + 3 * with_costs) + '|')
   for method, row in rows.items():
-    reach = '-'
-    frac = '-'
-    if 'reached' in row:
-      k, total = row['reached'], row['seeds']
-      reach = (f"{row['mean_steps_to_target']:.0f} ({k}/{total} seeds)"
-               if k else f'not reached (0/{total})')
-      frac = (f"{row['fraction_of_budget']:.2f}"
-              if row['fraction_of_budget'] is not None else '-')
+    reach, frac = _reach_cells(row)
     line = (f"| {method} | {_pm(row['step0'], label)} | "
             f"{_pm(row['final'], label)} | "
-            f"{_pm(row['final_loss'], 'loss')} | {reach} | {frac} |")
+            f"{_pm(row['final_loss'], 'loss')} |")
+    if with_tests:
+      line += (f" {_pm(row.get('test', {'mean': None}), label)} | "
+               f"{_pm(row.get('test_loss', {'mean': None}), 'loss')} |")
+    line += f' {reach} | {frac} |'
     if with_costs:
       up = _fmt_flops(row.get('upfront_flops'))
       what = row.get('upfront', '').split(';')[0].strip()
       line += (f" {up}{f' ({what})' if what and what != 'none' else ''} | "
-               f"{_fmt_flops(row.get('mean_finetune_flops_to_target'))} | "
-               f"{_fmt_flops(row.get('mean_total_flops_to_target'))} |")
+               f"{_flops_to_target(row, 'median_finetune_flops_to_target')}"
+               f" | {_flops_to_target(row, 'median_total_flops_to_target')}"
+               ' |')
     lines.append(line)
   lines.append('')
-  lines.append(f'Budget {n} steps; mean ± std over seeds.')
+  lines.append(
+      f'Budget {n} steps. Step 0, final and steps to the target are on the '
+      f"evaluation (validation) split{f' {split}' if split else ''}"
+      + (f'; test on {test_split}, read once after the last step'
+         if with_tests else '') +
+      '. Mean ± sample std (ddof=1) over seeds; – when undefined (one '
+      'seed). Steps to the target: per seed the first evaluated step at '
+      "least as good as RandInit's mean final, a seed that never gets there "
+      'counting as over budget; the median over all seeds (not reached when '
+      'half or more never get there), with how many did; × budget = median '
+      '/ budget.')
   if with_costs:
     by_what = {}
     for m, row in rows.items():
@@ -213,21 +287,24 @@ def markdown(summary: dict) -> str:
                        for what, ms in by_what.items())
     lines.append(
         'FLOPs (2 per multiply-add): fine-tuning = steps to the target x '
-        'FLOPs of one step, total = upfront + fine-tuning, means over the '
-        'seeds that reach the target. Upfront cost is paid once and shared'
+        'FLOPs of one step, total = upfront + fine-tuning, medians over all '
+        'seeds as the steps are. Upfront cost is paid once and shared'
         f"{': ' + shared if shared else ' (none here)'}.")
   return '\n'.join(lines)
 
 
 def _band(seeds: dict, k: str):
-  """(steps, mean, std) over the seeds that logged every step of the first."""
+  """(steps, mean, sample std) over the seeds that logged every step of the
+  first."""
   runs = [sorted(rows, key=lambda r: r['step']) for rows in seeds.values()]
   steps = [r['step'] for r in runs[0]]
   values = np.array([[r[k] for r in rows[:len(steps)]] for rows in runs
                      if len(rows) >= len(steps)], dtype=float)
   if k == 'eval_accuracy':
     values = 100 * values
-  return np.array(steps, dtype=float), values.mean(0), values.std(0)
+  std = (values.std(0, ddof=1) if len(values) > 1
+         else np.full(len(steps), np.nan))  # one seed: no band
+  return np.array(steps, dtype=float), values.mean(0), std
 
 
 def plot(curves: dict, summary: dict, path: str) -> str:

@@ -1,6 +1,13 @@
 """The end of the main job: the held-out target fine-tuned briefly from its
 predicted init and from random init, on the same budget, with a table and a
-plot (the comparison harness on two methods and one seed)."""
+plot (the comparison harness on two methods and one seed).
+
+Both train on the GHN's training split; the curves are read on
+`config.demo.eval_split` (validation) and the held-out split
+(`config.holdout.split`, the test split) once per run after the last step,
+for the table's test column. A demo whose eval_split is the held-out split
+itself (the curves on test) reads no separate test.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +15,12 @@ import os
 
 from logah_jax import arch as arch_lib
 from logah_jax import config_base
+from logah_jax import data as data_lib
 from logah_jax import inits
 from logah_jax.train import compare
 from logah_jax.train import compare_report
 from logah_jax.train import holdout
+from logah_jax.validation import ConfigError
 
 DEMO_DIR = 'demo'
 
@@ -21,17 +30,27 @@ def demo_config(config):
   d = config.demo
   target = holdout.holdout_arch(config)
   data = config.data  # the GHN's training split, without augmentation
+  eval_split = d.get('eval_split', 'validation')
+  splits = data_lib.describe(data.name, data.tokenizer)['splits']
+  if eval_split not in splits or eval_split == data.split:
+    raise ConfigError(
+        f'config.demo.eval_split={eval_split!r} must be a split of '
+        f'{data.name} {splits} other than the training split '
+        f'config.data.split={data.split!r}')
   ft = config_base.finetuning(
       arch=arch_lib.to_spec(target), data=config_base.data_section(
           data.name, batch_size=d.batch_size, split=data.split,
           tokenizer=data.tokenizer, block_size=data.block_size),
       optim=config_base.optim_section(d.lr, warmup_steps=d.warmup_steps,
                                       weight_decay=5e-2, clip_norm=1.0),
-      num_steps=d.num_steps, eval_split=config.holdout.split,
+      num_steps=d.num_steps, eval_split=eval_split,
       eval_every_steps=d.eval_every_steps, every_steps=d.num_steps)
   ft.data.data_dir = config.data.data_dir
   ft.eval.batch_size = config.holdout.batch_size
   ft.eval.max_batches = d.eval_max_batches
+  if config.holdout.split != ft.eval.split:
+    ft.eval.test_split = config.holdout.split
+    ft.eval.test_max_batches = config.holdout.max_batches
   ft.log_every_steps = max(1, d.num_steps // 10)
   return ft
 
@@ -46,14 +65,14 @@ def run_demo(config, workdir: str) -> dict:
   ghn = predicted.describe()['metadata']['generator']['ghn']
   label = 'LoGAH' if ghn['decoder'] == 'lowrank' else 'GHN-3'
   methods = {f'{label} init': predicted, 'random init': inits.make('random')}
-  curves = compare.finetune_all(methods, [config.seed], ft, out,
-                                config.compilation_cache)
+  curves, tests = compare.finetune_each(methods, [config.seed], ft, out,
+                                       config.compilation_cache)
   target = holdout.holdout_arch(config)
-  summary = compare_report.summarize(curves, family=target.family,
-                                     num_steps=ft.train.num_steps,
-                                     baseline='random init')
+  summary = compare_report.summarize(
+      curves, family=target.family, num_steps=ft.train.num_steps,
+      baseline='random init', tests=tests if ft.eval.test_split else None)
   summary.update(target=target.name, data=config.data.name,
-                 split=config.holdout.split, seeds=[config.seed],
+                 split=ft.eval.split, seeds=[config.seed],
                  methods=list(methods))
   compare.write_results(curves, summary, out)
   return summary

@@ -47,6 +47,14 @@ def _pad(batch: dict, size: int):
   return padded, mask
 
 
+def eval_loader(source, batch_size: int) -> data_lib.Loader:
+  """One pass over `source` in order, never augmented: whatever the split is
+  called (a held-out slice such as 'train[50000:]' counts as training data
+  for `SourceInfo.is_train`), evaluation sees the images as stored."""
+  return data_lib.Loader(source, min(batch_size, len(source)), shuffle=False,
+                         drop_remainder=False, num_epochs=1, augment=False)
+
+
 def evaluate(arch, params, source, *, batch_size: int = 500,
              max_batches: int = 0) -> dict[str, float]:
   """Mean loss and accuracy (ViT) or loss and perplexity (GPT-2) of `params`.
@@ -55,8 +63,7 @@ def evaluate(arch, params, source, *, batch_size: int = 500,
     source: a data source (e.g. `data.get_dataset(name, 'test')`).
     max_batches: evaluate only the first this many batches (0 = all).
   """
-  loader = data_lib.Loader(source, min(batch_size, len(source)),
-                           shuffle=False, drop_remainder=False, num_epochs=1)
+  loader = eval_loader(source, batch_size)
   fn = _eval_fn(arch)
   loss = hits = count = 0.0
   for i, batch in enumerate(loader):

@@ -87,10 +87,16 @@ def arch_spec(a: arch_lib.ArchConfig) -> str:
   return f'{a.family}:' + ','.join(f'{k}={v}' for k, v in fields.items())
 
 
-def _row(summary: dict, method: str) -> dict:
+def _row(summary: dict, method: str, seeds: dict) -> dict:
   s = summary['methods_summary'][method]
+  key = compare_report.METRICS[summary['family']][0]
+  at = lambda step, k: [r[k] for rows in seeds.values() for r in rows
+                        if r['step'] == step]
+  loss0, finals = at(0, 'eval_loss'), at(summary['num_steps'], key)
   return {'step0': s['step0']['mean'], 'final': s['final']['mean'],
-          'final_std': s['final']['std'],
+          'step0_loss': float(np.mean(loss0)) if loss0 else None,
+          'final_std': (float(np.std(finals, ddof=1)) if len(finals) > 1
+                        else None),  # sample std over seeds
           'steps_to_target': s.get('steps_to_target'),
           'median_steps': median_steps(s.get('steps_to_target'))}
 
@@ -149,12 +155,13 @@ def run_extrapolation(config, workdir: str) -> dict:
     summary = compare_report.summarize(
         curves, family=target.family, num_steps=results['num_steps'],
         baseline=BASELINE)
+    summary['family'] = target.family
     results['targets'].append({
         'multiple': m, 'ratio': target.width / trained_width,
         'arch': target.name, 'width': target.width,
         'depth': target.depth, 'target_metric': summary['target_metric'],
         'metric': summary['metric'],
-        'rows': {k: _row(summary, k) for k in curves}})
+        'rows': {k: _row(summary, k, curves[k]) for k in curves}})
     write_results(results, workdir)  # after each target: a partial curve
   return results
 
@@ -167,8 +174,8 @@ def markdown(results: dict) -> str:
          f"{results['targets'][0]['depth']}; {len(results['seeds'])} seeds, "
          f"budget {budget} steps, metrics on {results['split']}.", '',
          '| width (x trained) | RandInit final | ' + ' | '.join(
-             f'{f}: step 0 / final / steps to RandInit final' for f in fills)
-         + ' | RandInit step 0 |',
+             f'{f}: step 0 (loss) / final / steps to RandInit final'
+             for f in fills) + ' | RandInit step 0 (loss) |',
          '|---|---|' + '---|' * (len(fills) + 1)]
   for t in results['targets']:
     fmt = _formatter(t['metric'])
@@ -178,12 +185,28 @@ def markdown(results: dict) -> str:
       r = t['rows'][f]
       steps = ('not reached' if r['median_steps'] is None
                else f"{r['median_steps']:.0f}")
-      cells.append(f"{fmt(r['step0'])} / {fmt(r['final'])} / {steps}")
-    out.append(f"| {t['width']} ({t['ratio']:.3g}x) | {fmt(rand['final'])} "
-               f"| " + ' | '.join(cells) + f" | {fmt(rand['step0'])} |")
-  out += ['', 'Steps to RandInit final: the median over all seeds, a seed '
-          'that never reaches it counting as over budget.']
+      cells.append(f"{fmt(r['step0'])} ({_loss(r)}) / {fmt(r['final'])}"
+                   f"{_std(r, t['metric'])} / {steps}")
+    out.append(f"| {t['width']} ({t['ratio']:.3g}x) | {fmt(rand['final'])}"
+               f"{_std(rand, t['metric'])} "
+               f"| " + ' | '.join(cells) +
+               f" | {fmt(rand['step0'])} ({_loss(rand)}) |")
+  out += ['', 'Final: mean ± sample std (ddof=1) over seeds. Steps to '
+          "RandInit final (RandInit's mean final metric): the median over "
+          'all seeds of the first evaluated step at least as good, a seed '
+          'that never gets there counting as over budget.']
   return '\n'.join(out)
+
+
+def _std(row: dict, metric: str) -> str:
+  if row.get('final_std') is None:
+    return ''
+  scale = 100 if metric == 'accuracy' else 1
+  return f" ± {scale * row['final_std']:.{1 if scale == 100 else 2}f}"
+
+
+def _loss(row: dict) -> str:
+  return '-' if row.get('step0_loss') is None else f"{row['step0_loss']:.2f}"
 
 
 def _formatter(metric: str):

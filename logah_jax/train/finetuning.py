@@ -3,9 +3,12 @@
 The same loop as GHN training (`loop.py`): the config is checked before any
 compilation, a workdir of another config is refused, a run resumes bit-exactly
 from its latest checkpoint, a NaN/Inf loss stops the run with the last good
-checkpoint intact. The evaluation split is scored at step 0 (the init
-itself), every `eval.every_steps` and at the end; those rows go to
-eval.jsonl, training rows to metrics.jsonl. A completed run exports its params
+checkpoint intact. The evaluation split (a validation split: the curves and
+anything chosen from them) is scored at step 0 (the init itself), every
+`eval.every_steps` and at the end; those rows go to eval.jsonl, training rows
+to metrics.jsonl. The test split (`eval.test_split`, '' = none) is read once,
+after the last step, into test.json; a completed run called again reads that
+file back instead of evaluating again. A completed run exports its params
 to `final_params` (the layout of a saved init, with the architecture in its
 metadata), so a fine-tuned model can be restored anywhere or grown from.
 """
@@ -13,12 +16,14 @@ metadata), so a fine-tuned model can be restored anywhere or grown from.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import jax
 
 from logah_jax import arch as arch_lib
 from logah_jax import checkpoint as ckpt_lib
+from logah_jax import files
 from logah_jax import inits
 from logah_jax import parallel
 from logah_jax.train import evaluate as eval_lib
@@ -30,8 +35,11 @@ from logah_jax.validation import ConfigError, check_int
 
 RESUMABLE_KEYS = (*ckpt_lib.DEFAULT_IGNORE_KEYS, 'compilation_cache',
                   'checkpoint.async_save', 'job', 'fsdp_min_mb',
-                  'compute_dtype', 'remat')
+                  'compute_dtype', 'remat',
+                  # read after the last step: they never change the training
+                  'eval.test_split', 'eval.test_max_batches')
 EVAL_FILE = 'eval.jsonl'
+TEST_FILE = 'test.json'  # the one read of the test split, after the last step
 FINAL_PARAMS = 'final_params'  # a completed run's params (save_params layout)
 CURVES = ('loss', 'acc', 'eval_loss', 'eval_accuracy', 'eval_perplexity', 'lr')
 
@@ -44,6 +52,8 @@ class EvalOptions:
   every_steps: int    # 0: only at the start and the end
   batch_size: int
   max_batches: int    # 0: the whole split
+  test_split: str = ''      # '' = no test read
+  test_max_batches: int = 0  # 0: the whole test split
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -71,6 +81,10 @@ class FinetuneResult:
   last: dict           # metrics of the last logged interval
   compiles: int        # XLA compilations during this call
   seconds: float
+  # The test split's one read after the last step ({'split', 'step',
+  # 'max_batches', 'loss', 'accuracy' or 'perplexity', ...}); None when the
+  # run has no test split or has not reached its last step.
+  test: dict | None = None
 
 
 def target_arch(config) -> arch_lib.ArchConfig:
@@ -101,13 +115,7 @@ def build_run(config, init: inits.InitMethod | None = None) -> FinetuneRun:
                                              'config.train.num_steps'))
   data = settings['data']
   check_data_matches(arch, data, prefix='config.arch')
-  ev = config.eval
-  data.check_split(ev.split, 'config.eval.split')
-  evaluation = EvalOptions(
-      split=ev.split,
-      every_steps=check_int(ev.every_steps, 'config.eval.every_steps', 0),
-      batch_size=check_int(ev.batch_size, 'config.eval.batch_size'),
-      max_batches=check_int(ev.max_batches, 'config.eval.max_batches', 0))
+  evaluation = eval_options(config.eval, data)
   if config.param_sharding not in parallel.RULES:
     raise ConfigError(f'config.param_sharding={config.param_sharding!r} must '
                       f'be one of {parallel.RULES}')
@@ -121,6 +129,37 @@ def build_run(config, init: inits.InitMethod | None = None) -> FinetuneRun:
                      eval=evaluation, param_sharding=config.param_sharding,
                      fsdp_min_mb=float(fsdp_min_mb),
                      **settings)
+
+
+def eval_options(ev, data) -> EvalOptions:
+  """The checked `config.eval` section: the evaluation split must differ from
+  the training split, the test split (read once, for the final number) from
+  both."""
+  data.check_split(ev.split, 'config.eval.split')
+  if ev.split == data.split:
+    raise ConfigError(f'config.eval.split={ev.split!r} is also '
+                      'config.data.split: the curves would be read on the '
+                      'training data; use a validation split')
+  test_split = ev.get('test_split', '')
+  if not isinstance(test_split, str):
+    raise ConfigError(f'config.eval.test_split={test_split!r} must be a '
+                      "split name or '' (none)")
+  if test_split:
+    data.check_split(test_split, 'config.eval.test_split')
+    for other, field in ((ev.split, 'config.eval.split'),
+                         (data.split, 'config.data.split')):
+      if test_split == other:
+        raise ConfigError(
+            f'config.eval.test_split={test_split!r} is also {field}: the '
+            "test split is read once at the end; use another split or ''")
+  return EvalOptions(
+      split=ev.split,
+      every_steps=check_int(ev.every_steps, 'config.eval.every_steps', 0),
+      batch_size=check_int(ev.batch_size, 'config.eval.batch_size'),
+      max_batches=check_int(ev.max_batches, 'config.eval.max_batches', 0),
+      test_split=test_split,
+      test_max_batches=check_int(ev.get('test_max_batches', 0),
+                                 'config.eval.test_max_batches', 0))
 
 
 def finetune(config, workdir: str, *, init: inits.InitMethod | None = None,
@@ -167,12 +206,16 @@ def train(run: FinetuneRun, workdir: str, *,
                            f'init {run.init.name}'),
         f'{run.data.name}: batch {run.data.batch_size}, {run.num_steps} '
         f'steps, {run.optimizer}; eval on {run.eval.split} every '
-        f'{run.eval.every_steps or "-"} steps', run.compute.describe(),
+        f'{run.eval.every_steps or "-"} steps' + (
+            f'; {run.eval.test_split} read once after the last step'
+            if run.eval.test_split else ''), run.compute.describe(),
         f'resuming at step {start}' if start else 'starting at step 0')
     # A fresh run drops every old eval row (an attempt that died before its
     # first checkpoint may have written the step-0 row already).
     eval_log = report.MetricsLog(workdir, resume_step=start if start else -1,
                                  name=EVAL_FILE)
+    if start < run.num_steps:  # a test read belongs to a finished run only
+      _drop_test(workdir)
 
     def evaluate(done, params):
       row = eval_lib.evaluate(run.arch, params, eval_source,
@@ -212,14 +255,64 @@ def train(run: FinetuneRun, workdir: str, *,
                   'steps': run.num_steps, 'data': run.data.name,
                   'batch_size': run.data.batch_size,
                   'block_size': run.data.block_size, 'seed': run.seed})
+  test = None
+  if run.eval.test_split and end == run.num_steps:
+    test = _test_once(run, workdir, state.params)
   evals = report.read_metrics(os.path.join(workdir, EVAL_FILE))
   return FinetuneResult(step=end, params=state.params, evals=evals,
                         last=last, compiles=clock.compiles().count,
-                        seconds=clock.seconds())
+                        seconds=clock.seconds(), test=test)
+
+
+def read_test(workdir: str) -> dict | None:
+  """The run's stored test read (test.json), or None."""
+  path = os.path.join(workdir, TEST_FILE)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      stored = json.load(f)
+  except ValueError:
+    return None  # written atomically, so damaged from outside: read again
+  return stored if isinstance(stored, dict) else None
+
+
+def _drop_test(workdir: str) -> None:
+  if parallel.is_main_process() and os.path.exists(
+      os.path.join(workdir, TEST_FILE)):
+    os.remove(os.path.join(workdir, TEST_FILE))
+
+
+def _test_once(run: FinetuneRun, workdir: str, params) -> dict:
+  """The test split scored once with the final params, or read back from
+  test.json when this finished run already scored the same split."""
+  ev = run.eval
+  stored = read_test(workdir)
+  if stored and (stored.get('split'), stored.get('max_batches'),
+                 stored.get('step')) == (ev.test_split, ev.test_max_batches,
+                                         run.num_steps):
+    return stored
+  row = eval_lib.evaluate(run.arch, params, run.data.source(ev.test_split),
+                          batch_size=ev.batch_size,
+                          max_batches=ev.test_max_batches)
+  test = {'split': ev.test_split, 'step': run.num_steps,
+          'max_batches': ev.test_max_batches, **row}
+  if parallel.is_main_process():
+    files.write_json(os.path.join(workdir, TEST_FILE), test, indent=2,
+                     sort_keys=True)
+  report.say(f'test split {ev.test_split}, read once after step '
+             f'{run.num_steps}: {_scores(row)}')
+  return test
 
 
 def _eval_line(row: dict) -> str:
-  metric = ('accuracy', 100 * row['eval_accuracy'], '%') if (
-      'eval_accuracy' in row) else ('perplexity', row['eval_perplexity'], '')
-  return (f'step {row["step"]}: eval loss {row["eval_loss"]:.4f}, '
-          f'{metric[0]} {metric[1]:.2f}{metric[2]}')
+  return f'step {row["step"]}: eval ' + _scores(
+      {k[len('eval_'):]: v for k, v in row.items() if k.startswith('eval_')})
+
+
+def _scores(row: dict) -> str:
+  """'loss 0.4321, accuracy 85.00%' (or perplexity) of an evaluate() row."""
+  metric = ('accuracy', 100 * row['accuracy'], '%') if (
+      'accuracy' in row) else ('perplexity', row['perplexity'], '')
+  return (f'loss {row["loss"]:.4f}, {metric[0]} '
+          f'{metric[1]:.2f}{metric[2]}')
