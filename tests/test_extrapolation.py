@@ -3,12 +3,10 @@
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from logah_jax import arch, ghn, models
-from logah_jax.ghn import plan as plan_lib
 from logah_jax.train import extrapolation
 
 # A small untrained GHN said to have trained up to width 32: whether the
@@ -150,14 +148,12 @@ def test_bad_fill_names_the_field():
     dataclasses.replace(CFG, fill_noise=-1.0)
 
 
-def test_extrapolation_targets_and_median():
+def test_extrapolation_targets():
   space = arch.make_space('vits-cpu')
   got = extrapolation.targets(space, 32, 4, [1, 1.5, 4], 2.0, 16, patch=7)
   assert [(m, a.width, a.heads, a.depth, a.patch, a.mlp_dim)
           for m, a in got] == [(1, 32, 2, 8, 7, 128), (1.5, 48, 3, 8, 7, 192),
                                (4, 128, 8, 8, 7, 512)]
-  assert extrapolation.median_steps([20, None, 40]) == 40
-  assert extrapolation.median_steps([20, None, None]) is None
 
 
 @pytest.mark.slow

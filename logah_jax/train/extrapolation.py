@@ -98,16 +98,8 @@ def _row(summary: dict, method: str, seeds: dict) -> dict:
           'final_std': (float(np.std(finals, ddof=1)) if len(finals) > 1
                         else None),  # sample std over seeds
           'steps_to_target': s.get('steps_to_target'),
-          'median_steps': median_steps(s.get('steps_to_target'))}
-
-
-def median_steps(steps) -> float | None:
-  """Median over all seeds of the steps to the target, a seed that never
-  reaches it counting as over budget; None when the median is over it."""
-  if not steps:
-    return None
-  value = float(np.median([np.inf if s is None else s for s in steps]))
-  return None if np.isinf(value) else value
+          'median_steps': compare_report.median_over_seeds(
+              s.get('steps_to_target'))}
 
 
 def run_extrapolation(config, workdir: str) -> dict:
