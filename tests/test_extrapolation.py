@@ -176,5 +176,5 @@ def test_extrapolate_job_end_to_end(name, tmp_path):
     assert first['tile'] == first['decoder'] == first['widen']
   assert last['widen']['step0'] != last['decoder']['step0']
   table = (tmp_path / 'extrapolation.md').read_text()
-  assert table.count('\n| ') == len(widths)
+  assert table.count('\n| ') == len(widths) + 1  # and the header
   assert (tmp_path / 'extrapolation.png').stat().st_size > 0
