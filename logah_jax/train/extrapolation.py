@@ -15,7 +15,6 @@ against m). docs/extrapolation.md explains the fills and the findings.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 
 from matplotlib.figure import Figure
@@ -81,12 +80,6 @@ def targets(space: arch_lib.Space, trained_width: int, trained_depth: int,
   return out
 
 
-def arch_spec(a: arch_lib.ArchConfig) -> str:
-  """The `arch.parse` string of `a`."""
-  fields = dataclasses.asdict(a)
-  return f'{a.family}:' + ','.join(f'{k}={v}' for k, v in fields.items())
-
-
 def _row(summary: dict, method: str, seeds: dict) -> dict:
   s = summary['methods_summary'][method]
   key = compare_report.METRICS[summary['family']][0]
@@ -138,7 +131,7 @@ def run_extrapolation(config, workdir: str) -> dict:
       methods[fill] = inits.make(method_name, ghn_workdir=ghn_dir,
                                  ghn_fill=fill, ghn_fill_noise=fill_noise)
     ft = copy.deepcopy(finetune)
-    ft.arch = arch_spec(target)
+    ft.arch = arch_lib.to_spec(target)
     curves = compare.finetune_all(
         methods, seeds, ft, os.path.join(workdir, 'targets', target.name),
         config.compilation_cache)
