@@ -597,3 +597,23 @@ def test_loader_text_batches():
   assert batch.shape == (3, 8) and batch.dtype == np.int32
   np.testing.assert_array_equal(np.diff(batch, axis=1), 1)  # contiguous
   assert (batch[:, 0] % 7 == 0).all()  # window starts on block boundaries
+
+
+def test_training_imports_no_tensorflow_datasets():
+  """Accelerator images often lack tfds: only preparing or reading needs it."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  code = ('import sys\n'
+          'import logah_jax.main, logah_jax.data, logah_jax.train.loop\n'
+          'import logah_jax.train.ghn_training, logah_jax.train.finetuning\n'
+          "print('tensorflow_datasets' in sys.modules)\n")
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                       text=True, check=True,
+                       cwd=pathlib.Path(__file__).resolve().parents[1])
+  assert out.stdout.strip() == 'False', out.stderr
+
+
+def test_builder_versions_match_the_builders():
+  from logah_jax.data import tfds_builders  # pylint: disable=g-import-not-at-top
+  for name, cls in tfds_builders.BUILDERS.items():
+    assert str(cls.VERSION) == builders.BUILDER_VERSIONS[name]

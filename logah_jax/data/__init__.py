@@ -4,7 +4,8 @@
   for batch in Loader(src, 128, seed=0, augment=True): ...
   tok = get_tokenizer('gpt2')                           # offline GPT-2 BPE
 
-Modules: setup (fetch + prepare), builders (tfds builders), tokenizer, text
+Modules: setup (fetch + prepare), builders (raw readers, splits; tfds only
+when preparing or reading), tfds_builders, tokenizer, text
 (token streams), images (image sources), sources (specs, source classes),
 augment, loader, storage (paths, cache), datasets (get_dataset).
 """

