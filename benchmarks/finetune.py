@@ -120,7 +120,8 @@ def per_token_formula_flops(arch, seq_len: int) -> float:
 
 
 def run_one(name: str, dtype_arg: str, batch_size: int, seq_len: int,
-            remat: bool, steps: int, warmup: int, peak_arg) -> dict:
+            remat: bool, steps: int, warmup: int, peak_arg,
+            profile_dir=None) -> dict:
   """One (target, dtype) in this process; returns the result row."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -178,6 +179,11 @@ def run_one(name: str, dtype_arg: str, batch_size: int, seq_len: int,
     state, metrics = stepper(state, batch)
   jax.block_until_ready((state, metrics))
   back_to_back = (time.perf_counter() - t0) / steps
+  if profile_dir:  # a device trace of 3 back-to-back steps (op_profile.py)
+    with jax.profiler.trace(profile_dir):
+      for _ in range(3):
+        state, metrics = stepper(state, batch)
+      jax.block_until_ready((state, metrics))
   loss = float(metrics['loss'])
   recompiled = (compiles.snapshot() - before).count - compiled.count
 
@@ -282,16 +288,24 @@ def main():
                  help='peak for MFU, every dtype (default: PEAK_TFLOPS of '
                  'the detected device in the step dtype)')
   p.add_argument('--json-out', help='also write all results to this file')
+  p.add_argument('--profile-dir', help='also write a profiler trace of 3 '
+                 'steps per run under DIR/TARGET-DTYPE (read it with '
+                 'benchmarks/op_profile.py)')
   p.add_argument('--timeout', type=float, default=None,
                  help='seconds per (target, dtype) process')
   p.add_argument('--one', nargs=3, metavar=('TARGET', 'DTYPE', 'BATCH'),
                  help=argparse.SUPPRESS)
   args = p.parse_args()
   if args.one:
+    from logah_jax import runtime  # pylint: disable=g-import-not-at-top
+    runtime.set_xla_flag_defaults()  # as the entry point sets them
     name, dtype, batch = args.one
     try:
+      profile = (os.path.join(args.profile_dir,
+                              f"{name.replace('/', '_')}-{dtype}")
+                 if args.profile_dir else None)
       row = run_one(name, dtype, int(batch), args.seq_len, args.remat,
-                    args.steps, args.warmup, args.peak_tflops)
+                    args.steps, args.warmup, args.peak_tflops, profile)
     except Exception as e:  # pylint: disable=broad-except
       row = {'target': name, 'dtype': dtype, 'batch': int(batch),
              'error': (f'{type(e).__name__}: {str(e).splitlines()[0][:300]}'
@@ -315,6 +329,8 @@ def main():
         cmd.append('--remat')
       if args.peak_tflops:
         cmd += ['--peak-tflops', str(args.peak_tflops)]
+      if args.profile_dir:
+        cmd += ['--profile-dir', args.profile_dir]
       try:
         out = subprocess.run(cmd, capture_output=True, text=True, env=env,
                              check=False, timeout=args.timeout)

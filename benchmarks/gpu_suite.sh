@@ -1,21 +1,30 @@
 #!/usr/bin/env bash
 # The accelerator figures of docs/performance.md in one run (about 8 minutes
-# on one H100/H200): fine-tuning throughput and MFU, a cold GPT-2-Large
-# prediction, and GHN training's compile time per new architecture.
+# on one H100/H200): fine-tuning throughput and MFU (GPT-2-M with a profiler
+# trace, ViT-B/16, GPT-2-L), GHN training's compile time per new
+# architecture, and a cold GPT-2-Large prediction. Each part has its own time
+# limit, so a slow one costs its row, not the rest.
 #   bash benchmarks/gpu_suite.sh [OUTPUT_DIR]
 set -u
 out=${1:-${OUT:-/tmp/logah_gpu_suite}}
 mkdir -p "$out"
 py=${PYTHON:-python3}
-export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}.
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}. PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv 2>/dev/null
 $py -c "import jax; print('jax', jax.__version__, jax.devices())"
-run() { local limit=$1; shift; echo "== $*"; timeout "$limit" "$py" "$@" || echo "== exit $? (limit ${limit}s): $*"; }
-run 150 benchmarks/finetune.py --targets gpt2-medium gpt2-small --dtype bfloat16 \
-    --batch gpt2-medium=8 gpt2-small=16 --json-out "$out/finetune_bf16.json"
+run() { local limit=$1; shift; echo "== $* ($(date +%T))"; timeout "$limit" "$py" "$@" || echo "== exit $? (limit ${limit}s): $*"; }
+prof=/tmp/logah_gpu_profile
+run 100 benchmarks/finetune.py --targets gpt2-medium --dtype bfloat16 \
+    --batch gpt2-medium=8 --profile-dir "$prof" --json-out "$out/finetune_m.json"
+run 90 benchmarks/finetune.py --targets vit-b/16 --dtype bfloat16 \
+    --batch vit-b/16=64 --json-out "$out/finetune_vit.json"
+run 170 benchmarks/finetune.py --targets gpt2-large --dtype bfloat16 \
+    --batch gpt2-large=8 --json-out "$out/finetune_l.json"
+run 150 benchmarks/train_ghn.py --child gpt-m2 > "$out/train_ghn.txt"
+cat "$out/train_ghn.txt"
 run 50 benchmarks/predict.py --targets gpt2-large-untied --repeats 2
-run 80 benchmarks/finetune.py --targets gpt2-medium --dtype float32 \
-    --batch gpt2-medium=8 --json-out "$out/finetune_fp32.json"
-run 110 benchmarks/finetune.py --targets gpt2-large vit-b/16 --dtype bfloat16 \
-    --batch gpt2-large=8 vit-b/16=64 --json-out "$out/finetune_large.json"
-run 120 benchmarks/train_ghn.py --runs gpt-m2
+$py benchmarks/op_profile.py "$prof" --top 30 | tee "$out/op_profile.md"
+for f in $(find "$prof" -name '*.trace.json.gz' | head -2); do
+  cp "$f" "$out/$(basename "$(dirname "$(dirname "$(dirname "$(dirname "$f")")")")").trace.json.gz"
+done
+ls -la "$out"

@@ -81,6 +81,8 @@ def main():
   parser.add_argument('--one', help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.one:
+    from logah_jax import runtime  # pylint: disable=g-import-not-at-top
+    runtime.set_xla_flag_defaults()  # as the entry point sets them
     print(json.dumps(run_one(args.one, args.ghn, args.repeats)))
     return
   rows = []

@@ -181,6 +181,9 @@ def run_one(run: str, ghn_name: str) -> dict:
     state, metrics = step(state, archs, batch)
     loop.host_metrics(metrics)
     first_times.append(time.perf_counter() - t0)
+    print(f'first pass step {len(first_times)}/{len(steps)}: '
+          f'{new_archs[-1]} new, {first_times[-1]:.1f} s', file=sys.stderr,
+          flush=True)
   first_pass = sum(first_times)
   compiled = compiles.snapshot() - before
   per_arch = arch_compiles.seconds()
@@ -226,6 +229,8 @@ def main():
   p.add_argument('--child', help=argparse.SUPPRESS)
   args = p.parse_args()
   if args.child:
+    from logah_jax import runtime  # pylint: disable=g-import-not-at-top
+    runtime.set_xla_flag_defaults()  # as the entry point sets them
     print('RESULT ' + json.dumps(run_one(args.child, args.ghn)), flush=True)
     return
   rows = []

@@ -176,6 +176,7 @@ def _interrupt(signum, frame):
 
 
 def main(argv):
+  runtime.set_xla_flag_defaults()  # before anything starts a JAX backend
   if len(argv) > 1:
     _fail(f'unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:  # orbax logs every file at INFO
