@@ -214,6 +214,7 @@ def test_run_writes_metrics_plot_and_config(uninterrupted):
   assert result.traces['body'] >= 1
 
 
+@pytest.mark.slow  # ghn.load also runs in the main job's test
 def test_ghn_load_returns_the_trained_ghn(uninterrupted):
   workdir, result = uninterrupted
   trained = ghn_lib.load(workdir)

@@ -65,7 +65,8 @@ def test_net2net_preserves_the_function_width_and_depth(pair, split_noise):
   assert growth.FUNCTION_PRESERVING['net2net']
 
 
-@pytest.mark.parametrize('pair', ['vit', 'gpt2-untied'])
+@pytest.mark.parametrize('pair', [pytest.param('vit', marks=pytest.mark.slow),
+                                  'gpt2-untied'])
 def test_bert2bert_fpi_preserves_the_function_when_only_width_grows(pair):
   small, large = PAIRS[pair]
   large = arch.configs.replace_fields(large, depth=small.depth)
