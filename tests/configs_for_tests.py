@@ -18,11 +18,12 @@ def load_config_file(name: str, arg: str | None = None):
 
 
 def smoke():
-  """configs/default.py:smoke on 4 one-block ViTs, m=2, batch 8, no holdout."""
+  """configs/default.py:smoke on 2 one-block ViTs (widths 32, 48), m=2,
+  batch 8, no holdout: each distinct architecture costs a compilation."""
   c = load_config_file('default', 'smoke')
   c.space.width_rules = ((1, 1, 32, 48, 16),)
   c.space.heads = '4'
-  c.space.patches = (4, 7)
+  c.space.patches = (7,)
   c.train.m = 2
   c.train.pool_size = 4
   c.data.batch_size = 8
@@ -30,6 +31,22 @@ def smoke():
   c.demo.enabled = False
   c.compilation_cache = 'off'
   return c
+
+
+def save_untrained_ghn(path, config, step: int, ghn_overrides=None,
+                       family: str = 'vit'):
+  """An untrained GHN of `config`, saved where and how GHN training saves it
+  (checkpoints/config.json with the run's config, a step holding
+  {'params': ...}): for tests of what reads a run, without training one."""
+  from logah_jax import checkpoint, ghn  # pylint: disable=g-import-not-at-top
+  if ghn_overrides:
+    config.ghn.update(ghn_overrides)
+  cfg = ghn.from_dict(config.ghn.to_dict())
+  with checkpoint.CheckpointManager(
+      os.path.join(path, 'checkpoints'), async_save=False,
+      config=config.to_dict()) as mngr:
+    mngr.save(step, {'params': ghn.init(cfg, family, 0)},
+              extra={'step': step}, force=True)
 
 
 def optim_section():

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs_for_tests import ROOT, load_config_file, smoke
+from configs_for_tests import ROOT, load_config_file, save_untrained_ghn, smoke
 from logah_jax import arch as arch_lib
 from logah_jax import checkpoint
 from logah_jax import ghn as ghn_lib
@@ -19,7 +19,6 @@ from logah_jax import inits
 from logah_jax import main as main_lib
 from logah_jax import models
 from logah_jax.train import compare
-from logah_jax.train import ghn_training
 
 TARGET = ('vit:depth=3,width=64,heads=4,patch=7,image_size=28,channels=1,'
           'num_classes=10')
@@ -27,11 +26,8 @@ TARGET = ('vit:depth=3,width=64,heads=4,patch=7,image_size=28,channels=1,'
 
 @pytest.fixture(scope='module')
 def ghn_workdir(tmp_path_factory):
-  c = smoke()
-  c.train.num_steps = 2
-  c.optim.warmup_steps = 1
   workdir = str(tmp_path_factory.mktemp('ghn'))
-  ghn_training.train_ghn(c, workdir)
+  save_untrained_ghn(workdir, smoke(), 2)  # reading a run needs no training
   return workdir
 
 
