@@ -178,3 +178,14 @@ def test_extrapolate_job_end_to_end(name, tmp_path):
   table = (tmp_path / 'extrapolation.md').read_text()
   assert table.count('\n| ') == len(widths) + 1  # and the header
   assert (tmp_path / 'extrapolation.png').stat().st_size > 0
+
+
+def test_main_ghn_variant_trains_the_main_jobs_ghn():
+  """':main_ghn' reuses the main job's workdir: its GHN run must be that job's
+  (the checkpoint manager refuses a workdir of another config)."""
+  from configs_for_tests import load_config_file  # pylint: disable=g-import-not-at-top
+  c = load_config_file('extrapolation_vits', 'main_ghn')
+  main_job = load_config_file('default').to_dict()
+  main_job['holdout']['enabled'] = main_job['demo']['enabled'] = False
+  assert c.ghn_train.to_dict() == main_job
+  assert (c.width_multiples, c.depth_multiple, c.seeds) == ('2', 2.0, 3)
