@@ -121,7 +121,10 @@ def run(config, workdir: str) -> dict:
 
 def _fail(message: str) -> None:
   """One line on stderr, exit code 2: what the user must change."""
-  print(f'error: {message}', file=sys.stderr, flush=True)
+  # One write, newline included: print() writes the text and the newline
+  # separately, and orbax's logging threads can write in between.
+  sys.stderr.write(f'error: {message}\n')
+  sys.stderr.flush()
   sys.exit(2)
 
 
