@@ -179,7 +179,6 @@ def _interrupt(signum, frame):
 
 
 def main(argv):
-  runtime.set_xla_flag_defaults()  # before anything starts a JAX backend
   if len(argv) > 1:
     _fail(f'unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:  # orbax logs every file at INFO
@@ -206,6 +205,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  runtime.set_xla_flag_defaults()  # before the config or anything starts JAX
   try:
     app.run(main, flags_parser=parse_flags)
   except SystemExit as exit_:
