@@ -58,18 +58,27 @@ def _outputs(target, params):
   return np.asarray(model.apply({'params': params}, x))
 
 
-@pytest.mark.parametrize('family', [
-    'vit', pytest.param('gpt2', marks=pytest.mark.slow)])
-def test_widen_without_noise_computes_the_trained_width_model(family):
+# GHN-3's full-rank decoder writes blocks of at most hid x hid (16 here),
+# tiled up to the trained width before the fill widens them.
+CFG3 = dataclasses.replace(CFG, decoder='fullrank', rank=0, hid=16,
+                           max_shape=(16, 16, 16, 16))
+
+
+@pytest.mark.parametrize('family,cfg', [
+    ('vit', CFG), pytest.param('gpt2', CFG, marks=pytest.mark.slow),
+    ('vit', CFG3)], ids=['vit', 'gpt2', 'vit-fullrank'])
+def test_widen_without_noise_computes_the_trained_width_model(family, cfg):
   wide, narrow = _targets(family)
-  params = ghn.init(CFG, family, seed=0)
-  cfg = dataclasses.replace(CFG, fill='widen', fill_noise=0.0)
-  pred = ghn.predict(cfg, params, wide)
+  params = ghn.init(cfg, family, seed=0)
+  pred = ghn.predict(dataclasses.replace(cfg, fill='widen', fill_noise=0.0),
+                     params, wide)
   small = _narrow(pred, models.abstract_params(narrow))
   np.testing.assert_allclose(_outputs(wide, pred), _outputs(narrow, small),
                              rtol=2e-4, atol=2e-5)
+  if cfg.decoder == 'fullrank':
+    return  # 16-wide blocks tile q, k and v alike: 'tile' is 'widen' here
   # Plain tiling repeats q, k, v as one block: not the same function.
-  tiled = ghn.predict(dataclasses.replace(CFG, fill='tile'), params, wide)
+  tiled = ghn.predict(dataclasses.replace(cfg, fill='tile'), params, wide)
   small = _narrow(tiled, models.abstract_params(narrow))
   assert not np.allclose(_outputs(wide, tiled), _outputs(narrow, small),
                          rtol=1e-2)

@@ -88,7 +88,9 @@ def _fit(x, axis: int, size: int, sp: SlotPlan):
   if not sp.widen or not sp.widen[axis][0]:
     return _tile(x, axis, size)
   period, chunks = sp.widen[axis]
-  x = jax.lax.slice_in_dim(x, 0, period, axis=axis)
+  # The trained-width tensor: GHN-3's block is at most hid wide and is
+  # tiled up to it, as at the trained width.
+  x = _tile(x, axis, period)
   if chunks == 1:
     return _tile(x, axis, size)
   shape = x.shape
@@ -174,8 +176,8 @@ def _leaf(block, sp: SlotPlan, node_id=0):
     if cls_width == c:
       x = jnp.concatenate([cls_row, _fit(x, 2, c, sp)], axis=1)
     else:
-      x = _fit(jnp.concatenate([cls_row, x[..., :cls_width]], axis=1), 2, c,
-               sp)
+      x = _fit(jnp.concatenate([cls_row, _tile(x, 2, cls_width)], axis=1),
+               2, c, sp)
   else:
     raise ValueError(f'unknown slot kind {sp.kind!r}')
   return sp.slot.to_flax_layout(_add_noise(_normalise(x, sp), sp, node_id))
