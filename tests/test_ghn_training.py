@@ -24,6 +24,7 @@ from logah_jax.train import objective
 from logah_jax.train import optim
 from logah_jax.train.data_spec import DataSpec
 from logah_jax.train.sampler import ArchSampler
+from logah_jax.validation import ConfigError
 
 import configs_for_tests as cft
 
@@ -65,9 +66,17 @@ def test_step_equals_monolithic_gradient():
   tx = _tx()
   mesh = parallel.make_mesh({'data': 1}, devices=jax.devices()[:1])
   n_pad = sampler.node_bucket()
-  step = ghn_step.GHNStep(GHN, 'vit', tx, mesh, m=2, n_pad=n_pad, gamma=3e-5)
+  # Compiled ahead on two threads: the AOT programs are the ones checked.
+  step = ghn_step.GHNStep(GHN, 'vit', tx, mesh, m=2, n_pad=n_pad, gamma=3e-5,
+                          compile_workers=2)
   params = ghn_lib.init(GHN, 'vit', 0)
-  state, metrics = step(step.init_state(params), archs, batch)
+  state, metrics = step(step.init_state(params), archs, batch,
+                        upcoming=[archs[::-1]])
+  step.close()
+  # pylint: disable-next=protected-access
+  programs = step._arch_programs
+  assert sorted(programs, key=str) == sorted([(a, 0) for a in archs], key=str)
+  assert all(isinstance(p, jax.stages.Compiled) for p in programs.values())
 
   inputs = ghn_lib.make_inputs(GHN, 'vit', archs, n_pad)
   body = ghn_lib.body_function(GHN, 'vit')
@@ -100,15 +109,17 @@ def test_compilations_stop_once_every_pool_arch_was_seen():
   assert distinct == 4  # widths {32, 48} x patches {4, 7}, 4 heads
   mesh = parallel.make_mesh({'data': 2}, devices=jax.devices()[:2])
   step = ghn_step.GHNStep(GHN, 'vit', _tx(40), mesh, m=2,
-                          n_pad=sampler.node_bucket())
+                          n_pad=sampler.node_bucket(), compile_workers=2)
   state = step.init_state(ghn_lib.init(GHN, 'vit', 0))
   batches = _fmnist_batches(1)
   seen, s = set(), 0
   traces0 = compiles.trace_counts('ghn_step').get('arch', 0)
-  while len(seen) < distinct:
-    state, _ = step(state, sampler.at(s), batches[0])
+  while len(seen) < distinct:  # each step queues the next 3 steps' archs
+    state, _ = step(state, sampler.at(s), batches[0],
+                    upcoming=[sampler.at(t) for t in range(s + 1, s + 4)])
     seen.update(sampler.at(s))
     s += 1
+  step.close()
   jax.block_until_ready(state)
   assert compiles.trace_counts('ghn_step')['arch'] - traces0 == distinct
   before = compiles.snapshot()
@@ -351,3 +362,14 @@ def test_schedule_warms_up_then_decays_and_checks_fields():
   bad.name = 'lamb'
   with pytest.raises(ValueError, match='optim.name'):
     optim.make_optimizer(bad, 10)
+
+
+def test_compile_workers_setting(monkeypatch):
+  monkeypatch.setattr(os, 'cpu_count', lambda: 16)
+  assert ghn_training.compile_workers('auto') == 8
+  monkeypatch.setattr(os, 'cpu_count', lambda: 2)
+  assert ghn_training.compile_workers('auto') == 2
+  assert ghn_training.compile_workers(0) == 0
+  for bad in (-1, 'many', 1.5):
+    with pytest.raises(ConfigError, match='config.train.compile_workers'):
+      ghn_training.compile_workers(bad)

@@ -17,6 +17,13 @@ A step is three kinds of compiled program (docs/algorithm.md §6.3):
    `jax.vjp`, averages, and applies the guarded update (`state.py`).
    Compiles once per run.
 
+Compiling ahead: with `compile_workers` > 0, a step also takes the
+architectures of the steps to come and compiles their `arch` programs on
+background threads (ahead-of-time, on abstract inputs), in order, while the
+current step runs. XLA compiles one program on about one core, so on a
+machine with idle cores the first pass over a pool is no longer a queue of
+single-threaded compilations; the programs, and so the results, are the same.
+
 Placement: the mesh may have an 'arch' axis; architecture b of a step runs on
 group b % groups (a sub-mesh with its own 'data' axis over which the shared
 batch is split), so different architectures run side by side on different
@@ -26,6 +33,7 @@ per-architecture gradients come back to it for `finish`.
 
 from __future__ import annotations
 
+from concurrent import futures
 from typing import Sequence
 
 import jax
@@ -56,11 +64,14 @@ class GHNStep:
     label_smoothing: for ViT cross-entropy.
     compute: the target forward's dtype and remat (`compute.Compute`); the
       Graphormer's dtype is the GHN's own (`GHNConfig.dtype`).
+    compile_workers: threads that compile the `arch` programs of upcoming
+      architectures (0: each compiles when first used). Call `close` when
+      done.
   """
 
   def __init__(self, cfg: GHNConfig, family: str, tx, mesh, *, m: int,
                n_pad: int, gamma: float = 3e-5, label_smoothing: float = 0.0,
-               compute: Compute = Compute()):
+               compute: Compute = Compute(), compile_workers: int = 0):
     self.cfg, self.family, self.tx = cfg, family, tx
     self.compute = compute
     self.mesh, self.m, self.n_pad = mesh, m, n_pad
@@ -69,7 +80,16 @@ class GHNStep:
     self.replicated = parallel.replicated(mesh)
     self._body = self._compile_body()
     self._finish = self._compile_finish()
-    self._arch_programs = {}  # (ArchConfig, group) -> compiled program
+    self._arch_programs = {}  # (ArchConfig, group) -> program or Future
+    self._pool = (futures.ThreadPoolExecutor(
+        compile_workers, thread_name_prefix='ghn-compile')
+                  if compile_workers > 0 else None)
+    self._signature = None  # abstract (decoder params, x_ND, batch)
+
+  def close(self) -> None:
+    """Stops compiling ahead: queued compilations are dropped."""
+    if self._pool is not None:
+      self._pool.shutdown(wait=False, cancel_futures=True)
 
   # ------------------------------------------------------------------ state
 
@@ -102,7 +122,24 @@ class GHNStep:
     key = (arch, group)
     if key not in self._arch_programs:
       self._arch_programs[key] = self._compile_arch(arch, group)
-    return self._arch_programs[key]
+    program = self._arch_programs[key]
+    if isinstance(program, futures.Future):  # compiled ahead: wait for it
+      program = self._arch_programs[key] = program.result()
+    return program
+
+  def _compile_ahead(self, steps: Sequence[Sequence]) -> None:
+    """Queues the `arch` programs of `steps` not compiled or queued yet."""
+    for archs in steps:
+      for b, arch in enumerate(archs):
+        key = (arch, b % len(self.groups))
+        if key not in self._arch_programs:
+          ghn_lib.check_archs(self.cfg, self.family, [arch])
+          self._arch_programs[key] = self._pool.submit(
+              self._compile_arch_now, *key)
+
+  def _compile_arch_now(self, arch, group: int):
+    """The AOT-compiled program of `arch` (same program as the jit path)."""
+    return self._compile_arch(arch, group).lower(*self._signature).compile()
 
   def _compile_arch(self, arch, group: int, scan: bool = True):
     """The program of `arch` on arch group `group`.
@@ -162,8 +199,12 @@ class GHNStep:
     x = ghn_lib.make_inputs(self.cfg, self.family, archs, self.n_pad)
     return jax.device_put(x, self.replicated)
 
-  def __call__(self, state: TrainState, archs: Sequence, batch):
+  def __call__(self, state: TrainState, archs: Sequence, batch,
+               upcoming: Sequence[Sequence] = ()):
     """One update. `batch` is a host (numpy) batch shared by all archs.
+
+    `upcoming`: the architectures of the next steps, compiled ahead on the
+    background threads (ignored without `compile_workers`).
 
     Returns (state, metrics); metrics are device scalars: loss, ce, reg, acc
     (means over the architectures), grad_norm (before clipping) and finite
@@ -177,16 +218,22 @@ class GHNStep:
     xs = self._body(state.params['body'], inputs)
     n_groups = len(self.groups)
     group_data = {}
+    for g in range(min(n_groups, len(archs))):
+      rep = parallel.replicated(self.groups[g])
+      group_data[g] = (parallel.regroup(state.params['decoder'], rep),
+                       parallel.shard_batch(self.groups[g], batch))
+    if self._pool is not None:
+      if self._signature is None:  # shapes only: the same on every group
+        decoder_params, shared_batch = group_data[0]
+        self._signature = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+            (decoder_params, xs[0], shared_batch))
+      self._compile_ahead([archs, *upcoming])
     outs = []
     for b, arch in enumerate(archs):
       g = b % n_groups
-      mesh = self.groups[g]
-      rep = parallel.replicated(mesh)
-      if g not in group_data:
-        group_data[g] = (parallel.regroup(state.params['decoder'], rep),
-                         parallel.shard_batch(mesh, batch))
       decoder_params, shared_batch = group_data[g]
-      x_b = parallel.regroup(xs[b], rep)
+      x_b = parallel.regroup(xs[b], parallel.replicated(self.groups[g]))
       outs.append(self._arch_program(arch, g)(decoder_params, x_b,
                                               shared_batch))
     outs = parallel.regroup(outs, self.replicated)

@@ -28,7 +28,9 @@ from logah_jax.validation import ConfigError, check_int
 # Keys that may change when a run is resumed: they do not affect training.
 RESUMABLE_KEYS = (*ckpt_lib.DEFAULT_IGNORE_KEYS, 'holdout', 'demo',
                   'compilation_cache', 'checkpoint.async_save', 'job',
-                  'compute_dtype', 'remat')
+                  'compute_dtype', 'remat', 'train.compile_workers')
+# Steps whose new architectures are compiled ahead on background threads.
+COMPILE_AHEAD_STEPS = 8
 CURVES = ('loss', 'ce', 'acc', 'reg', 'grad_norm', 'lr')
 
 
@@ -42,6 +44,7 @@ class GHNRun(loop.RunSettings):
   space_name: str
   sampler: ArchSampler
   gamma: float            # weight of the Frobenius regulariser
+  compile_workers: int    # threads compiling upcoming architectures
 
   @property
   def title(self) -> str:
@@ -80,6 +83,17 @@ def space_of(config) -> arch_lib.Space:
     raise ConfigError(f'config.space: {e}') from e
 
 
+def compile_workers(value) -> int:
+  """config.train.compile_workers: 'auto' (one per CPU core, at most 8) or
+  an int >= 0 (0: compile each architecture when first used)."""
+  if value == 'auto':
+    return min(8, os.cpu_count() or 1)
+  if isinstance(value, str):
+    raise ConfigError(f'config.train.compile_workers={value!r} must be '
+                      "'auto' or an int >= 0")
+  return check_int(value, 'config.train.compile_workers', 0)
+
+
 def build_run(config) -> GHNRun:
   """Checks `config` and builds the host-side objects of a GHN run."""
   cfg = ghn_config(config)
@@ -107,7 +121,9 @@ def build_run(config) -> GHNRun:
                         f' of config.space ({a.name}): {e}') from e
   return GHNRun(ghn_cfg=cfg, family=space.family, space=space,
                 space_name=config.space.name, sampler=sampler,
-                gamma=float(train.gamma), **settings)
+                gamma=float(train.gamma),
+                compile_workers=compile_workers(
+                    train.get('compile_workers', 'auto')), **settings)
 
 
 def train_ghn(config, workdir: str, *,
@@ -143,7 +159,8 @@ def train(run: GHNRun, workdir: str, *,
     stepper = ghn_step.GHNStep(
         run.ghn_cfg, run.family, run.tx, mesh, m=run.sampler.m,
         n_pad=run.sampler.node_bucket(run.ghn_cfg.cutoff), gamma=run.gamma,
-        label_smoothing=run.label_smoothing, compute=run.compute)
+        label_smoothing=run.label_smoothing, compute=run.compute,
+        compile_workers=run.compile_workers)
     params_abstract = jax.eval_shape(
         lambda: ghn_lib.init(run.ghn_cfg, run.family, run.seed))
     state, start = loop.restore(mngr, stepper.abstract_state(params_abstract),
@@ -157,16 +174,20 @@ def train(run: GHNRun, workdir: str, *,
         f'space {run.space_name}: {run.sampler.distinct_archs()} distinct '
         f'architectures (compile bound x {len(stepper.groups)} arch groups), '
         f'node bucket {stepper.n_pad}; m={run.sampler.m}, batch '
-        f'{run.data.batch_size}, mesh {dict(mesh.shape)}',
+        f'{run.data.batch_size}, mesh {dict(mesh.shape)}; '
+        f'{run.compile_workers} threads compiling ahead',
         f'targets: {run.compute.describe()}; Graphormer '
         f'{run.ghn_cfg.dtype}',
         f'resuming at step {start}' if start else 'starting at step 0')
     end = run.num_steps
     if stop_after_steps is not None:
       end = min(end, start + stop_after_steps)
-    state, last = loop.run_steps(
-        _task(run, stepper, loader), state, start=start, end=end,
-        loader=loader, mngr=mngr, workdir=workdir, clock=clock)
+    try:
+      state, last = loop.run_steps(
+          _task(run, stepper, loader), state, start=start, end=end,
+          loader=loader, mngr=mngr, workdir=workdir, clock=clock)
+    finally:
+      stepper.close()
   c = clock.compiles()
   return GHNTrainResult(step=end, params=state.params, last=last,
                         compiles=c.count, compile_seconds=c.seconds,
@@ -178,7 +199,10 @@ def _task(run: GHNRun, stepper, loader) -> loop.Task:
   sampler = run.sampler
 
   def step(state, index):
-    return stepper(state, sampler.at(index), next(loader))
+    ahead = range(index + 1, min(index + 1 + COMPILE_AHEAD_STEPS,
+                                 run.num_steps))
+    upcoming = [sampler.at(i) for i in ahead] if run.compile_workers else ()
+    return stepper(state, sampler.at(index), next(loader), upcoming)
 
   return loop.Task(
       name='GHN training', step=step, schedule=run.schedule,
