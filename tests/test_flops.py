@@ -180,6 +180,7 @@ def test_ghn_step_flops_equal_the_monolithic_step(ghn_run):
   assert flops.ghn_training_flops(run, num_steps=0) == 0.0
 
 
+@pytest.mark.slow  # opt-in: keeps the default run under 15 minutes
 def test_ghn_training_flops_replay_the_sampler(ghn_run):
   """Doubling the batch adds exactly the target steps the sampler draws."""
   config = smoke()

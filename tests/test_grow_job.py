@@ -60,6 +60,7 @@ def test_source_is_a_restorable_params_checkpoint(source):
   assert meta['method'] == 'finetuned' and meta['steps'] == 4
 
 
+@pytest.mark.slow  # opt-in: keeps the default run under 15 minutes
 def test_grow_net2net_saves_the_grown_function(source, tmp_path):
   out = str(tmp_path / 'init')
   result = main.run(_grow_config(source, 'net2net'), out)['grow']

@@ -48,7 +48,8 @@ def _max_diff(a, b):
 
 @pytest.mark.parametrize('pair,split_noise', [
     pytest.param(pair, 0.5, marks=[pytest.mark.slow] if pair in (
-        'gpt2-tied', 'vit') else []) for pair in sorted(PAIRS)]
+        'gpt2-tied', 'gpt2-tied-to-untied', 'vit') else [])
+    for pair in sorted(PAIRS)]
     + [pytest.param('vit', 0.0, marks=pytest.mark.slow), ('gpt2-tied', 0.0)])
 def test_net2net_preserves_the_function_width_and_depth(pair, split_noise):
   small, large = PAIRS[pair]

@@ -143,6 +143,7 @@ def test_training_config_swaps_only_the_decoder():
     compare.ghn_training_config(base, 'ghn3', 'logah-tiny')
 
 
+@pytest.mark.slow  # opt-in: keeps the default run under 15 minutes
 def test_predict_job_from_the_command_line(ghn_workdir, tmp_path):
   out = str(tmp_path / 'cli')
 
