@@ -2,7 +2,8 @@
 # The accelerator figures of docs/performance.md in one run (about 8 minutes
 # on one H100/H200): fine-tuning throughput and MFU (GPT-2-M with a profiler
 # trace, ViT-B/16, GPT-2-L), GHN training's compile time per new
-# architecture, and a cold GPT-2-Large prediction. Each part has its own time
+# architecture (8 threads compiling ahead), and a cold GPT-2-Large
+# prediction. Each part has its own time
 # limit, so a slow one costs its row, not the rest.
 #   bash benchmarks/gpu_suite.sh [OUTPUT_DIR]
 set -u
@@ -20,7 +21,7 @@ run 90 benchmarks/finetune.py --targets vit-b/16 --dtype bfloat16 \
     --batch vit-b/16=64 --json-out "$out/finetune_vit.json"
 run 170 benchmarks/finetune.py --targets gpt2-large --dtype bfloat16 \
     --batch gpt2-large=8 --json-out "$out/finetune_l.json"
-run 150 benchmarks/train_ghn.py --child gpt-m2 > "$out/train_ghn.txt"
+run 150 benchmarks/train_ghn.py --child gpt-m2 --compile-workers 8 > "$out/train_ghn.txt"
 cat "$out/train_ghn.txt"
 run 50 benchmarks/predict.py --targets gpt2-large-untied --repeats 2
 $py benchmarks/op_profile.py "$prof" --top 30 | tee "$out/op_profile.md"
