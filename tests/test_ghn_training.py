@@ -192,8 +192,12 @@ def test_sampler_is_a_function_of_seed_and_step():
 
 @pytest.fixture(scope='module')
 def uninterrupted(tmp_path_factory):
+  """A 6-step run compiling ahead on 2 threads ('auto' is 0 on CPUs); the
+  resume test below re-runs it without, and needs the same params."""
   workdir = str(tmp_path_factory.mktemp('full'))
-  return workdir, ghn_training.train_ghn(cft.smoke(), workdir)
+  config = cft.smoke()
+  config.train.compile_workers = '2'  # a str field, as on the command line
+  return workdir, ghn_training.train_ghn(config, workdir)
 
 
 @pytest.mark.slow  # the default run kills fine-tuning; -m faults kills GHN runs
@@ -365,11 +369,14 @@ def test_schedule_warms_up_then_decays_and_checks_fields():
 
 
 def test_compile_workers_setting(monkeypatch):
+  assert ghn_training.compile_workers('auto') == 0  # CPU backend
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
   monkeypatch.setattr(os, 'cpu_count', lambda: 16)
   assert ghn_training.compile_workers('auto') == 8
   monkeypatch.setattr(os, 'cpu_count', lambda: 2)
   assert ghn_training.compile_workers('auto') == 2
+  assert ghn_training.compile_workers(3) == ghn_training.compile_workers('3') == 3
   assert ghn_training.compile_workers(0) == 0
-  for bad in (-1, 'many', 1.5):
+  for bad in (-1, 'many', '-1', 1.5):
     with pytest.raises(ConfigError, match='config.train.compile_workers'):
       ghn_training.compile_workers(bad)

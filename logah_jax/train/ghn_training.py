@@ -84,13 +84,23 @@ def space_of(config) -> arch_lib.Space:
 
 
 def compile_workers(value) -> int:
-  """config.train.compile_workers: 'auto' (one per CPU core, at most 8) or
-  an int >= 0 (0: compile each architecture when first used)."""
+  """config.train.compile_workers: 'auto' or a count >= 0, as an int or a
+  string of digits (0: compile each architecture when first used).
+
+  'auto' is 0 on CPU backends, where compiling ahead competes with the steps
+  for the same cores (on 2 cores: the same first-pass time, 45% more memory;
+  docs/performance.md), and one thread per host core, at most 8, on
+  accelerators, whose host cores are idle while the device runs.
+  """
   if value == 'auto':
+    if jax.default_backend() == 'cpu':
+      return 0
     return min(8, os.cpu_count() or 1)
-  if isinstance(value, str):
-    raise ConfigError(f'config.train.compile_workers={value!r} must be '
-                      "'auto' or an int >= 0")
+  if isinstance(value, str):  # the config field is a string: 'auto' or '2'
+    if not value.isdigit():
+      raise ConfigError(f'config.train.compile_workers={value!r} must be '
+                        "'auto' or an int >= 0")
+    value = int(value)
   return check_int(value, 'config.train.compile_workers', 0)
 
 
