@@ -20,9 +20,10 @@ A step is three kinds of compiled program (docs/algorithm.md §6.3):
 Compiling ahead: with `compile_workers` > 0, a step also takes the
 architectures of the steps to come and compiles their `arch` programs on
 background threads (ahead-of-time, on abstract inputs), in order, while the
-current step runs. XLA compiles one program on about one core, so on a
-machine with idle cores the first pass over a pool is no longer a queue of
-single-threaded compilations; the programs, and so the results, are the same.
+current step runs. It is meant for accelerator hosts, whose cores are idle
+while the device runs: the first pass over a pool is then no longer one
+compilation at a time (on a 2-core CPU it does not pay; docs/performance.md).
+The programs, and so the results, are the same.
 
 Placement: the mesh may have an 'arch' axis; architecture b of a step runs on
 group b % groups (a sub-mesh with its own 'data' axis over which the shared
