@@ -212,31 +212,36 @@ def run_one(run: str, ghn_name: str, compile_workers: int = 0) -> dict:
   # first (which also compiles body and finish) that saw new architectures.
   wall = [(f - s) / n for f, s, n in zip(first_times[1:], times,
                                          new_archs[1:]) if n]
+  result = {
+      'run': run, 'm': len(steps[0]), 's_step': s_step,
+      'min': min(times), 'max': max(times),
+      'arch_s': len(steps[0]) / s_step, 'compile_s': compiled.seconds,
+      'compiles': compiled.count, 'first_pass_s': first_pass,
+      'compile_workers': compile_workers,
+      'first_pass_s_per_arch': first_pass / len(seen),
+      # the first pass beyond running its steps at the steady rate
+      'first_pass_extra_s_per_arch': (first_pass - s_step * len(steps))
+                                     / len(seen),
+      'new_archs': len(per_arch),
+      'arch_compile_mean_s': statistics.mean(per_arch),
+      'arch_compile_median_s': statistics.median(per_arch),
+      'arch_compile_max_s': max(per_arch),
+      'arch_compile_s': per_arch,
+      'arch_compile_wall_mean_s': statistics.mean(wall) if wall else None,
+      'device': str(jax.devices()[0].device_kind),
+      'n_devices': jax.device_count()}
+  # The FLOP count below lowers every architecture's unrolled program again
+  # (over a minute on a GPU host): the timings come out first.
+  print('TIMINGS ' + json.dumps(result), file=sys.stderr, flush=True)
   step_flops = _step_flops(step, state, steps[1:], batch)
   flops_s = sum(step_flops) / sum(times)
   matmul = _matmul_flops_per_s()(
       2048 if jax.default_backend() == 'cpu' else 8192)
-  return {'run': run, 'm': len(steps[0]), 's_step': s_step,
-          'min': min(times), 'max': max(times),
-          'arch_s': len(steps[0]) / s_step, 'compile_s': compiled.seconds,
-          'compiles': compiled.count, 'first_pass_s': first_pass,
-          'compile_workers': compile_workers,
-          'first_pass_s_per_arch': first_pass / len(seen),
-          # the first pass beyond running its steps at the steady rate
-          'first_pass_extra_s_per_arch': (first_pass - s_step * len(steps))
-                                         / len(seen),
-          'new_archs': len(per_arch),
-          'arch_compile_mean_s': statistics.mean(per_arch),
-          'arch_compile_median_s': statistics.median(per_arch),
-          'arch_compile_max_s': max(per_arch),
-          'arch_compile_s': per_arch,
-          'arch_compile_wall_mean_s': statistics.mean(wall) if wall else None,
-          'step_gflop': statistics.mean(step_flops) / 1e9,
-          'tflops': flops_s / 1e12, 'matmul_f32_tflops': matmul / 1e12,
-          'frac_matmul_f32': flops_s / matmul,
-          'rss_gib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-          'device': str(jax.devices()[0].device_kind),
-          'n_devices': jax.device_count()}
+  return dict(
+      result, step_gflop=statistics.mean(step_flops) / 1e9,
+      tflops=flops_s / 1e12, matmul_f32_tflops=matmul / 1e12,
+      frac_matmul_f32=flops_s / matmul,
+      rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
 
 
 def main():

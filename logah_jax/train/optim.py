@@ -8,6 +8,8 @@ epoch; here it is per step, with the warm-up and the decay given in steps.
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from logah_jax.validation import ConfigError, check_int
@@ -43,6 +45,31 @@ def schedule(*, lr: float, num_steps: int, warmup_steps: int = 0,
       decay_steps=num_steps, end_value=end_lr)
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
+  """`optax.clip_by_global_norm` that can take the norm already measured.
+
+  The train step measures the gradient's global norm anyway (a metric, and
+  the finite-step guard of `state.guarded_update`), and passes it as the
+  `grad_norm` extra argument; without it the norm is measured here. On GPUs
+  XLA does not merge the two measurements, and each is one reduction kernel
+  per leaf (about 700 kernels, 1.8 ms of a GPT-2-M step on an H100). Same
+  arithmetic and the same (empty) state as optax's. A given norm must be
+  the norm of `updates`, so this is the chain's first transformation.
+  """
+  def update(updates, state, params=None, *, grad_norm=None, **extra_args):
+    del params, extra_args
+    if grad_norm is None:
+      grad_norm = optax.tree.norm(updates)
+    keep = jnp.squeeze(grad_norm < max_norm)
+    updates = jax.tree.map(
+        lambda t: jax.lax.select(
+            keep, t, (t / grad_norm.astype(t.dtype)) * max_norm), updates)
+    return updates, state
+
+  return optax.GradientTransformationExtraArgs(optax.init_empty_state,
+                                               update)
+
+
 def make_optimizer(opt, num_steps: int, prefix: str = 'optim'):
   """(optax transformation, schedule) from a config section `opt`.
 
@@ -66,5 +93,5 @@ def make_optimizer(opt, num_steps: int, prefix: str = 'optim'):
     tx = optax.chain(optax.add_decayed_weights(opt.weight_decay),
                      optax.sgd(lr, momentum=opt.momentum or None))
   if opt.clip_norm:
-    tx = optax.chain(optax.clip_by_global_norm(opt.clip_norm), tx)
+    tx = optax.chain(clip_by_global_norm(opt.clip_norm), tx)
   return tx, lr

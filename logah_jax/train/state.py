@@ -37,7 +37,10 @@ def guarded_update(state: TrainState, grads, loss, tx):
   clipping), 'finite'}: finite is False when the old state was kept.
   """
   grad_norm = optax.tree.norm(grads)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  # A transformation that clips (`optim.clip_by_global_norm`) reuses the
+  # norm instead of measuring it again; others ignore it.
+  updates, opt_state = optax.with_extra_args_support(tx).update(
+      grads, state.opt_state, state.params, grad_norm=grad_norm)
   new = TrainState(step=state.step + 1,
                    params=optax.apply_updates(state.params, updates),
                    opt_state=opt_state)
