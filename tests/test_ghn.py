@@ -217,7 +217,8 @@ def test_predict_sampled_architectures(ghn_cfg):
       _finite_forward(cfg, pred)
 
 
-_SLOW_NAMES = ('gpt2-large', 'vit-b/16', 'vit-l/2')  # covered by their twins
+_SLOW_NAMES = ('gpt2-large', 'gpt2-large-untied', 'vit-b/16', 'vit-b/2',
+               'vit-l/2')  # covered by their twins
 
 
 @pytest.mark.parametrize('name', [
@@ -398,6 +399,7 @@ def test_deeper_model_of_known_shapes_compiles_no_new_leaf_program():
   assert after['decode.group'] > before['decode.group']
 
 
+@pytest.mark.slow  # ~40 s; the step-vs-monolithic test covers it end to end
 def test_stacked_decode_and_scanned_target_equal_the_unrolled_ones():
   # GHN training decodes blocks straight into the stacked layout and runs
   # the target as a scan: same params, same loss, same gradients.

@@ -414,7 +414,9 @@ def test_too_long_sequence_raises():
     jax.jit(model.apply)({'params': params}, tokens)
 
 
-@pytest.mark.parametrize('cfg', [SMALL_VIT, SMALL_GPT, SMALL_GPT_UNTIED])
+@pytest.mark.parametrize('cfg', [
+    pytest.param(SMALL_VIT, marks=pytest.mark.slow),  # ~35 s
+    SMALL_GPT, SMALL_GPT_UNTIED])
 def test_bfloat16_compute(cfg):
   model = models.build(cfg, dtype=jnp.bfloat16)
   x = models.dummy_input(cfg, 2)
