@@ -45,15 +45,16 @@ def schedule(*, lr: float, num_steps: int, warmup_steps: int = 0,
       decay_steps=num_steps, end_value=end_lr)
 
 
-def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
+def clip_by_global_norm(
+    max_norm: float) -> optax.GradientTransformationExtraArgs:
   """`optax.clip_by_global_norm` that can take the norm already measured.
 
   The train step measures the gradient's global norm anyway (a metric, and
   the finite-step guard of `state.guarded_update`), and passes it as the
-  `grad_norm` extra argument; without it the norm is measured here. On GPUs
-  XLA does not merge the two measurements, and each is one reduction kernel
-  per leaf (about 700 kernels, 1.8 ms of a GPT-2-M step on an H100). Same
-  arithmetic and the same (empty) state as optax's. A given norm must be
+  `grad_norm` extra argument; without it the norm is measured here. An
+  H100 profile of a GPT-2-M step with optax's version showed about two small
+  reduction kernels per leaf (about 710 for its 292; docs/performance.md).
+  Same arithmetic and the same (empty) state as optax's. A given norm must be
   the norm of `updates`, so this is the chain's first transformation.
   """
   def update(updates, state, params=None, *, grad_norm=None, **extra_args):
