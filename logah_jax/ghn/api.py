@@ -154,15 +154,22 @@ def body_function(cfg: GHNConfig, family: str):
                                                    inputs)
 
 
-def decode_function(cfg: GHNConfig, arch, stacked: bool = False):
+def decode_function(cfg: GHNConfig, arch, stacked: bool = False,
+                    with_layout: bool = False):
   """The pure decoder of `arch`: (params['decoder'], x [n_nodes, D]) -> params.
 
   Not jitted: GHN training traces it inside its own per-architecture step,
   with `stacked` (the block params stacked, for `models.build(scan=True)`).
+  `with_layout`: the function takes a third argument, the (node_rows,
+  slot_scales) of `depth_sharing.layout`, and serves every architecture
+  that runs `arch`'s program.
   """
   plan = plan_lib.make_plan(cfg, arch)
   abstract = models.abstract_params(arch)
   stack = tuple(models.block_names(arch)) if stacked else ()
+  if with_layout:
+    return lambda decoder_params, x_ND, layout: decode_arch(
+        cfg, decoder_params, x_ND, plan, abstract, stack, layout)
   return lambda decoder_params, x_ND: decode_arch(cfg, decoder_params, x_ND,
                                                   plan, abstract, stack)
 

@@ -207,7 +207,8 @@ def _set(tree: dict, path, value):
 
 
 def decode_arch(cfg: GHNConfig, decoder_params, x_ND, plan: ArchPlan,
-                abstract_params, stack: tuple[str, ...] = ()) -> dict:
+                abstract_params, stack: tuple[str, ...] = (),
+                layout=None) -> dict:
   """Params pytree of plan's architecture from its node embeddings [N, D].
 
   `abstract_params` (the target's eval_shape tree) supplies the leaves that
@@ -215,23 +216,35 @@ def decode_arch(cfg: GHNConfig, decoder_params, x_ND, plan: ArchPlan,
   `stack`: the block names (`models.block_names`) to return stacked under
   `STACKED`, the layout of `models.build(arch, scan=True)`; each stacked
   leaf is read from its recipe's batched output, not re-stacked from slices.
+  `layout`: None, or traced (node_rows [P], slot_scales [S]) that replace
+  the plan's node rows (of `x_ND`) and fan-in scales, per node and per slot
+  in plan order (`ghn.depth_sharing`): one traced program then decodes
+  every architecture whose plan differs from `plan` only in those numbers.
   """
   x_ND = x_ND.astype(jnp.float32)
   groups = plan.groups()
   param_nodes = [p.node for p in plan.nodes]
   position = {node: i for i, node in enumerate(param_nodes)}
+  if layout is None:
+    rows_of = lambda positions: jnp.array([param_nodes[i] for i in positions],
+                                          jnp.int32)
+  else:
+    node_rows, slot_scales = layout
+    rows_of = lambda positions: node_rows[jnp.array(positions, jnp.int32)]
+    slot_index = {sp.slot.path: k for k, sp in enumerate(
+        sp for p in plan.nodes for sp in p.slots)}
   hidden = None
   if cfg.decoder == 'lowrank':
     hidden = decoder_module(cfg).apply(
-        {'params': decoder_params}, x_ND[jnp.array(param_nodes)],
+        {'params': decoder_params}, x_ND[rows_of(range(len(param_nodes)))],
         method=LowRankDecoder.hidden)
   tree: dict = {}
   block_of = {name: i for i, name in enumerate(stack)}
   stacked: dict = {}  # path inside a block -> {block index: (output, row)}
   for req, nodes in groups.items():
-    idx = jnp.array([n.node for n in nodes])
-    hid = None if hidden is None else hidden[
-        jnp.array([position[n.node] for n in nodes])]
+    positions = [position[n.node] for n in nodes]
+    idx = rows_of(positions)
+    hid = None if hidden is None else hidden[jnp.array(positions)]
     blocks = _decode_group(cfg, decoder_params, x_ND[idx], hid, req)
     for recipe, members in _recipes(nodes).items():
       rows = [j for j, _ in members]
@@ -239,9 +252,16 @@ def decode_arch(cfg: GHNConfig, decoder_params, x_ND, plan: ArchPlan,
         blocks_of = jax.tree.map(lambda b, r=jnp.array(rows): b[r], blocks)
       else:
         blocks_of = blocks
-      node_ids = jnp.array([nodes[j].node for j in rows], jnp.int32)
-      leaves = jax.vmap(lambda block, nid, sp=recipe: _leaf(block, sp, nid))(
-          blocks_of, node_ids)
+      node_ids = idx[jnp.array(rows)]
+      if layout is not None and recipe.norm == 'fan_in':
+        scales = slot_scales[jnp.array([slot_index[path]
+                                        for _, path in members])]
+        leaves = jax.vmap(lambda block, nid, scale, sp=recipe: _leaf(
+            block, dataclasses.replace(sp, scale=scale), nid))(
+                blocks_of, node_ids, scales)
+      else:
+        leaves = jax.vmap(lambda block, nid, sp=recipe: _leaf(block, sp, nid))(
+            blocks_of, node_ids)
       for k, (_, path) in enumerate(members):
         if path[0] in block_of:
           stacked.setdefault(path[1:], {})[block_of[path[0]]] = (leaves, k)

@@ -81,7 +81,8 @@ class GPT2(nn.Module):
   `dtype` is the compute dtype; params are always float32. Logits come back
   in float32 so that losses are computed at full precision. `remat`
   recomputes each block's activations in the backward pass; `scan` runs the
-  blocks as one scan over stacked params (`models.stack_blocks`).
+  blocks as one scan over stacked params (`models.stack_blocks`), of which
+  a traced `depth` runs only the first `depth` (`layers.run_blocks`).
   """
 
   cfg: GPT2Config
@@ -90,7 +91,7 @@ class GPT2(nn.Module):
   scan: bool = False
 
   @nn.compact
-  def __call__(self, tokens):
+  def __call__(self, tokens, depth=None):
     cfg = self.cfg
     if tokens.ndim != 2:
       raise ValueError(f'GPT2 input must be (batch, seq_len) token ids, got '
@@ -107,7 +108,7 @@ class GPT2(nn.Module):
                    param_dtype=jnp.float32, name='wpe')
     x = wte(tokens) + wpe(jnp.arange(t))[None]
     x = layers.run_blocks(Block, cfg, x, dtype=self.dtype, remat=self.remat,
-                          scan=self.scan, prefix='h_')
+                          scan=self.scan, prefix='h_', depth=depth)
     x = layers.layer_norm(_LN_EPS, dtype=self.dtype, name='ln_f')(x)
     if cfg.tie_embeddings:
       logits = wte.attend(x)  # h @ wte.embedding.T

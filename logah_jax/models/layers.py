@@ -122,8 +122,24 @@ def _carried(block: type[nn.Module]) -> type[nn.Module]:
   return Carried
 
 
+def _skippable(block: type[nn.Module]) -> type[nn.Module]:
+  """`block` for a scan that runs only the first `depth` of its blocks.
+
+  Block `index` runs when index < depth and is the identity otherwise; the
+  choice is a conditional, so a skipped block costs no compute, and its
+  params get zero gradients.
+  """
+  class Skippable(block):
+    def __call__(self, x, index, depth):  # pylint: disable=arguments-differ
+      run = lambda module, h: block.__call__(module, h)
+      skip = lambda module, h: h
+      return nn.cond(index < depth, run, skip, self, x), None
+  Skippable.__name__ = block.__name__
+  return Skippable
+
+
 def run_blocks(block: type[nn.Module], cfg, x, *, dtype, remat: bool,
-               scan: bool, prefix: str):
+               scan: bool, prefix: str, depth=None):
   """The residual blocks of a model, inside its compact `__call__`.
 
   Unrolled, block i's params are `{prefix}{i}` (the reference layout that
@@ -131,13 +147,26 @@ def run_blocks(block: type[nn.Module], cfg, x, *, dtype, remat: bool,
   and run `cfg.depth` times by `nn.scan` over params stacked under
   `STACKED` (see `models.stack_blocks`): the program no longer grows with
   depth, which is what GHN training compiles once per architecture.
+
+  `depth` (scan only; a traced int32 scalar): run only the first `depth`
+  blocks, the rest being the identity. One program then serves every depth
+  up to `cfg.depth` (GHN training shares programs across depths this way).
   """
   if scan:
-    blocks = nn.scan(block_class(_carried(block), remat),
+    if depth is None:
+      blocks = nn.scan(block_class(_carried(block), remat),
+                       variable_axes={'params': 0},
+                       split_rngs={'params': True}, length=cfg.depth)
+      x, _ = blocks(cfg, dtype, name=STACKED)(x, None)
+      return x
+    blocks = nn.scan(block_class(_skippable(block), remat),
                      variable_axes={'params': 0},
-                     split_rngs={'params': True}, length=cfg.depth)
-    x, _ = blocks(cfg, dtype, name=STACKED)(x, None)
+                     split_rngs={'params': True}, length=cfg.depth,
+                     in_axes=(0, nn.broadcast))
+    x, _ = blocks(cfg, dtype, name=STACKED)(x, jnp.arange(cfg.depth), depth)
     return x
+  if depth is not None:
+    raise ValueError('run_blocks: a traced depth needs scan=True.')
   cls = block_class(block, remat)
   for i in range(cfg.depth):
     x = cls(cfg, dtype, name=f'{prefix}{i}')(x)

@@ -84,7 +84,8 @@ class ViT(nn.Module):
   `dtype` is the compute dtype; params are always float32. Logits come back
   in float32 so that losses are computed at full precision. `remat`
   recomputes each block's activations in the backward pass; `scan` runs the
-  blocks as one scan over stacked params (`models.stack_blocks`).
+  blocks as one scan over stacked params (`models.stack_blocks`), of which
+  a traced `depth` runs only the first `depth` (`layers.run_blocks`).
   """
 
   cfg: ViTConfig
@@ -93,7 +94,7 @@ class ViT(nn.Module):
   scan: bool = False
 
   @nn.compact
-  def __call__(self, images):
+  def __call__(self, images, depth=None):
     cfg = self.cfg
     want = (cfg.image_size, cfg.image_size, cfg.channels)
     if images.ndim != 4 or tuple(images.shape[1:]) != want:
@@ -115,7 +116,7 @@ class ViT(nn.Module):
     x = x + pos.astype(self.dtype)
     x = layers.run_blocks(EncoderBlock, cfg, x, dtype=self.dtype,
                           remat=self.remat, scan=self.scan,
-                          prefix='encoder_layer_')
+                          prefix='encoder_layer_', depth=depth)
     x = layers.layer_norm(_LN_EPS, dtype=self.dtype, name='ln')(x)
     logits = layers.dense(cfg.num_classes, _zeros, _zeros, dtype=self.dtype,
                           name='head')(x[:, 0])

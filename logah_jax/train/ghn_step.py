@@ -12,7 +12,11 @@ A step is three kinds of compiled program (docs/algorithm.md §6.3):
    Compiles once per (ArchConfig, arch group): a fixed pool of architectures
    bounds the count, whatever the number of steps. One program per
    architecture because different architectures are different programs: one
-   SPMD program (or `shard_map`) cannot run them side by side.
+   SPMD program (or `shard_map`) cannot run them side by side. With
+   `share_depths`, architectures that differ only in depth share one
+   program, that of their deepest version among the given architectures
+   (`ghn.depth_sharing`): the count is then bounded by the distinct
+   (width, heads, patch, ...) combinations.
 3. `finish`: pulls the m node-block gradients back through the body with
    `jax.vjp`, averages, and applies the guarded update (`state.py`).
    Compiles once per run.
@@ -43,6 +47,7 @@ import jax.numpy as jnp
 from logah_jax import compiles
 from logah_jax import ghn as ghn_lib
 from logah_jax import parallel
+from logah_jax.ghn import depth_sharing
 from logah_jax.ghn.config import GHNConfig
 from logah_jax.train import objective
 from logah_jax.train import state as state_lib
@@ -68,11 +73,15 @@ class GHNStep:
     compile_workers: threads that compile the `arch` programs of upcoming
       architectures (0: each compiles when first used). Call `close` when
       done.
+    share_depths: the architectures the run can see (`ArchSampler.candidates`)
+      to share programs across depths; empty: one program per architecture.
+      Losses and gradients are the same up to float rounding.
   """
 
   def __init__(self, cfg: GHNConfig, family: str, tx, mesh, *, m: int,
                n_pad: int, gamma: float = 3e-5, label_smoothing: float = 0.0,
-               compute: Compute = Compute(), compile_workers: int = 0):
+               compute: Compute = Compute(), compile_workers: int = 0,
+               share_depths: Sequence = ()):
     self.cfg, self.family, self.tx = cfg, family, tx
     self.compute = compute
     self.mesh, self.m, self.n_pad = mesh, m, n_pad
@@ -86,6 +95,9 @@ class GHNStep:
         compile_workers, thread_name_prefix='ghn-compile')
                   if compile_workers > 0 else None)
     self._signature = None  # abstract (decoder params, x_ND, batch)
+    self.shared = bool(share_depths)
+    self._depths = depth_sharing.program_depths(share_depths)
+    self._layouts = {}  # (ArchConfig, group) -> layout on the group's mesh
 
   def close(self) -> None:
     """Stops compiling ahead: queued compilations are dropped."""
@@ -118,11 +130,26 @@ class GHNStep:
       return tuple(x[b] for b in range(x.shape[0]))
     return jax.jit(forward, out_shardings=self.replicated)
 
+  def program_arch(self, arch):
+    """The architecture whose `arch` program `arch` runs."""
+    if not self.shared:
+      return arch
+    return depth_sharing.program_arch(arch, self._depths)
+
+  def _layout(self, arch, group: int):
+    """`arch`'s layout inputs of its shared program, on `group`'s mesh."""
+    key = (arch, group)
+    if key not in self._layouts:
+      self._layouts[key] = jax.device_put(
+          depth_sharing.layout(self.cfg, arch, self.program_arch(arch)),
+          parallel.replicated(self.groups[group]))
+    return self._layouts[key]
+
   def _arch_program(self, arch, group: int):
     """value-and-grad of one architecture's loss, compiled on its group."""
-    key = (arch, group)
+    key = (self.program_arch(arch), group)
     if key not in self._arch_programs:
-      self._arch_programs[key] = self._compile_arch(arch, group)
+      self._arch_programs[key] = self._compile_arch(*key)
     program = self._arch_programs[key]
     if isinstance(program, futures.Future):  # compiled ahead: wait for it
       program = self._arch_programs[key] = program.result()
@@ -132,7 +159,7 @@ class GHNStep:
     """Queues the `arch` programs of `steps` not compiled or queued yet."""
     for archs in steps:
       for b, arch in enumerate(archs):
-        key = (arch, b % len(self.groups))
+        key = (self.program_arch(arch), b % len(self.groups))
         if key not in self._arch_programs:
           ghn_lib.check_archs(self.cfg, self.family, [arch])
           self._arch_programs[key] = self._pool.submit(
@@ -140,37 +167,52 @@ class GHNStep:
 
   def _compile_arch_now(self, arch, group: int):
     """The AOT-compiled program of `arch` (same program as the jit path)."""
-    return self._compile_arch(arch, group).lower(*self._signature).compile()
+    signature = self._signature
+    if self.shared:
+      signature += (jax.tree.map(
+          lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+          depth_sharing.layout(self.cfg, arch, arch)),)
+    return self._compile_arch(arch, group).lower(*signature).compile()
 
   def _compile_arch(self, arch, group: int, scan: bool = True):
     """The program of `arch` on arch group `group`.
 
     `scan=False` unrolls the target's blocks: the same values, for FLOP
     counting (XLA's cost analysis counts a loop body once, not per trip).
+    With depth sharing (and `scan`), the program takes a fourth argument,
+    the layout (`depth_sharing.layout`) of the architecture it runs for.
     """
-    decode = ghn_lib.decode_function(self.cfg, arch, stacked=scan)
+    shared = self.shared and scan
+    decode = ghn_lib.decode_function(self.cfg, arch, stacked=scan,
+                                     with_layout=shared)
     n = ghn_lib.num_nodes(self.cfg, arch)
     gamma, smoothing, compute = self.gamma, self.label_smoothing, self.compute
 
-    def loss_fn(decoder_params, x_ND, batch):
-      predicted = decode(decoder_params, x_ND[:n])
+    def loss_fn(decoder_params, x_ND, batch, layout):
+      if shared:
+        node_rows, slot_scales, depth = layout
+        predicted = decode(decoder_params, x_ND, (node_rows, slot_scales))
+      else:
+        depth, predicted = None, decode(decoder_params, x_ND[:n])
       ce, logits, targets = objective.task_loss(
           arch, predicted, batch, smoothing, dtype=compute.dtype,
-          remat=compute.remat, scan=scan)
-      reg = objective.frobenius_sum(predicted)
+          remat=compute.remat, scan=scan, depth=depth)
+      reg = objective.frobenius_sum(predicted, depth)
       acc = objective.correct(logits, targets) / targets.size
       return ce + gamma * reg, {'ce': ce, 'reg': reg, 'acc': acc}
 
-    def program(decoder_params, x_ND, batch):
+    def program(decoder_params, x_ND, batch, layout=None):
       compiles.count_trace(f'{TRACE_GROUP}.arch')
       (_, aux), (g_dec, g_x) = jax.value_and_grad(
-          loss_fn, argnums=(0, 1), has_aux=True)(decoder_params, x_ND, batch)
+          loss_fn, argnums=(0, 1), has_aux=True)(decoder_params, x_ND, batch,
+                                                 layout)
       return g_dec, g_x, aux
 
     mesh = self.groups[group]
     rep = parallel.replicated(mesh)
-    return jax.jit(program, in_shardings=(rep, rep, parallel.data_sharded(mesh)),
-                   out_shardings=rep)
+    shardings = (rep, rep, parallel.data_sharded(mesh)) + (
+        (rep,) if shared else ())
+    return jax.jit(program, in_shardings=shardings, out_shardings=rep)
 
   def _compile_finish(self):
     body = ghn_lib.body_function(self.cfg, self.family)
@@ -235,8 +277,9 @@ class GHNStep:
       g = b % n_groups
       decoder_params, shared_batch = group_data[g]
       x_b = parallel.regroup(xs[b], parallel.replicated(self.groups[g]))
+      layout = (self._layout(arch, g),) if self.shared else ()
       outs.append(self._arch_program(arch, g)(decoder_params, x_b,
-                                              shared_batch))
+                                              shared_batch, *layout))
     outs = parallel.regroup(outs, self.replicated)
     g_decs, g_xs, auxes = (tuple(o[i] for o in outs) for i in range(3))
     return self._finish(state, inputs, g_xs, g_decs, auxes)

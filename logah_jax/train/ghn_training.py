@@ -28,7 +28,8 @@ from logah_jax.validation import ConfigError, check_int
 # Keys that may change when a run is resumed: they do not affect training.
 RESUMABLE_KEYS = (*ckpt_lib.DEFAULT_IGNORE_KEYS, 'holdout', 'demo',
                   'compilation_cache', 'checkpoint.async_save', 'job',
-                  'compute_dtype', 'remat', 'train.compile_workers')
+                  'compute_dtype', 'remat', 'train.compile_workers',
+                  'train.share_depths')
 # Steps whose new architectures are compiled ahead on background threads.
 COMPILE_AHEAD_STEPS = 8
 CURVES = ('loss', 'ce', 'acc', 'reg', 'grad_norm', 'lr')
@@ -45,6 +46,7 @@ class GHNRun(loop.RunSettings):
   sampler: ArchSampler
   gamma: float            # weight of the Frobenius regulariser
   compile_workers: int    # threads compiling upcoming architectures
+  share_depths: bool      # one program per architecture up to depth
 
   @property
   def title(self) -> str:
@@ -104,6 +106,24 @@ def compile_workers(value) -> int:
   return check_int(value, 'config.train.compile_workers', 0)
 
 
+def share_depths(value) -> bool:
+  """config.train.share_depths: 'auto', 'true' or 'false' (or a bool).
+
+  'auto' is true on CPU backends, where compiling a program (8-10 s for a
+  GHN-training program on 2 cores) costs as much as tens of the main job's
+  steps, and false on accelerators, where `compile_workers` compiles ahead
+  and every step would pay for the skipped blocks (docs/performance.md).
+  """
+  if isinstance(value, bool):
+    return value
+  if value == 'auto':
+    return jax.default_backend() == 'cpu'
+  if value in ('true', 'false'):
+    return value == 'true'
+  raise ConfigError(f'config.train.share_depths={value!r} must be '
+                    "'auto', 'true' or 'false'")
+
+
 def build_run(config) -> GHNRun:
   """Checks `config` and builds the host-side objects of a GHN run."""
   cfg = ghn_config(config)
@@ -133,7 +153,9 @@ def build_run(config) -> GHNRun:
                 space_name=config.space.name, sampler=sampler,
                 gamma=float(train.gamma),
                 compile_workers=compile_workers(
-                    train.get('compile_workers', 'auto')), **settings)
+                    train.get('compile_workers', 'auto')),
+                share_depths=share_depths(train.get('share_depths', 'auto')),
+                **settings)
 
 
 def train_ghn(config, workdir: str, *,
@@ -170,7 +192,10 @@ def train(run: GHNRun, workdir: str, *,
         run.ghn_cfg, run.family, run.tx, mesh, m=run.sampler.m,
         n_pad=run.sampler.node_bucket(run.ghn_cfg.cutoff), gamma=run.gamma,
         label_smoothing=run.label_smoothing, compute=run.compute,
-        compile_workers=run.compile_workers)
+        compile_workers=run.compile_workers,
+        share_depths=run.sampler.candidates() if run.share_depths else ())
+    programs = len({stepper.program_arch(a)
+                    for a in run.sampler.candidates()})
     params_abstract = jax.eval_shape(
         lambda: ghn_lib.init(run.ghn_cfg, run.family, run.seed))
     state, start = loop.restore(mngr, stepper.abstract_state(params_abstract),
@@ -182,7 +207,9 @@ def train(run: GHNRun, workdir: str, *,
         report.param_table(state.params, f'GHN {run.ghn_cfg.decoder} '
                            f'(hid {run.ghn_cfg.hid}, {run.family} targets)'),
         f'space {run.space_name}: {run.sampler.distinct_archs()} distinct '
-        f'architectures (compile bound x {len(stepper.groups)} arch groups), '
+        f'architectures in {programs} programs '
+        f'({"depths shared" if run.share_depths else "one each"}; compile '
+        f'bound x {len(stepper.groups)} arch groups), '
         f'node bucket {stepper.n_pad}; m={run.sampler.m}, batch '
         f'{run.data.batch_size}, mesh {dict(mesh.shape)}; '
         f'{run.compile_workers} threads compiling ahead',

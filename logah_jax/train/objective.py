@@ -39,16 +39,18 @@ def cross_entropy(logits, targets, label_smoothing: float = 0.0):
 
 
 def task_loss(arch, params, batch, label_smoothing: float = 0.0, *,
-              dtype=jnp.float32, remat: bool = False, scan: bool = False):
+              dtype=jnp.float32, remat: bool = False, scan: bool = False,
+              depth=None):
   """(loss, logits, targets) of target `arch` with `params` on `batch`.
 
   `dtype` is the forward's compute dtype, `remat` rematerialises its blocks
   and `scan` runs them as one scan over stacked params (`models.build`);
-  logits and the loss are float32 either way.
+  logits and the loss are float32 either way. `depth` (with `scan`, traced):
+  only the first `depth` blocks run.
   """
   x, targets = inputs_and_targets(arch, batch)
   logits = models.build(arch, dtype, remat, scan).apply({'params': params},
-                                                         x)
+                                                         x, depth=depth)
   return cross_entropy(logits, targets, label_smoothing), logits, targets
 
 
@@ -64,14 +66,18 @@ def _safe_norm(x):
   return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
 
 
-def frobenius_sum(params):
+def frobenius_sum(params, depth=None):
   """Σ over tensors of ||w||_F, not squared, on full-size leaves.
 
   The regulariser of LoGAH's objective (docs/algorithm.md §6.1). Stacked
-  block params (`models.stack_blocks`) count one norm per block.
+  block params (`models.stack_blocks`) count one norm per block; with a
+  (traced) `depth`, only the first `depth` blocks count.
   """
   total = sum(_safe_norm(leaf) for key, sub in params.items()
               if key != STACKED for leaf in jax.tree.leaves(sub))
   for leaf in jax.tree.leaves(params.get(STACKED, {})):
-    total = total + jnp.sum(jax.vmap(_safe_norm)(leaf))
+    norms = jax.vmap(_safe_norm)(leaf)
+    if depth is not None:
+      norms = jnp.where(jnp.arange(leaf.shape[0]) < depth, norms, 0.0)
+    total = total + jnp.sum(norms)
   return total
