@@ -12,6 +12,7 @@ A plain float32 matmul measured in the same process gives the scale.
 
     .venv/bin/python benchmarks/ghn_program.py --family gpt
     .venv/bin/python benchmarks/ghn_program.py --family vit --shallow 4
+    .venv/bin/python benchmarks/ghn_program.py --family vit-cpu --shallow 2
 """
 
 import argparse
@@ -34,6 +35,10 @@ from logah_jax.train import optim
 
 
 def _arch(family: str, depth: int):
+  if family == 'vit-cpu':  # a ViT of the main job's space (vits-cpu)
+    return arch_lib.ViTConfig(depth=depth, width=64, heads=4, mlp_dim=256,
+                              patch=7, image_size=28, channels=1,
+                              num_classes=10)
   if family == 'vit':  # the first ViT of train_ghn.py, and its batch
     return arch_lib.ViTConfig(depth=depth, width=224, heads=4, mlp_dim=896,
                               patch=2, image_size=32, channels=3,
@@ -44,6 +49,9 @@ def _arch(family: str, depth: int):
 
 def _batch(family: str):
   rng = np.random.default_rng(0)
+  if family == 'vit-cpu':  # the main job's batch of 64 Fashion-MNIST images
+    return {'image': rng.normal(size=(64, 28, 28, 1)).astype(np.float32),
+            'label': rng.integers(0, 10, 64).astype(np.int32)}
   if family == 'vit':
     return {'image': rng.normal(size=(64, 32, 32, 3)).astype(np.float32),
             'label': rng.integers(0, 100, 64).astype(np.int32)}
@@ -78,17 +86,20 @@ def _row(name: str, m: dict, flops: float | None = None) -> str:
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument('--family', choices=('vit', 'gpt'), default='gpt')
+  p.add_argument('--family', choices=('vit', 'gpt', 'vit-cpu'),
+                 default='gpt', help="vit-cpu: the main job's kind of ViT")
   p.add_argument('--depth', type=int, default=None,
-                 help='default: 8 (ViT) or 7 (GPT), as in train_ghn.py')
+                 help='default: 8 (ViT), 7 (GPT) as in train_ghn.py, 4 '
+                      '(vit-cpu)')
   p.add_argument('--shallow', type=int, default=3,
                  help='depth run in its own and in the deeper program')
   p.add_argument('--repeats', type=int, default=5)
   args = p.parse_args()
-  family = 'vit' if args.family == 'vit' else 'gpt2'
-  depth = args.depth or (8 if family == 'vit' else 7)
-  arch, batch = _arch(family, depth), _batch(family)
-  cfg = ghn.named('logah-tiny', num_classes=100)
+  family = 'gpt2' if args.family == 'gpt' else 'vit'
+  depth = args.depth or {'vit': 8, 'gpt': 7, 'vit-cpu': 4}[args.family]
+  arch, batch = _arch(args.family, depth), _batch(args.family)
+  cfg = ghn.named('logah-tiny',
+                  num_classes=10 if args.family == 'vit-cpu' else 100)
   params = ghn.init(cfg, family, 0)
   n_pad = batching.bucket_size(ghn.num_nodes(cfg, arch))
   x = ghn.node_embeddings(cfg, params, [arch], n_pad)[0]
@@ -143,7 +154,7 @@ def main():
 
   # Depth sharing: the shallow architecture in its own program and in the
   # program of `arch`, timed alternately.
-  shallow = _arch(family, args.shallow)
+  shallow = _arch(args.family, args.shallow)
   x_s = ghn.node_embeddings(cfg, params, [shallow], n_pad)[0]
   own = ghn_step.GHNStep(cfg, family, tx, mesh, m=1, n_pad=n_pad)
   shared = ghn_step.GHNStep(cfg, family, tx, mesh, m=1, n_pad=n_pad,
