@@ -4,10 +4,12 @@ For one architecture of `benchmarks/train_ghn.py` (LoGAH-Tiny, random init),
 each part of the per-architecture program is compiled and run on its own:
 the decoder and write-back (forward + backward), the target (forward +
 backward on its decoded params), the regulariser, the whole program with
-scanned blocks, and the whole program unrolled (whose XLA FLOP count is the
-real one: a scan's body is counted once). Then the architecture at a
-shallower depth runs in its own program and in the program of the deeper
-one (depth sharing, `train.share_depths`), side by side in one process.
+scanned blocks (also compiled with the quick CPU options of
+`train.quick_compile`), and the whole program unrolled (whose XLA FLOP
+count is the real one: a scan's body is counted once). Then the
+architecture at a shallower depth runs in its own program and in the
+program of the deeper one (depth sharing, `train.share_depths`), side by
+side in one process.
 A plain float32 matmul measured in the same process gives the scale.
 
     .venv/bin/python benchmarks/ghn_program.py --family gpt
@@ -24,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from logah_jax import arch as arch_lib
+from logah_jax import compiles
 from logah_jax import config_base
 from logah_jax import ghn
 from logah_jax import models
@@ -128,6 +131,10 @@ def main():
   step = ghn_step.GHNStep(cfg, family, tx, mesh, m=1, n_pad=n_pad)
   # pylint: disable=protected-access  (the very programs GHN training runs)
   whole = _measure(step._compile_arch(arch, 0), dec_params, x, batch)
+  quick = _measure(ghn_step.GHNStep(
+      cfg, family, tx, mesh, m=1, n_pad=n_pad,
+      compiler_options=compiles.quick_compile_options())._compile_arch(
+          arch, 0), dec_params, x, batch)
   unrolled = _measure(step._compile_arch(arch, 0, scan=False), dec_params, x,
                       batch, repeats=1)
   parts = [
@@ -139,6 +146,7 @@ def main():
       ('regulariser, fwd+bwd',
        _measure(jax.value_and_grad(objective.frobenius_sum), target_params)),
       ('whole program (scanned blocks)', whole),
+      ('whole program (scanned blocks), quick compile', quick),
       ('whole program (unrolled)', unrolled)]
   matmul = matmul_flops_per_s()
   print(f'{arch.name}, LoGAH-Tiny, {jax.devices()[0].device_kind}')

@@ -9,13 +9,13 @@ run's). The steps run twice: the first pass compiles each architecture once
 (its seconds are printed apart), the second pass over the same order is the
 steady state (median s/step and architectures/s).
 
-Compile s per new architecture: the seconds that jax.monitoring reports for
-tracing, lowering and XLA-compiling each architecture's program (`GHNStep`'s
-`arch` program, one per architecture) in the first pass; mean, median and
-max over the run's distinct architectures. (The body and finish programs,
-compiled once per run, are in the total only.) As a check, the JSON line
-also has the wall-time estimate: a first-pass step minus the same step in
-the steady state, over the architectures new in it (steps after the first).
+Compile s per program: the seconds that jax.monitoring reports for tracing,
+lowering and XLA-compiling each `arch` program of `GHNStep` (one per
+architecture unless depths are shared) in the first pass; mean, median and
+max over the run's programs. (The body and finish programs, compiled once
+per run, are in the total only.) As a check, the JSON line also has the
+wall-time estimate: a first-pass step minus the same step in the steady
+state, over the programs new in it (steps after the first).
 
 With `--compile-workers N`, each first-pass step hands the next steps'
 architectures to the step's N compile threads (as GHN training does with
@@ -23,6 +23,16 @@ architectures to the step's N compile threads (as GHN training does with
 the run pays is the first pass's wall time, printed whole and as "first pass
 - steady, per arch": the first pass minus its steps at the steady rate, over
 the distinct architectures.
+
+With `--share-depths`, architectures that differ only in depth run one
+program, that of the deepest of them in the order (`train.share_depths`,
+the CPU default of GHN training): the per-program seconds are then over the
+programs, and "compile s per arch" spreads their sum over the distinct
+architectures. The steady state then includes the padded steps' cost.
+
+With `--quick-compile`, the `arch` programs are compiled with
+`compiles.quick_compile_options()`, as GHN training does with
+`train.quick_compile=true`.
 
 TFLOP/s: XLA's count of the programs a step runs (body, one `arch` program
 per architecture, finish; lowered on abstract inputs as
@@ -34,6 +44,8 @@ of a plain float32 matmul measured in the same process
     .venv/bin/python benchmarks/train_ghn.py                  # all three
     .venv/bin/python benchmarks/train_ghn.py --runs vit-m4
     .venv/bin/python benchmarks/train_ghn.py --runs gpt-m2 --compile-workers 2
+    .venv/bin/python benchmarks/train_ghn.py --runs gpt-m2 --share-depths
+    .venv/bin/python benchmarks/train_ghn.py --runs gpt-m2 --quick-compile
 """
 
 import argparse
@@ -155,7 +167,8 @@ def _step_flops(step, state, steps, batch) -> list[float]:
   return [fixed + sum(arch_flops[a] for a in s) for s in steps]
 
 
-def run_one(run: str, ghn_name: str, compile_workers: int = 0) -> dict:
+def run_one(run: str, ghn_name: str, compile_workers: int = 0,
+            share_depths: bool = False, quick_compile: bool = False) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from logah_jax import compiles, config_base, ghn, parallel  # pylint: disable=g-import-not-at-top
@@ -176,16 +189,22 @@ def run_one(run: str, ghn_name: str, compile_workers: int = 0) -> dict:
                                    for a in s))
   mesh = parallel.make_mesh({'data': -1})
   step = ghn_step.GHNStep(cfg, family, tx, mesh, m=len(steps[0]),
-                          n_pad=n_pad, compile_workers=compile_workers)
+                          n_pad=n_pad, compile_workers=compile_workers,
+                          share_depths=([a for s in steps for a in s]
+                                        if share_depths else ()),
+                          compiler_options=(compiles.quick_compile_options()
+                                            if quick_compile else None))
   state = step.init_state(ghn.init(cfg, family, 0))
   jax.block_until_ready(state)
   arch_compiles = _ArchCompiles()
   before = compiles.snapshot()
-  first_times, new_archs, seen = [], [], set()
+  first_times, new_programs, seen, made = [], [], set(), set()
   first_start = time.perf_counter()
   for i, archs in enumerate(steps):  # first pass: compiles every arch once
-    new_archs.append(len(set(archs) - seen))
     seen |= set(archs)
+    programs_now = {step.program_arch(a) for a in archs}
+    new_programs.append(len(programs_now - made))
+    made |= programs_now
     t0 = time.perf_counter()
     upcoming = steps[i + 1:i + 1 + ghn_training.COMPILE_AHEAD_STEPS]
     state, metrics = step(state, archs, batch,
@@ -193,13 +212,13 @@ def run_one(run: str, ghn_name: str, compile_workers: int = 0) -> dict:
     loop.host_metrics(metrics)
     first_times.append(time.perf_counter() - t0)
     print(f'first pass step {len(first_times)}/{len(steps)}: '
-          f'{new_archs[-1]} new, {first_times[-1]:.1f} s', file=sys.stderr,
-          flush=True)
+          f'{new_programs[-1]} new programs, {first_times[-1]:.1f} s',
+          file=sys.stderr, flush=True)
   first_pass = time.perf_counter() - first_start
   step.close()
   compiled = compiles.snapshot() - before
   per_arch = arch_compiles.seconds()
-  assert len(per_arch) == len(seen), (len(per_arch), len(seen))
+  assert len(per_arch) == len(made), (len(per_arch), len(made))
   times = []
   for archs in steps[1:]:  # steady state: same order, nothing to compile
     t0 = time.perf_counter()
@@ -209,20 +228,22 @@ def run_one(run: str, ghn_name: str, compile_workers: int = 0) -> dict:
   assert (compiles.snapshot() - before).count == compiled.count, 'recompiled'
   s_step = statistics.median(times)
   # Wall-time check of the per-architecture compile seconds: steps after the
-  # first (which also compiles body and finish) that saw new architectures.
+  # first (which also compiles body and finish) that compiled new programs.
   wall = [(f - s) / n for f, s, n in zip(first_times[1:], times,
-                                         new_archs[1:]) if n]
+                                         new_programs[1:]) if n]
   result = {
       'run': run, 'm': len(steps[0]), 's_step': s_step,
       'min': min(times), 'max': max(times),
       'arch_s': len(steps[0]) / s_step, 'compile_s': compiled.seconds,
       'compiles': compiled.count, 'first_pass_s': first_pass,
-      'compile_workers': compile_workers,
+      'compile_workers': compile_workers, 'share_depths': share_depths,
+      'quick_compile': quick_compile,
+      'programs': len(made), 'distinct_archs': len(seen),
+      'arch_compile_per_arch_s': sum(per_arch) / len(seen),
       'first_pass_s_per_arch': first_pass / len(seen),
       # the first pass beyond running its steps at the steady rate
       'first_pass_extra_s_per_arch': (first_pass - s_step * len(steps))
                                      / len(seen),
-      'new_archs': len(per_arch),
       'arch_compile_mean_s': statistics.mean(per_arch),
       'arch_compile_median_s': statistics.median(per_arch),
       'arch_compile_max_s': max(per_arch),
@@ -250,19 +271,30 @@ def main():
   p.add_argument('--ghn', default='logah-tiny')
   p.add_argument('--compile-workers', type=int, default=0,
                  help='threads compiling upcoming architectures (GHNStep)')
+  p.add_argument('--share-depths', action='store_true',
+                 help='one program per architecture up to depth '
+                      '(train.share_depths)')
+  p.add_argument('--quick-compile', action='store_true',
+                 help='compile the arch programs with '
+                      'compiles.quick_compile_options() (train.quick_compile)')
   p.add_argument('--child', help=argparse.SUPPRESS)
   args = p.parse_args()
   if args.child:
     from logah_jax import runtime  # pylint: disable=g-import-not-at-top
     runtime.set_xla_flag_defaults()  # as the entry point sets them
     print('RESULT ' + json.dumps(run_one(args.child, args.ghn,
-                                         args.compile_workers)), flush=True)
+                                         args.compile_workers,
+                                         args.share_depths,
+                                         args.quick_compile)), flush=True)
     return
   rows = []
   for run in args.runs:
     out = subprocess.run([sys.executable, __file__, '--child', run, '--ghn',
                           args.ghn, '--compile-workers',
-                          str(args.compile_workers)],
+                          str(args.compile_workers)]
+                         + (['--share-depths'] if args.share_depths else [])
+                         + (['--quick-compile'] if args.quick_compile
+                            else []),
                          capture_output=True, text=True)
     line = [l for l in out.stdout.splitlines() if l.startswith('RESULT ')]
     if out.returncode or not line:
@@ -271,28 +303,33 @@ def main():
     print(json.dumps(rows[-1]), flush=True)
   print(f'GHN training step, {args.ghn}, {rows[0]["device"]} x '
         f'{rows[0]["n_devices"]}, {args.compile_workers} threads compiling '
-        'ahead; steady state = median over the order\'s steps after each '
+        f"ahead, depths {'shared' if args.share_depths else 'not shared'}"
+        f"{', quick compile' if args.quick_compile else ''}; "
+        'steady state = median over the order\'s steps after each '
         'architecture compiled once')
   print('| run | s/step [min-max] | arch/s | compile s (count) | '
-        'compile s/new arch mean/median/max (n) | first pass s | '
+        'compile s/program mean/median/max (programs) | '
+        'compile s per arch (archs) | first pass s | '
         'first pass - steady, per arch s | '
         'TFLOP/s | x f32 matmul | '
         'peak RSS GiB | original s/step | arch/s | GiB | x arch/s | '
         'x memory |')
-  print('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|')
+  print('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|')
   for r in rows:
     o_step, o_rate, o_rss = ORIGINAL[r['run']]
     print(f"| {r['run']} | {r['s_step']:.3f} [{r['min']:.2f}-{r['max']:.2f}] "
           f"| {r['arch_s']:.3f} | {r['compile_s']:.1f} ({r['compiles']}) | "
           f"{r['arch_compile_mean_s']:.1f}/{r['arch_compile_median_s']:.1f}/"
-          f"{r['arch_compile_max_s']:.1f} ({r['new_archs']}) | "
+          f"{r['arch_compile_max_s']:.1f} ({r['programs']}) | "
+          f"{r['arch_compile_per_arch_s']:.1f} ({r['distinct_archs']}) | "
           f"{r['first_pass_s']:.1f} | "
           f"{r['first_pass_extra_s_per_arch']:.1f} | "
           f"{r['tflops']:.3g} | {r['frac_matmul_f32']:.1%} | "
           f"{r['rss_gib']:.2f} | {o_step} | {o_rate} | {o_rss} | "
           f"{r['arch_s'] / o_rate:.2f} | {r['rss_gib'] / o_rss:.2f} |")
-  print('compile s/new arch: trace + lower + XLA seconds of each '
-        "architecture's program in the first pass; TFLOP/s: XLA's FLOPs of "
+  print('compile s/program: trace + lower + XLA seconds of each new '
+        'program in the first pass; per arch: their sum over the distinct '
+        "architectures; TFLOP/s: XLA's FLOPs of "
         'the steady-state steps over their seconds; x f32 matmul: that over '
         'a float32 matmul in the same process.')
 

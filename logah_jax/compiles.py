@@ -6,6 +6,9 @@ assert that steady-state steps compile nothing. `count_trace(name)` is called
 from inside the Python function of a jitted program, so it runs once per
 trace; `trace_counts(prefix)` tells which programs traced how often (GHN
 prediction, each GHN-training program, the fine-tuning step).
+
+`quick_compile_options()`: the XLA options of programs that are compiled
+often and run briefly (GHN training's per-architecture programs on a CPU).
 """
 
 from __future__ import annotations
@@ -17,6 +20,21 @@ import threading
 import jax
 
 _EVENT = '/jax/core/compile/backend_compile_duration'
+
+# XLA's CPU compiler with its classic loop emitters instead of the MLIR
+# fusion emitters: on a 2-core CPU a GHN-training program compiled in about a
+# quarter less time, for steps from as fast (a large ViT) to 16% slower (a
+# GPT-2, whose 50,257-way argmax and transposes the classic emitters run
+# slower); docs/performance.md.
+QUICK_CPU_COMPILE = {'xla_cpu_use_fusion_emitters': False}
+
+
+def quick_compile_options(backend: str | None = None) -> dict | None:
+  """`jax.jit(compiler_options=...)` for quicker compiles on `backend`
+  (default: JAX's); None where there is nothing to gain (GPUs, TPUs)."""
+  if (backend or jax.default_backend()) == 'cpu':
+    return dict(QUICK_CPU_COMPILE)
+  return None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,6 +8,7 @@ import optax
 import pytest
 
 from logah_jax import arch as arch_lib
+from logah_jax import compiles
 from logah_jax import ghn as ghn_lib
 from logah_jax import models
 from logah_jax import parallel
@@ -127,7 +128,10 @@ def test_program_arch_pads_to_the_deepest_candidate():
 def test_shared_program_gives_each_depth_its_own_gradients(make):
   """Depth 2 runs the depth-3 program (compiled ahead, as GHN training
   does) and gets the loss and gradients of its own program. (GHN training
-  runs shared programs end to end on CPUs, where they are the default.)"""
+  runs shared programs end to end on CPUs, where they are the default.)
+  The own program is compiled with the quick CPU options
+  (`train.quick_compile`) and the shared one without: those options must
+  not change the results either."""
   short, deep = make(2), make(3)
   family = short.family
   batch = _batch(short)
@@ -144,9 +148,10 @@ def test_shared_program_gives_each_depth_its_own_gradients(make):
       (params['decoder'], xs[0], batch))
   program = step._compile_arch_now(deep, 0)
   got = program(params['decoder'], xs[0], batch, step._layout(short, 0))
-  want = ghn_step.GHNStep(GHN, family, optax.sgd(0.1), mesh, m=2,
-                          n_pad=n_pad)._compile_arch(short, 0)(
-                              params['decoder'], xs[0], batch)
+  own = ghn_step.GHNStep(GHN, family, optax.sgd(0.1), mesh, m=2,
+                         n_pad=n_pad,
+                         compiler_options=compiles.quick_compile_options())
+  want = own._compile_arch(short, 0)(params['decoder'], xs[0], batch)
   # pylint: enable=protected-access
   assert _max_diff(got[:2], want[:2]) < 1e-6  # decoder and node gradients
   for k in ('ce', 'reg', 'acc'):

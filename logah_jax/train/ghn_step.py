@@ -76,12 +76,15 @@ class GHNStep:
     share_depths: the architectures the run can see (`ArchSampler.candidates`)
       to share programs across depths; empty: one program per architecture.
       Losses and gradients are the same up to float rounding.
+    compiler_options: XLA options of the `arch` programs (the ones compiled
+      per architecture), e.g. `compiles.quick_compile_options()`.
   """
 
   def __init__(self, cfg: GHNConfig, family: str, tx, mesh, *, m: int,
                n_pad: int, gamma: float = 3e-5, label_smoothing: float = 0.0,
                compute: Compute = Compute(), compile_workers: int = 0,
-               share_depths: Sequence = ()):
+               share_depths: Sequence = (),
+               compiler_options: dict | None = None):
     self.cfg, self.family, self.tx = cfg, family, tx
     self.compute = compute
     self.mesh, self.m, self.n_pad = mesh, m, n_pad
@@ -98,6 +101,7 @@ class GHNStep:
     self.shared = bool(share_depths)
     self._depths = depth_sharing.program_depths(share_depths)
     self._layouts = {}  # (ArchConfig, group) -> layout on the group's mesh
+    self.compiler_options = dict(compiler_options or {})
 
   def close(self) -> None:
     """Stops compiling ahead: queued compilations are dropped."""
@@ -212,7 +216,8 @@ class GHNStep:
     rep = parallel.replicated(mesh)
     shardings = (rep, rep, parallel.data_sharded(mesh)) + (
         (rep,) if shared else ())
-    return jax.jit(program, in_shardings=shardings, out_shardings=rep)
+    return jax.jit(program, in_shardings=shardings, out_shardings=rep,
+                   compiler_options=self.compiler_options or None)
 
   def _compile_finish(self):
     body = ghn_lib.body_function(self.cfg, self.family)

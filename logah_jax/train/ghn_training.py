@@ -29,7 +29,7 @@ from logah_jax.validation import ConfigError, check_int
 RESUMABLE_KEYS = (*ckpt_lib.DEFAULT_IGNORE_KEYS, 'holdout', 'demo',
                   'compilation_cache', 'checkpoint.async_save', 'job',
                   'compute_dtype', 'remat', 'train.compile_workers',
-                  'train.share_depths')
+                  'train.share_depths', 'train.quick_compile')
 # Steps whose new architectures are compiled ahead on background threads.
 COMPILE_AHEAD_STEPS = 8
 CURVES = ('loss', 'ce', 'acc', 'reg', 'grad_norm', 'lr')
@@ -47,6 +47,7 @@ class GHNRun(loop.RunSettings):
   gamma: float            # weight of the Frobenius regulariser
   compile_workers: int    # threads compiling upcoming architectures
   share_depths: bool      # one program per architecture up to depth
+  quick_compile: bool     # per-architecture programs compiled for speed
 
   @property
   def title(self) -> str:
@@ -124,6 +125,23 @@ def share_depths(value) -> bool:
                     "'auto', 'true' or 'false'")
 
 
+def quick_compile(value) -> bool:
+  """config.train.quick_compile: true or false (default; or 'true', 'false').
+
+  True compiles the per-architecture programs with
+  `compiles.quick_compile_options()` on CPU backends: about a quarter less
+  compile time, for steps from as fast (large ViTs) to 15% slower (GPT-2s).
+  It pays in short runs over many large architectures; in the main job the
+  two cancel out (docs/performance.md). GPUs and TPUs compile as usual.
+  """
+  if isinstance(value, bool):
+    return value
+  if value in ('true', 'false'):
+    return value == 'true'
+  raise ConfigError(f'config.train.quick_compile={value!r} must be '
+                    'true or false')
+
+
 def build_run(config) -> GHNRun:
   """Checks `config` and builds the host-side objects of a GHN run."""
   cfg = ghn_config(config)
@@ -155,6 +173,8 @@ def build_run(config) -> GHNRun:
                 compile_workers=compile_workers(
                     train.get('compile_workers', 'auto')),
                 share_depths=share_depths(train.get('share_depths', 'auto')),
+                quick_compile=quick_compile(train.get('quick_compile',
+                                                      False)),
                 **settings)
 
 
@@ -193,7 +213,9 @@ def train(run: GHNRun, workdir: str, *,
         n_pad=run.sampler.node_bucket(run.ghn_cfg.cutoff), gamma=run.gamma,
         label_smoothing=run.label_smoothing, compute=run.compute,
         compile_workers=run.compile_workers,
-        share_depths=run.sampler.candidates() if run.share_depths else ())
+        share_depths=run.sampler.candidates() if run.share_depths else (),
+        compiler_options=(compiles.quick_compile_options()
+                          if run.quick_compile else None))
     programs = len({stepper.program_arch(a)
                     for a in run.sampler.candidates()})
     params_abstract = jax.eval_shape(
@@ -212,7 +234,8 @@ def train(run: GHNRun, workdir: str, *,
         f'bound x {len(stepper.groups)} arch groups), '
         f'node bucket {stepper.n_pad}; m={run.sampler.m}, batch '
         f'{run.data.batch_size}, mesh {dict(mesh.shape)}; '
-        f'{run.compile_workers} threads compiling ahead',
+        f'{run.compile_workers} threads compiling ahead'
+        f'{", quick compile" if stepper.compiler_options else ""}',
         f'targets: {run.compute.describe()}; Graphormer '
         f'{run.ghn_cfg.dtype}',
         f'resuming at step {start}' if start else 'starting at step 0')

@@ -1,0 +1,62 @@
+"""XLA options of GHN training's per-architecture programs (quick compile).
+
+That they leave losses and gradients unchanged is checked with the
+depth-sharing step test (tests/test_depth_sharing.py), whose own-depth
+program is compiled with them.
+"""
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from logah_jax import arch as arch_lib
+from logah_jax import compiles
+from logah_jax import ghn as ghn_lib
+from logah_jax import parallel
+from logah_jax.arch import batching
+from logah_jax.train import ghn_step
+from logah_jax.train import ghn_training
+from logah_jax.validation import ConfigError
+
+GHN = ghn_lib.named('logah-tiny')
+
+
+def test_quick_compile_options_are_for_cpus_only():
+  assert compiles.quick_compile_options('cpu') == {
+      'xla_cpu_use_fusion_emitters': False}
+  assert compiles.quick_compile_options('gpu') is None
+  assert compiles.quick_compile_options('tpu') is None
+  # a copy: a caller cannot change the module's defaults
+  compiles.quick_compile_options('cpu')['xla_cpu_use_fusion_emitters'] = 1
+  assert compiles.QUICK_CPU_COMPILE['xla_cpu_use_fusion_emitters'] is False
+
+
+def test_quick_compile_setting():
+  assert ghn_training.quick_compile('false') is False
+  assert ghn_training.quick_compile('true') is True
+  assert ghn_training.quick_compile(True) is True
+  assert ghn_training.quick_compile(False) is False
+  for bad in ('auto', 'yes', 1, None):
+    with pytest.raises(ConfigError, match='config.train.quick_compile'):
+      ghn_training.quick_compile(bad)
+
+
+def test_arch_programs_are_compiled_with_the_step_options():
+  """An option XLA does not know fails the architecture's program, and
+  only that program: the options reach XLA's compiler there."""
+  arch = arch_lib.GPT2Config(depth=1, width=32, heads=4, vocab_size=64,
+                             n_positions=16)
+  mesh = parallel.make_mesh({'data': 1}, devices=jax.devices()[:1])
+  n_pad = batching.bucket_size(ghn_lib.num_nodes(GHN, arch))
+  step = ghn_step.GHNStep(GHN, 'gpt2', optax.sgd(0.1), mesh, m=1,
+                          n_pad=n_pad,
+                          compiler_options={'xla_cpu_no_such_option': True})
+  params = ghn_lib.init(GHN, 'gpt2', 0)
+  tokens = np.random.default_rng(0).integers(0, 64, (2, 9)).astype(np.int32)
+  # pylint: disable=protected-access
+  xs = step._body(params['body'], step.inputs([arch]))  # compiles as usual
+  lowered = step._compile_arch(arch, 0).lower(params['decoder'], xs[0],
+                                              {'tokens': tokens})
+  with pytest.raises(Exception, match='xla_cpu_no_such_option'):
+    lowered.compile()
