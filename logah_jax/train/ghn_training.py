@@ -47,7 +47,7 @@ class GHNRun(loop.RunSettings):
   gamma: float            # weight of the Frobenius regulariser
   compile_workers: int    # threads compiling upcoming architectures
   share_depths: bool      # one program per architecture up to depth
-  quick_compile: bool     # per-architecture programs compiled for speed
+  quick_compile: bool     # quicker XLA compiles of those programs (CPU)
 
   @property
   def title(self) -> str:
@@ -130,7 +130,7 @@ def quick_compile(value) -> bool:
 
   True compiles the per-architecture programs with
   `compiles.quick_compile_options()` on CPU backends: about a quarter less
-  compile time, for steps from as fast (large ViTs) to 15% slower (GPT-2s).
+  compile time, for steps from as fast (large ViTs) to 16% slower (GPT-2s).
   It pays in short runs over many large architectures; in the main job the
   two cancel out (docs/performance.md). GPUs and TPUs compile as usual.
   """
