@@ -16,9 +16,10 @@ run seconds (min and median over all runs) of each.
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
+
+from train_ghn import child_result  # the benchmarks' child-process runner
 
 OPTIONS = ('default', 'quick')
 
@@ -81,11 +82,7 @@ def main():
            '--repeats', str(args.repeats)] + (
                ['--depth', str(args.depth)] if args.depth else []) + (
                    ['--quick-first'] if i % 2 else [])
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    line = [l for l in out.stdout.splitlines() if l.startswith('RESULT ')]
-    if out.returncode or not line:
-      sys.exit(f'process {i} failed:\n{out.stderr[-3000:]}')
-    results.append(json.loads(line[0][7:]))
+    results.append(child_result(cmd, f'process {i}'))
     print(json.dumps(results[-1]), flush=True)
   print(f'{args.family}: {args.processes} processes, {args.repeats} runs '
         'of each program per process')

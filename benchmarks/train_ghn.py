@@ -92,6 +92,18 @@ def _steps(run: str):
            for d, w in step] for step in GPT_M2]
 
 
+def child_result(cmd: list[str], what: str) -> dict:
+  """Runs a benchmark's child process; its 'RESULT {json}' line, parsed.
+
+  Exits naming `what`, with the end of the child's stderr, if it failed.
+  """
+  out = subprocess.run(cmd, capture_output=True, text=True)
+  line = [l for l in out.stdout.splitlines() if l.startswith('RESULT ')]
+  if out.returncode or not line:
+    sys.exit(f'{what} failed:\n{out.stderr[-3000:]}')
+  return json.loads(line[0][7:])
+
+
 def _matmul_flops_per_s():
   """`matmul_flops_per_s` of benchmarks/finetune.py (loaded by its path)."""
   path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -289,17 +301,11 @@ def main():
     return
   rows = []
   for run in args.runs:
-    out = subprocess.run([sys.executable, __file__, '--child', run, '--ghn',
-                          args.ghn, '--compile-workers',
-                          str(args.compile_workers)]
-                         + (['--share-depths'] if args.share_depths else [])
-                         + (['--quick-compile'] if args.quick_compile
-                            else []),
-                         capture_output=True, text=True)
-    line = [l for l in out.stdout.splitlines() if l.startswith('RESULT ')]
-    if out.returncode or not line:
-      sys.exit(f'{run} failed:\n{out.stderr[-3000:]}')
-    rows.append(json.loads(line[0][7:]))
+    rows.append(child_result(
+        [sys.executable, __file__, '--child', run, '--ghn', args.ghn,
+         '--compile-workers', str(args.compile_workers)]
+        + (['--share-depths'] if args.share_depths else [])
+        + (['--quick-compile'] if args.quick_compile else []), run))
     print(json.dumps(rows[-1]), flush=True)
   print(f'GHN training step, {args.ghn}, {rows[0]["device"]} x '
         f'{rows[0]["n_devices"]}, {args.compile_workers} threads compiling '
