@@ -10,8 +10,9 @@ stack, interpolate, net2net, bert2bert or ligo (docs/growth.md); `arch` the
 target (any architecture string, as in configs/predict.py), at least as deep
 and wide as the source, with the same head size. LiGO first trains its
 operator for `ligo.num_steps` steps on `data` (in `ligo_workdir`, default
-WORKDIR-ligo; resumable). WORKDIR becomes the checkpoint, in the layout of
-configs/predict.py's output.
+WORKDIR-ligo; resumable), with the large model's forward in `compute_dtype`
+('auto': bfloat16 on GPUs and TPUs, float32 on CPUs) and `remat`. WORKDIR
+becomes the checkpoint, in the layout of configs/predict.py's output.
 
 Variants: '' grows into the Fashion-MNIST ViT of configs/compare_vits.py;
 'text' into the Shakespeare GPT-2 of configs/compare_gpts.py; 'smoke' (or
@@ -54,4 +55,5 @@ def get_config(arg: str | None = None):
   c.mesh = ml_collections.ConfigDict(dict(data=-1))
   c.log_every_steps = 1 if smoke else 25
   c.compilation_cache = ''
+  config_base.add_compute_fields(c)  # of the large model while LiGO learns
   return c

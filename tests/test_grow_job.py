@@ -4,12 +4,16 @@ import hashlib
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs_for_tests import finetune_smoke, load_config_file
 from logah_jax import arch, checkpoint, compiles, growth, main, models
-from logah_jax.train import compare, finetuning, flops, ligo_training
+from logah_jax import parallel
+from logah_jax.train import compare, finetuning, flops, grow_job
+from logah_jax.train import ligo_training
+from logah_jax.train.compute import Compute
 from logah_jax.validation import ConfigError
 
 SMALL = ('vit:depth=1,width=16,heads=2,mlp_dim=64,patch=7,image_size=28,'
@@ -118,6 +122,29 @@ def test_bad_growth_input_fails_before_work_and_touches_nothing(
     main.run(c, str(out))
   assert _hash_tree(out) == before and _hash_tree(source) == source_hash
   assert not os.path.exists(f'{out}-ligo')
+
+
+@pytest.mark.parametrize('dtype,remat', [('bfloat16', True),
+                                         ('float32', False)])
+def test_ligo_operator_step_runs_the_large_model_in_the_config_dtype(
+    source, tmp_path, dtype, remat):
+  c = _grow_config(source, 'ligo')
+  c.compute_dtype, c.remat = dtype, remat
+  run = ligo_training.build_run(grow_job.ligo_run_config(c), source)
+  assert run.compute == Compute(jnp.dtype(dtype), remat)
+  step = ligo_training.LigoStep(
+      run, parallel.make_mesh({parallel.DATA: 1}, jax.devices()[:1]))
+  program = str(jax.make_jaxpr(step._update)(  # pylint: disable=protected-access
+      step.abstract_state(), models.abstract_params(run.small),
+      flops.abstract_batch(run.large, 8)))
+  # the grown params stay float32; the large model's matmuls take its dtype
+  assert ('bf16' in program) == (dtype == 'bfloat16')
+  assert ('remat' in program or 'checkpoint' in program) == remat
+  c.compute_dtype = 'fp8'
+  with pytest.raises(ConfigError, match=r"config.ligo \(the operator run\): "
+                     r"config.compute_dtype='fp8'"):
+    main.run(c, str(tmp_path / 'init'))
+  assert not os.listdir(tmp_path)
 
 
 def test_existing_output_and_non_params_source_are_refused(source, tmp_path):

@@ -10,6 +10,7 @@ from configs_for_tests import random_params
 from logah_jax import arch, growth, models
 from logah_jax.growth import closed_form, layout, ligo
 from logah_jax.train import flops, ligo_training
+from logah_jax.train.compute import Compute
 from logah_jax.validation import ConfigError
 
 VIT_S = arch.parse('vit:depth=2,width=64,heads=4,mlp_dim=128,patch=4,'
@@ -220,6 +221,30 @@ def test_ligo_gradients_reach_every_operator_entry_and_no_source_param(pair):
     assert float(jnp.max(jnp.abs(g))) > 0, jax.tree_util.keystr(path)
   assert all(float(jnp.max(jnp.abs(g))) == 0.0
              for g in jax.tree.leaves(source_grads))
+
+
+@pytest.mark.parametrize('pair', ['gpt2-untied'])
+def test_ligo_bfloat16_gradients_stay_close_to_float32(pair):
+  """The large model in bfloat16: the operator's loss and gradients (float32
+  leaves) follow the float32 ones; the growth products stay float32."""
+  small, large = PAIRS[pair]
+  params = random_params(small, std=0.1)
+  operator = ligo.init_operator(small, large, key=jax.random.key(8))
+  batch = {'tokens': jax.random.randint(jax.random.key(9), (4, 13), 0, 61)}
+  out = {}
+  for dtype in (jnp.float32, jnp.bfloat16):
+    fn = lambda op, dtype=dtype: ligo_training.objective(
+        op, params, batch, small, large, compute=Compute(dtype))[0]
+    out[dtype] = jax.jit(jax.value_and_grad(fn))(operator)
+  (l32, g32), (l16, g16) = out[jnp.float32], out[jnp.bfloat16]
+  assert {g.dtype for g in jax.tree.leaves(g16)} == {jnp.dtype(jnp.float32)}
+  assert l16 != l32  # it really ran in bfloat16
+  np.testing.assert_allclose(l16, l32, rtol=2e-2)
+  flat32 = np.concatenate([np.ravel(g) for g in jax.tree.leaves(g32)])
+  flat16 = np.concatenate([np.ravel(g) for g in jax.tree.leaves(g16)])
+  assert np.corrcoef(flat32, flat16)[0, 1] > 0.99
+  np.testing.assert_allclose(np.linalg.norm(flat16), np.linalg.norm(flat32),
+                             rtol=5e-2)
 
 
 @pytest.mark.parametrize('change,field', [

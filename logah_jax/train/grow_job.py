@@ -36,6 +36,8 @@ def ligo_run_config(config) -> ml_collections.ConfigDict:
       every_steps=config.ligo.num_steps, keep=2, async_save=True))
   c.log_every_steps = config.log_every_steps
   c.compilation_cache = config.compilation_cache
+  c.compute_dtype = config.compute_dtype
+  c.remat = config.remat
   c.ligo = {k: config.ligo[k] for k in ('init', 'sharing', 'split_noise')}
   return c
 

@@ -28,13 +28,14 @@ from logah_jax.train import loop
 from logah_jax.train import objective as objective_lib
 from logah_jax.train import report
 from logah_jax.train import state as state_lib
+from logah_jax.train.compute import Compute
 from logah_jax.train.data_spec import check_data_matches
 from logah_jax.validation import ConfigError, check_int
 
 TRACE_NAME = 'ligo_step.update'  # compiles.trace_counts() key
 OPERATOR_DIR = 'operator'
 RESUMABLE_KEYS = (*ckpt_lib.DEFAULT_IGNORE_KEYS, 'compilation_cache',
-                  'checkpoint.async_save', 'job')
+                  'checkpoint.async_save', 'job', 'compute_dtype', 'remat')
 CURVES = ('loss', 'acc', 'grad_norm', 'lr')
 
 
@@ -94,12 +95,18 @@ def build_run(config, source: str, small=None) -> LigoRun:
 
 
 def objective(operator, small_params, batch, small, large,
-              label_smoothing: float = 0.0):
-  """(loss, accuracy) of the grown model; differentiable in `operator` only."""
+              label_smoothing: float = 0.0, compute: Compute = Compute()):
+  """(loss, accuracy) of the grown model; differentiable in `operator` only.
+
+  The growth products run in float32 (the operator and the small params are
+  float32); the large model's forward runs in `compute.dtype`, with its
+  blocks rematerialised under `compute.remat`, as in fine-tuning.
+  """
   params = ligo.grow_params(operator, jax.lax.stop_gradient(small_params),
                             small, large)
-  loss, logits, targets = objective_lib.task_loss(large, params, batch,
-                                                  label_smoothing)
+  loss, logits, targets = objective_lib.task_loss(
+      large, params, batch, label_smoothing, dtype=compute.dtype,
+      remat=compute.remat)
   return loss, objective_lib.correct(logits, targets) / targets.size
 
 
@@ -137,7 +144,7 @@ class LigoStep:
     run = self.run
     (loss, acc), grads = jax.value_and_grad(objective, has_aux=True)(
         state.params, small_params, batch, run.small, run.large,
-        run.label_smoothing)
+        run.label_smoothing, run.compute)
     state, metrics = state_lib.guarded_update(state, grads, loss, run.tx)
     return state, dict(metrics, acc=acc)
 
@@ -174,7 +181,8 @@ def train(run: LigoRun, workdir: str, *,
     report.say(
         f'{run.title}: operator of {size:,} params ({run.sharing} sharing), '
         f'starting as {run.scheme}; '
-        f'{run.num_steps} steps, batch {run.data.batch_size}',
+        f'{run.num_steps} steps, batch {run.data.batch_size}; large model: '
+        f'{run.compute.describe()}',
         f'resuming at step {start}' if start else 'starting at step 0')
     end = run.num_steps if stop_after_steps is None else min(
         run.num_steps, start + stop_after_steps)
