@@ -157,14 +157,16 @@ def main():
          else 'initialised')
   print(f'{args.ghn} ({how}) predicting on {rows[0]["device"]}; original = '
         'the PyTorch LoGAH on a 2-core CPU (end-to-end)')
-  head = (f'{"target":<19}{"params":>9}{"first s":>9}{"steady s":>10}'
+  head = (f'{"target":<19}{"params":>9}{"init s":>8}{"first s":>9}'
+          f'{"steady s":>10}'
           f'{"cold s":>8}{"cold*":>7}{"RSS GiB":>9}{"RSS/fp32":>9}'
           f'{"orig s":>8}{"x first":>9}{"x steady":>9}{"x cold":>8}{"x cold*":>8}'
           f'{"orig RSS":>9}')
   print(head)
   for r in rows:
     fp32_gib = r['params'] * 4 / 2**30
-    line = (f'{r["target"]:<19}{r["params"] / 1e6:>8.1f}M{r["first_s"]:>9.2f}'
+    line = (f'{r["target"]:<19}{r["params"] / 1e6:>8.1f}M{r["init_s"]:>8.2f}'
+            f'{r["first_s"]:>9.2f}'
             f'{r["steady_s"]:>10.3f}{r["cold_s"]:>8.2f}{r["warm_cold_s"]:>7.2f}'
             f'{r["peak_rss_gib"]:>9.2f}{r["peak_rss_gib"] / fp32_gib:>9.2f}')
     if r['target'] in ORIGINAL:
@@ -174,7 +176,8 @@ def main():
                f'{orig_s / r["warm_cold_s"]:>8.1f}'
                f'{orig_rss:>9.2f}')
     print(line)
-  print('first: graph + compile + predict in a new process; steady: median '
+  print('init: initialising (or restoring) the GHN; '
+        'first: graph + compile + predict in a new process; steady: median '
         'of repeats; cold: the whole process (imports, GHN init or restore, compile, '
         'predict) with an empty compilation cache, cold*: the same with the '
         'cache a previous process left. x = original s / ours. RSS/fp32 = peak RSS over the fp32 size of the prediction.')

@@ -24,6 +24,7 @@ import numpy as np
 from logah_jax import arch as arch_lib
 from logah_jax import compiles
 from logah_jax import models
+from logah_jax import prng
 from logah_jax.arch import batching
 from logah_jax.ghn import plan as plan_lib
 from logah_jax.ghn import vocab
@@ -91,7 +92,8 @@ def _check_family(family: str):
 def _init_fn(cfg: GHNConfig, family: str):
   def init(key):
     compiles.count_trace('ghn.init')
-    k_body, k_dec, k_1d, k_cls = jax.random.split(key, 4)
+    # jax.random's draws from `key`, one fused pass each (`prng`)
+    k_body, k_dec, k_1d, k_cls = jax.random.split(prng.fused_threefry(key), 4)
     dummy = make_inputs(cfg, family, [_dummy_arch(family)])
     params = {
         'body': _body_module(cfg, family).init(k_body, dummy)['params'],

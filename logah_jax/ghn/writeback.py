@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from logah_jax import compiles
+from logah_jax import prng
 from logah_jax.ghn.config import GHNConfig
 from logah_jax.ghn.decoders import FullRankDecoder, LowRankDecoder
 from logah_jax.ghn.plan import ArchPlan, Request, SlotPlan
@@ -99,23 +100,33 @@ def _fit(x, axis: int, size: int, sp: SlotPlan):
   return x.reshape(shape[:axis] + (size,) + shape[axis + 1:])
 
 
-def _repeated_mask(shape, sp: SlotPlan) -> np.ndarray:
-  """True where a widened leaf holds a repeat rather than a decoded entry."""
-  mask = np.zeros(shape, bool)
+def _repeated_mask(shape, sp: SlotPlan):
+  """True where a widened leaf holds a repeat rather than a decoded entry.
+
+  Built by broadcasting one small per-axis constant per widened axis, not
+  as a full-size constant baked into the program.
+  """
+  mask = jnp.zeros(shape, bool)
   for axis, (period, chunks) in enumerate(sp.widen):
     if period:
       part = shape[axis] // chunks
       idx = np.arange(shape[axis]) % part >= period // chunks
-      mask |= idx.reshape([-1 if a == axis else 1 for a in range(len(shape))])
+      mask = mask | idx.reshape(
+          [-1 if a == axis else 1 for a in range(len(shape))])
   return mask
 
 
 def _add_noise(x, sp: SlotPlan, node_id):
   """'widen': noise on the repeats, so that copies of a unit can diverge
-  in training (equal units get equal gradients and stay equal)."""
+  in training (equal units get equal gradients and stay equal).
+
+  The noise is jax.random's normal draw, from a key on the fused threefry
+  implementation (`prng`): the same values, in one pass over the leaf.
+  """
   if not sp.noise:
     return x
-  key = jax.random.fold_in(jax.random.key(FILL_NOISE_KEY), node_id)
+  key = prng.fused_threefry(
+      jax.random.fold_in(jax.random.key(FILL_NOISE_KEY), node_id))
   noise = sp.noise * jnp.std(x) * jax.random.normal(key, x.shape, x.dtype)
   return x + jnp.where(_repeated_mask(x.shape, sp), noise, 0.0)
 

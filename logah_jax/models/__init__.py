@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from logah_jax import prng
 from logah_jax.arch.configs import GPT2Config, ViTConfig
 from logah_jax.models import layers
 from logah_jax.models.gpt2 import GPT2
@@ -96,10 +97,15 @@ def abstract_params(cfg):
 def _jitted_init(cfg):
   model = build(cfg)
   x = dummy_input(cfg)
-  return jax.jit(lambda key: model.init(key, x)['params'])
+  return jax.jit(
+      lambda key: model.init(prng.fused_threefry(key), x)['params'])
 
 
 def init_params(cfg, key: jax.Array):
-  """Params with the reference default init (the RandInit baseline)."""
+  """Params with the reference default init (the RandInit baseline).
+
+  The draws are jax.random's from `key`, computed through the fused
+  threefry implementation (`prng`): the same values, 3-4x faster on CPUs.
+  """
   _check(cfg, 'init_params')
   return _jitted_init(cfg)(key)
