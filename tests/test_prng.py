@@ -1,5 +1,6 @@
 """The fused threefry keys: jax.random's values, without the CPU while loop."""
 
+import dataclasses
 import re
 
 import jax
@@ -93,7 +94,8 @@ def test_model_and_ghn_inits_keep_the_plain_keys_values(monkeypatch):
   want = jax.jit(lambda k: model.init(k, x)['params'])(key)
   jax.tree.map(np.testing.assert_array_equal,
                models.init_params(cfg, key), want)
-  gcfg = ghn.named('logah-tiny')
+  gcfg = dataclasses.replace(ghn.named('logah-tiny'), hid=16, layers=1,
+                             heads=2, rank=4)  # every kind of leaf, small
   got = ghn.init(gcfg, 'gpt2', seed=3)
   monkeypatch.setattr(prng, 'fused_threefry', lambda k: k)  # plain keys
   want = ghn_api._init_fn.__wrapped__(gcfg, 'gpt2')(jax.random.key(3))  # pylint: disable=protected-access
