@@ -8,6 +8,7 @@ first call (graph + compile + predict) and the steady state (median of 3).
     .venv/bin/python benchmarks/predict.py                  # all targets
     .venv/bin/python benchmarks/predict.py --targets gpt2-large-untied
     .venv/bin/python benchmarks/predict.py --targets gpt2-large-untied --from-saved
+    .venv/bin/python benchmarks/predict.py --targets gpt2-large-untied --from-saved --fill decoder
 
 `--from-saved` measures what a user of a trained GHN runs: a first process
 saves an untrained GHN as GHN training saves it (on GPTs-1K or ViTs-1K), and
@@ -63,7 +64,7 @@ def save_ghn(directory: str, name: str, ghn_name: str) -> None:
 
 
 def run_one(name: str, ghn_name: str, repeats: int,
-            saved: str | None = None) -> dict:
+            saved: str | None = None, fill: str | None = None) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from logah_jax import arch, ghn, runtime  # pylint: disable=g-import-not-at-top
   runtime.enable_compilation_cache()  # the directory comes from the parent
@@ -71,7 +72,7 @@ def run_one(name: str, ghn_name: str, repeats: int,
   cfg = _arch(name)
   t0 = time.perf_counter()
   if saved:  # a trained GHN's user: restore, no init
-    loaded = ghn.load(saved)
+    loaded = ghn.load(saved, fill=fill)
     ghn_cfg, params = loaded.cfg, jax.block_until_ready(loaded.params)
   else:
     ghn_cfg = ghn.named(ghn_name)
@@ -111,6 +112,9 @@ def main():
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--from-saved', action='store_true',
                       help='restore a saved GHN instead of initialising one')
+  parser.add_argument('--fill', choices=('decoder', 'tile', 'widen'),
+                      help="with --from-saved: ghn.load's fill (default: the "
+                      "saved GHN's, 'widen')")
   parser.add_argument('--one', help=argparse.SUPPRESS)
   parser.add_argument('--saved', help=argparse.SUPPRESS)
   parser.add_argument('--save', help=argparse.SUPPRESS)
@@ -121,7 +125,8 @@ def main():
   if args.one:
     from logah_jax import runtime  # pylint: disable=g-import-not-at-top
     runtime.set_xla_flag_defaults()  # as the entry point sets them
-    print(json.dumps(run_one(args.one, args.ghn, args.repeats, args.saved)))
+    print(json.dumps(run_one(args.one, args.ghn, args.repeats, args.saved,
+                             args.fill)))
     return
   rows = []
   for name in args.targets:
@@ -138,7 +143,8 @@ def main():
             [sys.executable, __file__, '--save', saved, '--one', name,
              '--ghn', args.ghn], check=True, capture_output=True,
             env={**env, 'LOGAH_JAX_CACHE_DIR': os.path.join(tmp, 'xla-save')})
-        extra = ['--saved', saved]
+        extra = ['--saved', saved] + (['--fill', args.fill] if args.fill
+                                      else [])
       runs = []
       for _ in range(2):  # empty compilation cache, then warm
         out = subprocess.run(
