@@ -379,10 +379,12 @@ def decode_arch_per_shape(cfg: GHNConfig, decoder_params, x_ND,
         hidden, hidden_rows)
     for recipe, members in _recipes(nodes).items():
       program = _leaf_program(dataclasses.replace(recipe, scale=1.0))
-      scale = jnp.float32(recipe.scale)
+      # NumPy scalars: jit takes them as they are (a jnp scalar is an eager
+      # op of its own, one per leaf).
+      scale = np.float32(recipe.scale)
       for j, path in members:
-        _set(tree, path, program(_block_of(blocks, jnp.int32(j)), scale,
-                                 jnp.int32(nodes[j].node)))
+        _set(tree, path, program(_block_of(blocks, np.int32(j)), scale,
+                                 np.int32(nodes[j].node)))
   for path, _ in plan.graph.unpredicted:
     leaf = abstract_params
     for key in path:
