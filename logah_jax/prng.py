@@ -64,7 +64,7 @@ def _random_bits(key, bit_width: int, shape):
   """jax's partitionable threefry bits: hash of the 64-bit element index."""
   shape = tuple(shape)
   if (bit_width not in _UINT or math.prod(shape) >= 2**32
-      or not jax.config.jax_threefry_partitionable):
+      or not getattr(jax.config, 'jax_threefry_partitionable', True)):
     return _BASE.random_bits(key, bit_width, shape)
   hi, lo = threefry2x32(key[0], key[1], jnp.zeros(shape, jnp.uint32),
                         _flat_index(shape))
