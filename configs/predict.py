@@ -11,6 +11,11 @@ vit-s/b/l[/2|/16]), a named one with fields replaced
 num_classes=10'). The family must be the one the GHN was trained on. WORKDIR
 becomes the checkpoint: WORKDIR/params holds {'params': ...} (README shows how
 to restore it without logah_jax), WORKDIR/metadata the provenance.
+
+`fill` says how a target wider than the GHN's training architectures is
+filled (docs/extrapolation.md): '' keeps the GHN's own (default 'widen'),
+'decoder' decodes every width (on a CPU, the quickest cold prediction of
+GPT-2-Large: docs/performance.md), 'tile' or 'widen'.
 """
 
 import ml_collections
@@ -25,6 +30,7 @@ def get_config(arg: str | None = None):
   c.ghn_workdir = ''
   c.ghn_step = -1  # -1: the latest checkpoint
   c.arch = 'gpt2-large'
+  c.fill = ''  # '' = the GHN's own; 'decoder', 'tile' or 'widen'
   c.overwrite = False
   c.compilation_cache = ''
   return c

@@ -61,6 +61,29 @@ def test_predict_job_writes_params_layout_and_metadata(ghn_workdir, tmp_path):
   assert sorted(os.listdir(out)) == before
 
 
+def test_predict_job_fill_reaches_the_prediction(ghn_workdir, tmp_path):
+  arch = arch_lib.parse(TARGET)  # width 64, wider than the GHN's 48
+  c = _predict_config(ghn_workdir)
+  c.fill = 'decoder'
+  out = str(tmp_path / 'init')
+  main_lib.run(c, out)
+  restored = checkpoint.restore_params(
+      out, abstract_params=models.abstract_params(arch))
+  want = ghn_lib.load(ghn_workdir, fill='decoder').predict(arch)
+  widen = ghn_lib.load(ghn_workdir).predict(arch)
+  assert ghn_lib.load(ghn_workdir).cfg.fill == 'widen'
+  for a, b, w in zip(jax.tree.leaves(restored), jax.tree.leaves(want),
+                     jax.tree.leaves(widen)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert any(not np.array_equal(a, w) for a, w in zip(
+      jax.tree.leaves(restored), jax.tree.leaves(widen)))
+  assert checkpoint.read_metadata(out)['generator']['ghn']['fill'] == 'decoder'
+  c.fill = 'stretch'
+  with pytest.raises(ValueError, match="config.fill='stretch'"):
+    main_lib.run(c, str(tmp_path / 'other'))
+  assert not os.path.exists(tmp_path / 'other')
+
+
 def test_predict_job_rejects_bad_input(ghn_workdir, tmp_path):
   for arch, match in (('gpt2-small', 'is a gpt2 but the GHN'),
                       ('vit:depth=3', 'config.arch'),

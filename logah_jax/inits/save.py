@@ -55,9 +55,14 @@ def run_predict(config, workdir: str) -> dict:
   if not config.ghn_workdir:
     raise ConfigError('config.ghn_workdir is empty: give the workdir of a '
                       'GHN training run')
+  fill = config.get('fill', '') or None
+  if fill is not None and fill not in ghn_lib.FILLS:
+    raise ConfigError(f'config.fill={fill!r} must be one of {ghn_lib.FILLS} '
+                      "or '' (the GHN's own)")
   check_output(workdir, config.overwrite)
   step = None if config.ghn_step < 0 else config.ghn_step
-  method = ghn_prediction.GHNPrediction.from_workdir(config.ghn_workdir, step)
+  method = ghn_prediction.GHNPrediction.from_workdir(config.ghn_workdir, step,
+                                                     fill=fill)
   trained = method.trained
   if trained.family != arch.family:
     raise ConfigError(f'config.arch={config.arch!r} is a {arch.family} but '
