@@ -12,6 +12,7 @@ from logah_jax import arch, ghn, models, prng
 from logah_jax.arch import graph
 from logah_jax.ghn import api as ghn_api
 from logah_jax.ghn import plan, writeback
+from logah_jax.inits import orthogonal
 
 DRAWS = {
     'normal': lambda k, s: jax.random.normal(k, s),
@@ -97,9 +98,12 @@ def test_model_and_ghn_inits_keep_the_plain_keys_values(monkeypatch):
   gcfg = dataclasses.replace(ghn.named('logah-tiny'), hid=16, layers=1,
                              heads=2, rank=4)  # every kind of leaf, small
   got = ghn.init(gcfg, 'gpt2', seed=3)
+  orth = orthogonal.OrthogonalInit().params(cfg, 4)
   monkeypatch.setattr(prng, 'fused_threefry', lambda k: k)  # plain keys
   want = ghn_api._init_fn.__wrapped__(gcfg, 'gpt2')(jax.random.key(3))  # pylint: disable=protected-access
   jax.tree.map(np.testing.assert_array_equal, got, want)
+  jax.tree.map(np.testing.assert_array_equal, orth,
+               orthogonal.OrthogonalInit().params(cfg, 4))
 
 
 def test_widen_noise_is_jax_random_normal_on_the_repeats_only():

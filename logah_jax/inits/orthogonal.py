@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from logah_jax import models
+from logah_jax import prng
 from logah_jax.inits.base import InitMethod
 
 _LAST_LAYERS = ('head', 'lm_head')
@@ -41,7 +42,8 @@ class OrthogonalInit(InitMethod):
   def params(self, arch, seed: int):
     key = jax.random.key(seed)
     params = models.init_params(arch, key)
-    orth_key = jax.random.fold_in(key, 1)
+    # the same draws as from the plain key, without the CPU loop (`prng`)
+    orth_key = prng.fused_threefry(jax.random.fold_in(key, 1))
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     keys = jax.random.split(orth_key, len(leaves))
     out = [_orthogonal(k, leaf.shape, leaf.dtype)
