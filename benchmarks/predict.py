@@ -119,6 +119,9 @@ def main():
   parser.add_argument('--saved', help=argparse.SUPPRESS)
   parser.add_argument('--save', help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.fill and not (args.from_saved or args.saved):
+    parser.error('--fill needs --from-saved (a freshly initialised GHN has '
+                 'no trained width to fill past)')
   if args.save:
     save_ghn(args.save, args.one, args.ghn)
     return
