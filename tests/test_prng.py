@@ -119,3 +119,26 @@ def test_widen_noise_is_jax_random_normal_on_the_repeats_only():
   np.testing.assert_allclose(got, np.where(repeated, x + noise, x),
                              rtol=1e-6, atol=1e-7)
   assert np.array_equal(np.asarray(got) == np.asarray(x), ~repeated)
+
+
+def test_transposed_lowrank_leaf_gets_the_reference_layout_noise():
+  """A low-rank leaf stored transposed (an untied GPT-2 output layer) is
+  written in the Flax layout directly; its noise is still the one drawn for
+  the reference layout, transposed."""
+  a = jax.random.normal(jax.random.key(2), (6, 3))
+  b = jax.random.normal(jax.random.key(3), (3, 8))
+  slot = graph.Slot(path=('w',), role='w', ref_shape=(6, 8), to_flax=(1, 0))
+  sp = plan.SlotPlan(slot=slot, kind='matrix', period=(6, 8),
+                     widen=((3, 1), (4, 2)), noise=0.1)
+  got = jax.jit(lambda a, b: writeback._lowrank_matrix(a, b, sp, 5))(a, b)  # pylint: disable=protected-access
+  # Reference: the same leaf in the reference layout (its noise is checked
+  # against jax.random above), transposed with NumPy.
+  plain = dataclasses.replace(sp, slot=dataclasses.replace(slot, to_flax=None))
+  want = np.asarray(jax.jit(lambda a, b: writeback._lowrank_matrix(  # pylint: disable=protected-access
+      a, b, plain, 5))(a, b)).T
+  quiet = np.asarray(writeback._lowrank_matrix(  # pylint: disable=protected-access
+      a, b, dataclasses.replace(plain, noise=0.0), 5)).T
+  repeated = (np.arange(6) >= 3)[:, None] | (np.arange(8) % 4 >= 2)[None, :]
+  assert got.shape == (8, 6)
+  assert np.array_equal(want != quiet, repeated.T)  # noise on repeats only
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

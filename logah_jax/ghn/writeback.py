@@ -116,19 +116,25 @@ def _repeated_mask(shape, sp: SlotPlan):
   return mask
 
 
-def _add_noise(x, sp: SlotPlan, node_id):
-  """'widen': noise on the repeats, so that copies of a unit can diverge
-  in training (equal units get equal gradients and stay equal).
+def _repeat_noise(shape, dtype, std, sp: SlotPlan, node_id):
+  """The 'widen' noise of a leaf of reference-layout `shape` whose entries
+  have std `std`: zero on decoded entries.
 
   The noise is jax.random's normal draw, from a key on the fused threefry
   implementation (`prng`): the same values, in one pass over the leaf.
   """
-  if not sp.noise:
-    return x
   key = prng.fused_threefry(
       jax.random.fold_in(jax.random.key(FILL_NOISE_KEY), node_id))
-  noise = sp.noise * jnp.std(x) * jax.random.normal(key, x.shape, x.dtype)
-  return x + jnp.where(_repeated_mask(x.shape, sp), noise, 0.0)
+  noise = sp.noise * std * jax.random.normal(key, shape, dtype)
+  return jnp.where(_repeated_mask(shape, sp), noise, 0.0)
+
+
+def _add_noise(x, sp: SlotPlan, node_id):
+  """'widen': noise on the repeats, so that copies of a unit can diverge
+  in training (equal units get equal gradients and stay equal)."""
+  if not sp.noise:
+    return x
+  return x + _repeat_noise(x.shape, x.dtype, jnp.std(x), sp, node_id)
 
 
 def _normalise(x, sp: SlotPlan):
@@ -153,10 +159,15 @@ def _lowrank_matrix(a, b, sp: SlotPlan, node_id):
   b = _fit(b, 1, shape[1], sp)
   if sp.norm == 'fan_in':
     a = a * sp.scale
+  if sp.slot.to_flax == (1, 0):
+    # Written in the Flax layout, with the noise (a function of position
+    # only) transposed: transposing the product itself is a strided pass.
+    x = b.T @ a.T
+    if sp.noise:
+      x = x + _repeat_noise(shape, x.dtype, jnp.std(x), sp, node_id).T
+    return x
   if sp.noise:
     return sp.slot.to_flax_layout(_add_noise(a @ b, sp, node_id))
-  if sp.slot.to_flax == (1, 0):
-    return b.T @ a.T
   return sp.slot.to_flax_layout(a @ b)
 
 
