@@ -8,6 +8,11 @@ leaf's bit patterns in uint32 arithmetic: integer addition wraps exactly, so
 the value does not depend on how the leaf is sharded or in which order XLA
 reduces, and a one-process run and an eight-process run agree. It guards
 against damage, not against tampering.
+
+Leaves the host can read in place (NumPy arrays, jax arrays on CPU devices)
+are summed with NumPy in cache-sized chunks: as fast as the compiled
+program on a CPU, without compiling one program per tree (about a second
+for a GHN's restore). Leaves on accelerators are summed where they live.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import numpy as np
 
 _MUL = np.uint32(0x9E3779B1)  # odd: every position gets a distinct weight
 _ADD = np.uint32(0x7F4A7C15)
+_HOST_CHUNK = 1 << 18  # elements per NumPy pass: 1 MiB of uint32
 
 
 def _bits(x) -> jax.Array:
@@ -54,18 +60,68 @@ def _path(keypath) -> str:
   return jax.tree_util.keystr(keypath, simple=True, separator='/')
 
 
-def tree_checksums(tree) -> dict[str, int]:
-  """{leaf path: checksum} of the array leaves of `tree` (one device call).
+def _host_array(x) -> np.ndarray | None:
+  """`x` as a NumPy array when the host holds its bytes (NumPy leaves,
+  jax arrays whose every shard is on a CPU device) and its elements are
+  whole 1-, 2- or 4-byte words; else None (summed by the device program)."""
+  if isinstance(x, jax.Array):
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x = jax.random.key_data(x)
+    if not (x.is_fully_addressable
+            and all(d.platform == 'cpu' for d in x.devices())):
+      return None
+  x = np.asarray(x)
+  if x.dtype == np.bool_:
+    return x
+  if x.dtype.itemsize not in (1, 2, 4) or not (
+      jnp.issubdtype(x.dtype, jnp.floating)
+      or jnp.issubdtype(x.dtype, jnp.integer)):
+    return None
+  info = jnp.finfo if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo
+  if info(x.dtype).bits != 8 * x.dtype.itemsize:  # int4 and the like
+    return None
+  return x
 
-  Non-array leaves (python scalars, strings) are skipped. Waits for the
+
+def _host_sum(x: np.ndarray) -> int:
+  """`_leaf_sum` of a host array, in NumPy: the same uint32 arithmetic."""
+  flat = np.ascontiguousarray(x).reshape(-1)
+  if flat.dtype != np.bool_:
+    flat = flat.view({1: np.uint8, 2: np.uint16, 4: np.uint32}[
+        flat.dtype.itemsize])
+  total = 0
+  for start in range(0, flat.size, _HOST_CHUNK):
+    bits = flat[start:start + _HOST_CHUNK]
+    terms = np.arange(start, start + bits.size, dtype=np.uint32)
+    terms *= _MUL
+    terms += _ADD
+    terms *= bits  # uint32 x (uint8 | uint16 | uint32 | bool): uint32
+    total += int(terms.sum(dtype=np.uint32))
+  return (total % 2**32) ^ flat.size
+
+
+def tree_checksums(tree) -> dict[str, int]:
+  """{leaf path: checksum} of the array leaves of `tree`.
+
+  Non-array leaves (python scalars, strings) are skipped. Host-held leaves
+  are summed with NumPy, the others in one device call. Waits for the
   values, so call it where the host waits anyway (before a save).
   """
   flat = [(p, x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
           if isinstance(x, (jax.Array, np.ndarray, np.generic))]
-  if not flat:
-    return {}
-  sums = jax.device_get(_sums([x for _, x in flat]))
-  return {_path(p): int(s) for (p, _), s in zip(flat, sums)}
+  sums = {}
+  on_device = []
+  for p, x in flat:
+    host = _host_array(x)
+    if host is None:
+      on_device.append((p, x))
+    else:
+      sums[_path(p)] = _host_sum(host)
+  if on_device:
+    device_sums = jax.device_get(_sums([x for _, x in on_device]))
+    sums.update({_path(p): int(s) for (p, _), s in zip(on_device,
+                                                         device_sums)})
+  return {_path(p): sums[_path(p)] for p, _ in flat}
 
 
 def mismatches(expected: dict, tree) -> list[str]:
@@ -83,11 +139,25 @@ def _finite(leaves):
   return [jnp.all(jnp.isfinite(x)) for x in leaves]
 
 
+def _host_finite(x: np.ndarray) -> bool:
+  flat = np.ascontiguousarray(x).reshape(-1)
+  return all(np.isfinite(flat[start:start + _HOST_CHUNK]).all()
+             for start in range(0, flat.size, _HOST_CHUNK))
+
+
 def nonfinite_leaves(tree) -> list[str]:
-  """Paths of the floating-point leaves that hold a NaN or an Inf."""
+  """Paths of the floating-point leaves that hold a NaN or an Inf (host-held
+  leaves checked with NumPy, the others in one device call)."""
   flat = [(p, x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
           if hasattr(x, 'dtype') and jnp.issubdtype(x.dtype, jnp.inexact)]
-  if not flat:
-    return []
-  ok = jax.device_get(_finite([x for _, x in flat]))
-  return [_path(p) for (p, _), good in zip(flat, ok) if not good]
+  bad, on_device = set(), []
+  for p, x in flat:
+    host = _host_array(x)
+    if host is None:
+      on_device.append((p, x))
+    elif not _host_finite(host):
+      bad.add(_path(p))
+  if on_device:
+    ok = jax.device_get(_finite([x for _, x in on_device]))
+    bad.update(_path(p) for (p, _), good in zip(on_device, ok) if not good)
+  return [_path(p) for p, _ in flat if _path(p) in bad]

@@ -153,6 +153,42 @@ def test_checksum_matches_numpy_and_ignores_sharding():
   assert checksums.tree_checksums({'x': split}) == {'x': expected}
 
 
+def _mixed_tree():
+  rng = np.random.default_rng(1)
+  return {'f32': rng.standard_normal((300, 7)).astype(np.float32),
+          'bf16': jnp.asarray(rng.standard_normal(1000), jnp.bfloat16),
+          'i8': rng.integers(-128, 127, 999).astype(np.int8),
+          'u16': rng.integers(0, 65535, 77).astype(np.uint16),
+          'mask': rng.random(50) > 0.5, 'i32': jnp.arange(10),
+          'key': jax.random.key(3), 'scalar': np.float32(2.5)}
+
+
+def test_host_checksums_equal_the_device_program(monkeypatch):
+  """CPU-held leaves are summed with NumPy in chunks; every dtype and a leaf
+  spanning many chunks give the device program's value."""
+  tree = _mixed_tree()
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  device = jax.device_get(checksums._sums([x for _, x in flat]))  # pylint: disable=protected-access
+  want = {jax.tree_util.keystr(p, simple=True, separator='/'): int(s)
+          for (p, _), s in zip(flat, device)}
+  monkeypatch.setattr(checksums, '_HOST_CHUNK', 64)
+  def no_device_call(leaves):
+    raise AssertionError(f'{len(leaves)} CPU leaves sent to the device')
+  monkeypatch.setattr(checksums, '_sums', no_device_call)
+  assert checksums.tree_checksums(tree) == want
+  assert want['f32'] == _numpy_checksum(tree['f32'])
+
+
+def test_nonfinite_leaves_found_in_any_chunk(monkeypatch):
+  monkeypatch.setattr(checksums, '_HOST_CHUNK', 64)
+  tree = _mixed_tree()
+  assert not checksums.nonfinite_leaves(tree)
+  tree['f32'][200, 3] = np.nan  # in the tenth chunk
+  tree['bf16'] = tree['bf16'].at[999].set(jnp.inf)
+  tree['ok'] = np.ones(130, np.float32)
+  assert checksums.nonfinite_leaves(tree) == ['bf16', 'f32']
+
+
 def test_checksum_sees_a_bit_flip_and_a_swap():
   x = np.arange(64, dtype=np.float32)
   base = checksums.tree_checksums([x])
