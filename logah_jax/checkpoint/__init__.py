@@ -4,13 +4,14 @@ orbax changes its API often; keeping every call in this package means a new orba
 version touches one place. Two kinds of checkpoint live here:
 
 * Training checkpoints (`CheckpointManager`): one directory of steps, each with
-  an item 'state' (the pytree, orbax StandardSave layout) and an item 'extra'
-  (JSON: data-loader position, sampler state, rng as ints), plus `config.json`
-  at the top, so a resumed run cannot silently continue under another config.
+  an item 'state' (the pytree, orbax's standard layout, arrays uncompressed)
+  and an item 'extra' (JSON: data-loader position, sampler state, rng as
+  ints), plus `config.json` at the top, so a resumed run cannot silently
+  continue under another config.
 * Predicted inits (`save_params` / `restore_params`): one directory with the
-  item 'params' holding `{'params': params}` in plain StandardSave layout and
-  the item 'metadata' (JSON: ArchConfig, GHN checkpoint, code version). Users
-  restore it with orbax and flax alone, into any sharding:
+  item 'params' holding `{'params': params}` in orbax's standard layout
+  (uncompressed) and the item 'metadata' (JSON: ArchConfig, GHN checkpoint,
+  code version). Users restore it with orbax and flax alone, into any sharding:
 
     import json, jax, orbax.checkpoint as ocp
     abstract = jax.eval_shape(model.init, jax.random.key(0), x)  # {'params':..}

@@ -21,19 +21,30 @@ class CorruptCheckpointError(ConfigError):
 
 
 def registry(tree_item: str, json_item: str):
-  """Handler registry: one StandardSave pytree item and one JSON item."""
+  """Handler registry: one pytree item and one JSON item.
+
+  The pytree is written without compression (`save_args`): weights and
+  optimizer moments barely compress (zstd saved about 8% of a predicted
+  GPT-2-L init), and compressing cost most of the save's time on a CPU
+  host. The layout is orbax's standard one: `StandardRestore` (and a user's
+  `ocp.StandardCheckpointer`) reads it, compressed or not.
+  """
   registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
-  for args in (ocp.args.StandardSave, ocp.args.StandardRestore):
-    registry.add(tree_item, args)
+  registry.add(tree_item, ocp.args.PyTreeSave,
+               ocp.PyTreeCheckpointHandler(use_compression=False))
+  registry.add(tree_item, ocp.args.StandardRestore)
   for args in (ocp.args.JsonSave, ocp.args.JsonRestore):
     registry.add(json_item, args)
   return registry
 
 
-def to_savable(tree):
-  """Numpy scalars become 0-d arrays: orbax 0.12.8 cannot restore them."""
-  return jax.tree.map(
-      lambda x: np.asarray(x) if isinstance(x, np.generic) else x, tree)
+def save_args(tree):
+  """orbax's save args for a pytree item (written by `registry`'s handler).
+
+  Numpy scalars become 0-d arrays: orbax 0.12.8 cannot restore them.
+  """
+  return ocp.args.PyTreeSave(jax.tree.map(
+      lambda x: np.asarray(x) if isinstance(x, np.generic) else x, tree))
 
 
 def to_target(tree, shardings=None):

@@ -12,7 +12,7 @@ from logah_jax import checksums
 from logah_jax import tree_compare
 from logah_jax.checkpoint.common import (
     CHECKSUMS, CORRUPT_DIR, CorruptCheckpointError, abstract_from_metadata,
-    barrier, corrupt, registry, to_savable, to_target, verify)
+    barrier, corrupt, registry, save_args, to_target, verify)
 from logah_jax.validation import ConfigError, InputNotFoundError
 
 CONFIG_FILE = 'config.json'
@@ -99,7 +99,7 @@ class CheckpointManager:
     extra = tree_compare.jsonable(dict(extra or {}), 'extra')
     extra[CHECKSUMS] = checksums.tree_checksums(state)
     args = ocp.args.Composite(**{
-        _STATE: ocp.args.StandardSave(to_savable(state)),
+        _STATE: save_args(state),
         _EXTRA: ocp.args.JsonSave(extra)})
     return bool(self._mngr.save(step, args=args, force=force))
 

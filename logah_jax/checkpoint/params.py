@@ -10,7 +10,7 @@ from logah_jax import checksums
 from logah_jax import tree_compare
 from logah_jax.checkpoint.common import (
     CHECKSUMS, CorruptCheckpointError, abstract_from_metadata, barrier,
-    corrupt, registry, rmtree, to_savable, to_target, verify)
+    corrupt, registry, rmtree, save_args, to_target, verify)
 from logah_jax.validation import ConfigError, InputNotFoundError
 from logah_jax.validation import OutputExistsError
 
@@ -26,7 +26,7 @@ def _params_checkpointer():
 def _write_params(directory: epath.Path, tree, metadata) -> None:
   with _params_checkpointer() as ckptr:
     ckptr.save(directory, ocp.args.Composite(**{
-        _PARAMS: ocp.args.StandardSave(tree),
+        _PARAMS: save_args(tree),
         _METADATA: ocp.args.JsonSave(metadata)}))
 
 
@@ -47,7 +47,7 @@ def save_params(directory, params, *, metadata: Mapping[str, Any],
                             'replace it')
   metadata = tree_compare.jsonable(dict(metadata), 'metadata')
   metadata[CHECKSUMS] = checksums.tree_checksums(params)
-  tree = {'params': to_savable(params)}
+  tree = {'params': params}
   tmp = path.parent / (path.name + _TMP_SUFFIX)
   old = path.parent / (path.name + _OLD_SUFFIX)
   primary = jax.process_index() == 0
