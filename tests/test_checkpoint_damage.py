@@ -35,7 +35,7 @@ def _garble(path):
 
 
 # Each damage leaves files a restore must refuse; orbax itself misses
-# 'garble_array' (zstd chunks still decode), the checksums catch it.
+# 'garble_array' (garbled array bytes still decode), the checksums catch it.
 DAMAGE = {
     'garble_array': lambda step: _garble(_largest(step / 'state' / 'ocdbt.process_0' / 'd')),
     'truncate_array': lambda step: os.truncate(
