@@ -6,8 +6,8 @@ saved init carries one checksum per leaf, in the same atomic commit as the
 arrays, and every restore recomputes them. The checksum is a
 position-weighted sum of the leaf's bit patterns in uint32 arithmetic:
 integer addition wraps exactly, so the value does not depend on how the leaf
-is sharded or in which order XLA reduces, and a one-process run and an eight-process run agree. It guards
-against damage, not against tampering.
+is sharded or in which order XLA reduces, and a one-process run and an
+eight-process run agree. It guards against damage, not against tampering.
 
 Leaves the host can read in place (NumPy arrays, jax arrays on CPU devices)
 are summed with NumPy in cache-sized chunks: as fast as the compiled
