@@ -33,7 +33,6 @@ from __future__ import annotations
 import math
 import numbers
 
-from matplotlib.figure import Figure
 import numpy as np
 
 from logah_jax import files
@@ -318,6 +317,8 @@ def plot(curves: dict, summary: dict, path: str) -> str:
   rows = summary['methods_summary']
   with_costs = bool(curves) and all(
       'upfront_flops' in rows.get(m, {}) for m in curves)
+  # Imported here: matplotlib adds about 0.5 s to every job's start.
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   fig = Figure(figsize=(16, 4) if with_costs else (11, 4))
   axes = fig.subplots(1, 3 if with_costs else 2)
   for method, seeds in curves.items():
