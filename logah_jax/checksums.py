@@ -100,6 +100,23 @@ def _host_sum(x: np.ndarray) -> int:
   return (total % 2**32) ^ flat.size
 
 
+def _per_leaf(flat, on_host, on_device) -> dict:
+  """{path: value} over `flat` [(keypath, leaf)], in its order: `on_host`
+  of each host-held leaf (NumPy), the jitted `on_device` of the others (one
+  device call over all of them)."""
+  values, device = {}, []
+  for p, x in flat:
+    host = _host_array(x)
+    if host is None:
+      device.append((_path(p), x))
+    else:
+      values[_path(p)] = on_host(host)
+  if device:
+    results = jax.device_get(on_device([x for _, x in device]))
+    values.update((path, r) for (path, _), r in zip(device, results))
+  return {_path(p): values[_path(p)] for p, _ in flat}
+
+
 def tree_checksums(tree) -> dict[str, int]:
   """{leaf path: checksum} of the array leaves of `tree`.
 
@@ -109,19 +126,8 @@ def tree_checksums(tree) -> dict[str, int]:
   """
   flat = [(p, x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
           if isinstance(x, (jax.Array, np.ndarray, np.generic))]
-  sums = {}
-  on_device = []
-  for p, x in flat:
-    host = _host_array(x)
-    if host is None:
-      on_device.append((p, x))
-    else:
-      sums[_path(p)] = _host_sum(host)
-  if on_device:
-    device_sums = jax.device_get(_sums([x for _, x in on_device]))
-    sums.update({_path(p): int(s) for (p, _), s in zip(on_device,
-                                                         device_sums)})
-  return {_path(p): sums[_path(p)] for p, _ in flat}
+  return {path: int(s)
+          for path, s in _per_leaf(flat, _host_sum, _sums).items()}
 
 
 def mismatches(expected: dict, tree) -> list[str]:
@@ -150,14 +156,5 @@ def nonfinite_leaves(tree) -> list[str]:
   leaves checked with NumPy, the others in one device call)."""
   flat = [(p, x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
           if hasattr(x, 'dtype') and jnp.issubdtype(x.dtype, jnp.inexact)]
-  bad, on_device = set(), []
-  for p, x in flat:
-    host = _host_array(x)
-    if host is None:
-      on_device.append((p, x))
-    elif not _host_finite(host):
-      bad.add(_path(p))
-  if on_device:
-    ok = jax.device_get(_finite([x for _, x in on_device]))
-    bad.update(_path(p) for (p, _), good in zip(on_device, ok) if not good)
-  return [_path(p) for p, _ in flat if _path(p) in bad]
+  return [path for path, finite in _per_leaf(flat, _host_finite,
+                                             _finite).items() if not finite]

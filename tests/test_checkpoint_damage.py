@@ -179,6 +179,18 @@ def test_host_checksums_equal_the_device_program(monkeypatch):
   assert want['f32'] == _numpy_checksum(tree['f32'])
 
 
+def test_leaves_off_the_host_go_through_the_device_program(monkeypatch):
+  """As on an accelerator: every leaf takes the device path, with the same
+  checksums and the same non-finite paths as the host path."""
+  tree = _mixed_tree()
+  tree['f32'][5, 1] = np.inf
+  want_sums = checksums.tree_checksums(tree)
+  want_bad = checksums.nonfinite_leaves(tree)
+  monkeypatch.setattr(checksums, '_host_array', lambda x: None)
+  assert checksums.tree_checksums(tree) == want_sums
+  assert checksums.nonfinite_leaves(tree) == want_bad == ['f32']
+
+
 def test_nonfinite_leaves_found_in_any_chunk(monkeypatch):
   monkeypatch.setattr(checksums, '_HOST_CHUNK', 64)
   tree = _mixed_tree()
