@@ -106,6 +106,20 @@ def test_gpt2_tree(cfg):
   assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype('float32')}
 
 
+def test_abstract_params_equal_the_unrolled_init():
+  # abstract_params traces the scanned model (one block) and unstacks it.
+  cfgs = (arch.sample('vits-1k', 4, 1) + arch.sample('gpts-1k', 4, 1)
+          + [arch.named('vit-b/16'), arch.named('gpt2-medium-untied'),
+             SMALL_VIT, SMALL_GPT])
+  for cfg in cfgs:
+    want = jax.eval_shape(models.build(cfg).init, jax.random.key(0),
+                          models.dummy_input(cfg))['params']
+    got = models.abstract_params(cfg)
+    assert jax.tree.structure(got) == jax.tree.structure(want), cfg.name
+    assert list(got) == list(want), cfg.name
+    assert jax.tree.leaves(got) == jax.tree.leaves(want), cfg.name
+
+
 def test_api_inputs_and_errors():
   assert models.dummy_input(SMALL_VIT, 2).shape == (2, 8, 8, 3)
   assert models.dummy_input(SMALL_VIT).dtype == jnp.float32
