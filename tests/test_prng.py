@@ -1,4 +1,5 @@
-"""The fused threefry keys: jax.random's values, without the CPU while loop."""
+"""The fused threefry keys (jax.random's values, without the CPU while loop)
+and the counter-based normals of the widen fill's noise."""
 
 import dataclasses
 import re
@@ -7,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.special
+import scipy.stats
 
 from logah_jax import arch, ghn, models, prng
 from logah_jax.arch import graph
@@ -106,15 +109,70 @@ def test_model_and_ghn_inits_keep_the_plain_keys_values(monkeypatch):
                orthogonal.OrthogonalInit().params(cfg, 4))
 
 
-def test_widen_noise_is_jax_random_normal_on_the_repeats_only():
+def _numpy_counter_normal(seed, stream, size):
+  """`prng.counter_normal` in NumPy uint32 / float64 arithmetic."""
+  def mix(x):
+    x = ((x ^ (x >> 16)) * 0x7FEB352D) & 0xFFFFFFFF
+    x = ((x ^ (x >> 15)) * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+  key = mix((stream * 0x9E3779B9 + seed) & 0xFFFFFFFF)
+  bits = mix(mix((np.arange(size, dtype=np.uint64) + key) & 0xFFFFFFFF) ^ key)
+  x = (2.0 * (bits >> 9).astype(np.float64) + 1.0) / 2.0**23 - 1.0
+  return np.sqrt(2.0) * scipy.special.erfinv(x)
+
+
+def test_counter_normal_equals_its_numpy_reference():
+  got = jax.jit(lambda s: prng.counter_normal(7, s, (300, 700)))(
+      np.int32(12))
+  want = _numpy_counter_normal(7, 12, 300 * 700).reshape(300, 700)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+  # a traced stream under vmap: one draw per stream
+  batched = jax.vmap(lambda s: prng.counter_normal(7, s, (5, 4)))(
+      jnp.arange(3))
+  for s in range(3):
+    np.testing.assert_allclose(batched[s], _numpy_counter_normal(
+        7, s, 20).reshape(5, 4), rtol=1e-6, atol=1e-7)
+  assert prng.counter_normal(7, 1, (2, 3), jnp.bfloat16).dtype == jnp.bfloat16
+
+
+def test_erfinv_is_accurate_on_every_uniform_the_draws_use():
+  k = np.arange(0, 2**23, 3, dtype=np.float64)
+  x = (2.0 * k + 1.0) / 2.0**23 - 1.0  # the draws' uniforms, a third of them
+  got = np.asarray(jax.jit(prng.erfinv)(x.astype(np.float32)))
+  want = scipy.special.erfinv(x.astype(np.float32).astype(np.float64))
+  assert np.max(np.abs(got - want) / np.abs(want)) < 1e-6
+  y = np.geomspace(1.2e-38, 1.0, 200_001).astype(np.float32)
+  np.testing.assert_allclose(jax.jit(prng._log)(y),  # pylint: disable=protected-access
+                             np.log(y.astype(np.float64)), rtol=1e-7, atol=1e-6)
+
+
+def test_counter_normals_look_standard_normal_and_independent():
+  z = np.asarray(jax.jit(lambda: prng.counter_normal(1, 3, (1000, 1000)))())
+  flat = z.ravel()
+  assert abs(flat.mean()) < 5e-3 and abs(flat.std() - 1.0) < 5e-3
+  assert scipy.stats.kstest(flat, 'norm').pvalue > 1e-3
+  assert abs(scipy.stats.kurtosis(flat)) < 0.02
+  assert np.abs(flat).max() < 5.5
+  other = np.asarray(prng.counter_normal(1, 4, (1000, 1000))).ravel()
+  assert abs(np.corrcoef(flat, other)[0, 1]) < 5e-3  # streams
+  assert abs(np.corrcoef(flat[:-1], flat[1:])[0, 1]) < 5e-3  # neighbours
+  assert abs(np.corrcoef(z[:-1].ravel(), z[1:].ravel())[0, 1]) < 5e-3  # rows
+  # position decides the value: the same draw under another shape
+  np.testing.assert_array_equal(jax.jit(lambda: prng.counter_normal(
+      1, 3, (1000 * 1000,)))().reshape(1000, 1000), z)
+  with pytest.raises(ValueError, match='2\\^32'):
+    prng.counter_normal(1, 3, (2**16, 2**16))
+
+
+def test_widen_noise_is_counter_normal_on_the_repeats_only():
   x = jax.random.normal(jax.random.key(1), (6, 8))
   slot = graph.Slot(path=('w',), role='w', ref_shape=(6, 8))
   # rows: decoded 3 of 6; columns: two chunks of 4, each decoded 2 of 4
   sp = plan.SlotPlan(slot=slot, kind='matrix', period=(6, 8),
                      widen=((3, 1), (4, 2)), noise=0.1)
   got = jax.jit(lambda x: writeback._add_noise(x, sp, 4))(x)  # pylint: disable=protected-access
-  noise = 0.1 * jnp.std(x) * jax.random.normal(
-      jax.random.fold_in(jax.random.key(writeback.FILL_NOISE_KEY), 4), (6, 8))
+  noise = 0.1 * jnp.std(x) * _numpy_counter_normal(
+      writeback.FILL_NOISE_KEY, 4, 48).reshape(6, 8)
   repeated = (np.arange(6) >= 3)[:, None] | (np.arange(8) % 4 >= 2)[None, :]
   np.testing.assert_allclose(got, np.where(repeated, x + noise, x),
                              rtol=1e-6, atol=1e-7)
@@ -132,7 +190,7 @@ def test_transposed_lowrank_leaf_gets_the_reference_layout_noise():
                      widen=((3, 1), (4, 2)), noise=0.1)
   got = jax.jit(lambda a, b: writeback._lowrank_matrix(a, b, sp, 5))(a, b)  # pylint: disable=protected-access
   # Reference: the same leaf in the reference layout (its noise is checked
-  # against jax.random above), transposed with NumPy.
+  # against NumPy above), transposed with NumPy.
   plain = dataclasses.replace(sp, slot=dataclasses.replace(slot, to_flax=None))
   want = np.asarray(jax.jit(lambda a, b: writeback._lowrank_matrix(  # pylint: disable=protected-access
       a, b, plain, 5))(a, b)).T

@@ -29,8 +29,8 @@ from logah_jax.models.layers import STACKED
 # values on every call (the original draws fresh noise each time).
 CLASS_POS_KEY = 0
 CLASS_POS_STD = 0.02
-# The noise the 'widen' fill adds to repeated entries: a fixed key folded
-# with the node's index, so a prediction is the same on every call.
+# The noise the 'widen' fill adds to repeated entries: a fixed seed and the
+# node's index, so a prediction is the same on every call.
 FILL_NOISE_KEY = 1
 
 
@@ -120,12 +120,11 @@ def _repeat_noise(shape, dtype, std, sp: SlotPlan, node_id):
   """The 'widen' noise of a leaf of reference-layout `shape` whose entries
   have std `std`: zero on decoded entries.
 
-  The noise is jax.random's normal draw, from a key on the fused threefry
-  implementation (`prng`): the same values, in one pass over the leaf.
+  The noise is `prng.counter_normal`'s, seeded by FILL_NOISE_KEY and the
+  node: a function of position only, drawn in one cheap pass.
   """
-  key = prng.fused_threefry(
-      jax.random.fold_in(jax.random.key(FILL_NOISE_KEY), node_id))
-  noise = sp.noise * std * jax.random.normal(key, shape, dtype)
+  noise = sp.noise * std * prng.counter_normal(FILL_NOISE_KEY, node_id,
+                                               shape, dtype)
   return jnp.where(_repeated_mask(shape, sp), noise, 0.0)
 
 
