@@ -1,7 +1,9 @@
 """The hypernetwork: counts, decoders, write-back, predictions, gradients."""
 
 import collections
+import concurrent.futures
 import dataclasses
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +12,7 @@ import pytest
 
 from logah_jax import arch, ghn, models
 from logah_jax.ghn import plan as plan_lib
-from logah_jax.ghn import vocab
+from logah_jax.ghn import per_shape, vocab, writeback
 from logah_jax.ghn.decoders import FullRankDecoder, LowRankDecoder
 
 TINY = ghn.named('logah-tiny')
@@ -150,9 +152,9 @@ def test_lowrank_decodes_kernels_beyond_16x16_whole():
   w = np.asarray(dec.apply({'params': params['decoder']}, x[node:node + 1],
                            32 * 32, 3 * 32))[0]  # [c_out*kh, c_in*kw]
   want = w.reshape(32, 32, 3, 32).transpose(0, 2, 1, 3)  # (o, i, kh, kw)
-  for per_shape in (True, False):
+  for one_per_shape in (True, False):
     got = ghn.decode(cfg, params, target, x[:ghn.num_nodes(cfg, target)],
-                     per_shape=per_shape)['conv_proj']['kernel']
+                     per_shape=one_per_shape)['conv_proj']['kernel']
     np.testing.assert_allclose(np.asarray(got).transpose(3, 2, 0, 1), want,
                                rtol=2e-5, atol=1e-6)
 
@@ -386,6 +388,70 @@ def test_per_shape_prediction_equals_the_traced_decoder(ghn_cfg):
     assert jax.tree.structure(per_shape) == jax.tree.structure(traced)
     for a, b in zip(jax.tree.leaves(per_shape), jax.tree.leaves(traced)):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('committed', [False, True])
+def test_prediction_programs_are_compiled_once_each_on_the_compile_thread(
+    committed):
+  # The per-shape programs are compiled ahead on a thread; the calls must
+  # find them in jit's cache (same avals and shardings), not compile again,
+  # whether the GHN's arrays are committed to a device (restored) or not.
+  cfg = dataclasses.replace(SMALL, hid=40 if committed else 48)  # new programs
+  target = arch.GPT2Config(depth=3, width=96, heads=4, vocab_size=300,
+                           n_positions=64)
+  params = ghn.init(cfg, 'gpt2', seed=0)
+  if committed:
+    params = jax.device_put(params, jax.devices()[0])
+    assert jax.tree.leaves(params)[0].committed
+  compiled = collections.Counter()
+
+  def listener(event, duration, **kw):
+    del duration
+    if event == '/jax/core/compile/backend_compile_duration':
+      compiled[kw.get('fun_name'), threading.current_thread().name] += 1
+
+  x = ghn.node_embeddings(cfg, params, [target])[0, :ghn.num_nodes(cfg,
+                                                                   target)]
+  groups = plan_lib.make_plan(cfg, target).groups()
+  n_recipes = len({r for nodes in groups.values()
+                   for r in writeback.recipes(nodes)})
+  cache = jax.config.jax_enable_compilation_cache
+  jax.config.update('jax_enable_compilation_cache', False)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    got = ghn.decode(cfg, params, target, x)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+    jax.config.update('jax_enable_compilation_cache', cache)
+  on = lambda name: {t: n for (f, t), n in compiled.items() if f == name}
+  assert on('jit(group)') == {'logah-compile_0': len(groups)}
+  # leaf programs are keyed by shapes, which other tests may have compiled
+  assert set(on('jit(leaf)')) == {'logah-compile_0'}
+  assert 0 < on('jit(leaf)')['logah-compile_0'] <= n_recipes
+  assert set(on('jit(_block_of)')) == {'logah-compile_0'}
+  assert set(on('jit(hidden)')) == {'logah-compile_0'}
+  want = ghn.decode(cfg, params, target, x, per_shape=False)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_failed_prediction_cancels_the_compiles_not_started(monkeypatch):
+  cfg = dataclasses.replace(SMALL, hid=44)  # programs no other test compiled
+  target = arch.GPT2Config(depth=4, width=96, heads=4, vocab_size=300,
+                           n_positions=64)
+  params = ghn.init(cfg, 'gpt2', seed=0)
+  plan = plan_lib.make_plan(cfg, target)
+  x = jax.ShapeDtypeStruct((ghn.num_nodes(cfg, target), cfg.hid), jnp.float32)
+  ahead = per_shape.compile_ahead(cfg, params['decoder'], plan, x)
+
+  def fail(*args):
+    raise RuntimeError('decode failed')
+  monkeypatch.setattr(per_shape, '_decode', fail)
+  with pytest.raises(RuntimeError, match='decode failed'):
+    per_shape.decode_arch_per_shape(cfg, params['decoder'],
+                                    jnp.zeros(x.shape), plan, {}, ahead)
+  concurrent.futures.wait(list(ahead.futures.values()))
+  assert sum(f.cancelled() for f in ahead.futures.values()) > 0
 
 
 def test_deeper_model_of_known_shapes_compiles_no_new_leaf_program():

@@ -30,8 +30,8 @@ from logah_jax.ghn import plan as plan_lib
 from logah_jax.ghn import vocab
 from logah_jax.ghn.config import GHNConfig
 from logah_jax.ghn.graphormer import GHNBody, TorchDense
-from logah_jax.ghn.writeback import (decode_arch, decode_arch_per_shape,
-                                     decoder_module)
+from logah_jax.ghn.per_shape import compile_ahead, decode_arch_per_shape
+from logah_jax.ghn.writeback import decode_arch, decoder_module
 from logah_jax.validation import ConfigError
 
 
@@ -210,24 +210,29 @@ def _decode_fn(cfg: GHNConfig, arch):
   return jax.jit(decode_program)
 
 
+def _per_shape_default() -> bool:
+  return jax.default_backend() == 'cpu'
+
+
 def decode(cfg: GHNConfig, params, arch, x_ND: jax.Array,
-           per_shape: bool | None = None):
+           per_shape: bool | None = None, ahead=None):
   """The params pytree of `arch` from its node embeddings [n_nodes, D].
 
   `per_shape` (default: on CPUs) runs programs compiled once per tensor
-  shape (`writeback.decode_arch_per_shape`): a cold GPT-2-Large prediction
+  shape (`per_shape.decode_arch_per_shape`): a cold GPT-2-Large prediction
   compiles in a third of the time, and a new architecture of known shapes
   compiles nothing, but each leaf is its own call. Otherwise one program per
   architecture, which runs faster once compiled (1.3x on a 2-core CPU for
   GPT-2-Large) and is the better choice on accelerators, where the ~440
-  calls, not the compilation, dominate (docs/performance.md).
+  calls, not the compilation, dominate (docs/performance.md). `ahead`:
+  the per-shape programs' `per_shape.compile_ahead`, if started already.
   """
   if per_shape is None:
-    per_shape = jax.default_backend() == 'cpu'
+    per_shape = _per_shape_default()
   if per_shape:
     return decode_arch_per_shape(cfg, params['decoder'], x_ND,
                                  plan_lib.make_plan(cfg, arch),
-                                 models.abstract_params(arch))
+                                 models.abstract_params(arch), ahead)
   return _decode_fn(cfg, arch)(params['decoder'], x_ND)
 
 
@@ -252,8 +257,22 @@ def predict(cfg: GHNConfig, params, archs):
   """
   single = not isinstance(archs, (list, tuple))
   archs = [archs] if single else list(archs)
-  x = node_embeddings(cfg, params, archs)
+  check_archs(cfg, family_of(cfg, params), archs)
+  ahead = [None] * len(archs)
+  if _per_shape_default():  # compiled while the GHN body compiles and runs
+    ahead = [compile_ahead(cfg, params['decoder'], plan_lib.make_plan(cfg, a),
+                           jax.ShapeDtypeStruct((num_nodes(cfg, a), cfg.hid),
+                                                jnp.float32))
+             for a in archs]
   out = []
-  for b, a in enumerate(archs):
-    out.append(decode(cfg, params, a, x[b, :num_nodes(cfg, a)]))
+  try:
+    x = node_embeddings(cfg, params, archs)
+    for b, a in enumerate(archs):
+      out.append(decode(cfg, params, a, x[b, :num_nodes(cfg, a)],
+                        ahead=ahead[b]))
+  except BaseException:
+    for started in ahead:
+      if started is not None:
+        started.cancel()
+    raise
   return out[0] if single else out

@@ -6,18 +6,17 @@ normalise (§5.2), change layout. Leaves made the same way (the same tensor of
 every block) are written by one batched computation, so the traced program
 grows with the number of distinct tensor shapes, not with depth. The result
 has exactly the structure, shapes and dtypes of the target model's `init`.
+`per_shape` runs the same pieces as separate programs, for prediction.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from logah_jax import compiles
 from logah_jax import prng
 from logah_jax.ghn.config import GHNConfig
 from logah_jax.ghn.decoders import FullRankDecoder, LowRankDecoder
@@ -40,7 +39,7 @@ def decoder_module(cfg: GHNConfig):
   return FullRankDecoder(cfg.hid, cfg.max_shape[2], cfg.num_classes)
 
 
-def _decode_group(cfg: GHNConfig, params, x, hidden, req: Request):
+def decode_group(cfg: GHNConfig, params, x, hidden, req: Request):
   """Blocks for one group: matrix [n,R,C], conv [n,R,C,kh,kw], vector [n,2,c]."""
   dec = decoder_module(cfg)
   call = lambda method, *a: dec.apply({'params': params}, *a, method=method)
@@ -170,7 +169,7 @@ def _lowrank_matrix(a, b, sp: SlotPlan, node_id):
   return sp.slot.to_flax_layout(a @ b)
 
 
-def _leaf(block, sp: SlotPlan, node_id=0):
+def write_leaf(block, sp: SlotPlan, node_id=0):
   """One reference-layout tensor from its node's block, then the Flax layout.
 
   `node_id`: the node's index, which seeds the 'widen' fill's noise.
@@ -204,7 +203,7 @@ def _leaf(block, sp: SlotPlan, node_id=0):
   return sp.slot.to_flax_layout(_add_noise(_normalise(x, sp), sp, node_id))
 
 
-def _recipes(nodes) -> dict[SlotPlan, list[tuple[int, tuple]]]:
+def recipes(nodes) -> dict[SlotPlan, list[tuple[int, tuple]]]:
   """Slots of a request group that are made the same way, batched.
 
   Two slots share a recipe when everything but their path is equal (shape,
@@ -221,7 +220,7 @@ def _recipes(nodes) -> dict[SlotPlan, list[tuple[int, tuple]]]:
   return out
 
 
-def _set(tree: dict, path, value):
+def set_path(tree: dict, path, value):
   for key in path[:-1]:
     tree = tree.setdefault(key, {})
   tree[path[-1]] = value
@@ -266,8 +265,8 @@ def decode_arch(cfg: GHNConfig, decoder_params, x_ND, plan: ArchPlan,
     positions = [position[n.node] for n in nodes]
     idx = rows_of(positions)
     hid = None if hidden is None else hidden[jnp.array(positions)]
-    blocks = _decode_group(cfg, decoder_params, x_ND[idx], hid, req)
-    for recipe, members in _recipes(nodes).items():
+    blocks = decode_group(cfg, decoder_params, x_ND[idx], hid, req)
+    for recipe, members in recipes(nodes).items():
       rows = [j for j, _ in members]
       if rows != list(range(len(nodes))):
         blocks_of = jax.tree.map(lambda b, r=jnp.array(rows): b[r], blocks)
@@ -277,28 +276,28 @@ def decode_arch(cfg: GHNConfig, decoder_params, x_ND, plan: ArchPlan,
       if layout is not None and recipe.norm == 'fan_in':
         scales = slot_scales[jnp.array([slot_index[path]
                                         for _, path in members])]
-        leaves = jax.vmap(lambda block, nid, scale, sp=recipe: _leaf(
+        leaves = jax.vmap(lambda block, nid, scale, sp=recipe: write_leaf(
             block, dataclasses.replace(sp, scale=scale), nid))(
                 blocks_of, node_ids, scales)
       else:
-        leaves = jax.vmap(lambda block, nid, sp=recipe: _leaf(block, sp, nid))(
+        leaves = jax.vmap(lambda block, nid, sp=recipe: write_leaf(block, sp, nid))(
             blocks_of, node_ids)
       for k, (_, path) in enumerate(members):
         if path[0] in block_of:
           stacked.setdefault(path[1:], {})[block_of[path[0]]] = (leaves, k)
         else:
-          _set(tree, path, leaves[k])
+          set_path(tree, path, leaves[k])
   for rest, by_block in stacked.items():
-    _set(tree, (STACKED, *rest), _gather_stacked(by_block, len(stack)))
+    set_path(tree, (STACKED, *rest), _gather_stacked(by_block, len(stack)))
   for path, _ in plan.graph.unpredicted:
     leaf = abstract_params
     for key in path:
       leaf = leaf[key]
     if path[0] in block_of:
-      _set(tree, (STACKED, *path[1:]), jnp.zeros((len(stack), *leaf.shape),
+      set_path(tree, (STACKED, *path[1:]), jnp.zeros((len(stack), *leaf.shape),
                                                  leaf.dtype))
     else:
-      _set(tree, path, jnp.zeros(leaf.shape, leaf.dtype))
+      set_path(tree, path, jnp.zeros(leaf.shape, leaf.dtype))
   return tree
 
 
@@ -314,90 +313,3 @@ def _gather_stacked(by_block: dict, depth: int):
       return out
     return out[jnp.array(rows)]
   return jnp.stack([out[k] for out, k in sources])
-
-
-
-# ------------------------------------------------------------- per shape
-# Prediction outside training runs the same pieces as `decode_arch`, each
-# jitted on its own: a program per decoder request group, and one per leaf
-# recipe called once per leaf on its node's block. Leaf programs are keyed by
-# shapes, not by architecture: the 36 blocks of GPT-2-Large share one per
-# kind of tensor, a deeper model of the same width compiles no new one, and
-# every leaf is written straight into its own buffer.
-
-
-@functools.lru_cache(maxsize=None)
-def _hidden_program(cfg: GHNConfig):
-  def hidden(decoder_params, x_ND, rows):
-    compiles.count_trace('ghn.decode.hidden')
-    return decoder_module(cfg).apply({'params': decoder_params}, x_ND[rows],
-                                     method=LowRankDecoder.hidden)
-  return jax.jit(hidden)
-
-
-@functools.lru_cache(maxsize=None)
-def _group_program(cfg: GHNConfig, req: Request):
-  """Decodes a request group: its nodes' blocks, stacked."""
-  def group(decoder_params, x_ND, rows, hidden, hidden_rows):
-    compiles.count_trace('ghn.decode.group')
-    hid = None if hidden is None else hidden[hidden_rows]
-    return _decode_group(cfg, decoder_params, x_ND[rows], hid, req)
-  return jax.jit(group)
-
-
-@jax.jit
-def _block_of(blocks, row):
-  """One node's block of a group (a traced row: one program per shape)."""
-  return jax.tree.map(lambda b: b[row], blocks)
-
-
-@functools.lru_cache(maxsize=None)
-def _leaf_program(recipe: SlotPlan):
-  """One leaf from its node's block; the fan-in scale is an argument (it
-  depends on depth through the residual projections), not a constant."""
-  def leaf(block, scale, node_id):
-    compiles.count_trace('ghn.decode.leaf')
-    return _leaf(block, dataclasses.replace(recipe, scale=scale), node_id)
-  return jax.jit(leaf)
-
-
-@functools.lru_cache(maxsize=None)
-def _zeros_program(shape: tuple[int, ...], dtype):
-  return jax.jit(lambda: jnp.zeros(shape, dtype))
-
-
-def decode_arch_per_shape(cfg: GHNConfig, decoder_params, x_ND,
-                          plan: ArchPlan, abstract_params) -> dict:
-  """`decode_arch`'s params, computed by programs compiled once per shape.
-
-  Not differentiable as a whole (each piece is its own program): this is
-  the prediction path; training traces `decode_arch` into its step.
-  """
-  x_ND = jnp.asarray(x_ND, jnp.float32)
-  param_nodes = [p.node for p in plan.nodes]
-  position = {node: i for i, node in enumerate(param_nodes)}
-  hidden = None
-  if cfg.decoder == 'lowrank':
-    hidden = _hidden_program(cfg)(decoder_params, x_ND,
-                                  jnp.array(param_nodes, jnp.int32))
-  tree: dict = {}
-  for req, nodes in plan.groups().items():
-    hidden_rows = None if hidden is None else jnp.array(
-        [position[n.node] for n in nodes], jnp.int32)
-    blocks = _group_program(cfg, req)(
-        decoder_params, x_ND, jnp.array([n.node for n in nodes], jnp.int32),
-        hidden, hidden_rows)
-    for recipe, members in _recipes(nodes).items():
-      program = _leaf_program(dataclasses.replace(recipe, scale=1.0))
-      # NumPy scalars: jit takes them as they are (a jnp scalar is an eager
-      # op of its own, one per leaf).
-      scale = np.float32(recipe.scale)
-      for j, path in members:
-        _set(tree, path, program(_block_of(blocks, np.int32(j)), scale,
-                                 np.int32(nodes[j].node)))
-  for path, _ in plan.graph.unpredicted:
-    leaf = abstract_params
-    for key in path:
-      leaf = leaf[key]
-    _set(tree, path, _zeros_program(tuple(leaf.shape), leaf.dtype)())
-  return tree
