@@ -40,7 +40,7 @@ def decoder_module(cfg: GHNConfig):
 
 
 def decode_group(cfg: GHNConfig, params, x, hidden, req: Request):
-  """Blocks for one group: matrix [n,R,C], conv [n,R,C,kh,kw], vector [n,2,c]."""
+  """One group's blocks: matrix [n,R,C], conv [n,R,C,kh,kw], vector [n,2,c]."""
   dec = decoder_module(cfg)
   call = lambda method, *a: dec.apply({'params': params}, *a, method=method)
   n = x.shape[0]
@@ -280,8 +280,8 @@ def decode_arch(cfg: GHNConfig, decoder_params, x_ND, plan: ArchPlan,
             block, dataclasses.replace(sp, scale=scale), nid))(
                 blocks_of, node_ids, scales)
       else:
-        leaves = jax.vmap(lambda block, nid, sp=recipe: write_leaf(block, sp, nid))(
-            blocks_of, node_ids)
+        leaves = jax.vmap(lambda block, nid, sp=recipe: write_leaf(
+            block, sp, nid))(blocks_of, node_ids)
       for k, (_, path) in enumerate(members):
         if path[0] in block_of:
           stacked.setdefault(path[1:], {})[block_of[path[0]]] = (leaves, k)
