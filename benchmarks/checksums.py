@@ -9,10 +9,15 @@ large leaf (GPT-2-L's 64M-entry embedding). Both give the same values.
     .venv/bin/python benchmarks/checksums.py
 """
 
+import os
+import sys
 import time
 
 import jax
 import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # runnable as a script from anywhere
 
 from logah_jax import checksums, ghn, runtime
 
