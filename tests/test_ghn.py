@@ -435,6 +435,33 @@ def test_prediction_programs_are_compiled_once_each_on_the_compile_thread(
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_predicting_several_archs_compiles_on_one_thread():
+  cfg = dataclasses.replace(SMALL, hid=36, heads=4)  # new programs
+  targets = [arch.GPT2Config(depth=d, width=w, heads=4, vocab_size=300,
+                             n_positions=64) for d, w in ((2, 96), (3, 160))]
+  params = ghn.init(cfg, 'gpt2', seed=0)
+  threads = collections.defaultdict(set)
+
+  def listener(event, duration, **kw):
+    del duration
+    if event == '/jax/core/compile/backend_compile_duration':
+      threads[kw.get('fun_name')].add(threading.get_ident())
+
+  cache = jax.config.jax_enable_compilation_cache
+  jax.config.update('jax_enable_compilation_cache', False)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    got = ghn.predict(cfg, params, targets)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+    jax.config.update('jax_enable_compilation_cache', cache)
+  ahead = set().union(*(threads[f'jit({name})'] for name in
+                        ('hidden', 'group', '_block_of', 'leaf')))
+  assert len(ahead) == 1 and threading.get_ident() not in ahead
+  for target, params_of in zip(targets, got):
+    _assert_same_structure(params_of, target)
+
+
 def test_a_failed_prediction_cancels_the_compiles_not_started(monkeypatch):
   cfg = dataclasses.replace(SMALL, hid=44)  # programs no other test compiled
   target = arch.GPT2Config(depth=4, width=96, heads=4, vocab_size=300,

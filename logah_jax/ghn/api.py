@@ -26,11 +26,11 @@ from logah_jax import compiles
 from logah_jax import models
 from logah_jax import prng
 from logah_jax.arch import batching
+from logah_jax.ghn import per_shape as per_shape_lib
 from logah_jax.ghn import plan as plan_lib
 from logah_jax.ghn import vocab
 from logah_jax.ghn.config import GHNConfig
 from logah_jax.ghn.graphormer import GHNBody, TorchDense
-from logah_jax.ghn.per_shape import compile_ahead, decode_arch_per_shape
 from logah_jax.ghn.writeback import decode_arch, decoder_module
 from logah_jax.validation import ConfigError
 
@@ -230,9 +230,9 @@ def decode(cfg: GHNConfig, params, arch, x_ND: jax.Array,
   if per_shape is None:
     per_shape = _per_shape_default()
   if per_shape:
-    return decode_arch_per_shape(cfg, params['decoder'], x_ND,
-                                 plan_lib.make_plan(cfg, arch),
-                                 models.abstract_params(arch), ahead)
+    return per_shape_lib.decode_arch_per_shape(
+        cfg, params['decoder'], x_ND, plan_lib.make_plan(cfg, arch),
+        models.abstract_params(arch), ahead)
   return _decode_fn(cfg, arch)(params['decoder'], x_ND)
 
 
@@ -260,10 +260,12 @@ def predict(cfg: GHNConfig, params, archs):
   check_archs(cfg, family_of(cfg, params), archs)
   ahead = [None] * len(archs)
   if _per_shape_default():  # compiled while the GHN body compiles and runs
-    ahead = [compile_ahead(cfg, params['decoder'], plan_lib.make_plan(cfg, a),
-                           jax.ShapeDtypeStruct((num_nodes(cfg, a), cfg.hid),
-                                                jnp.float32))
-             for a in archs]
+    pool = per_shape_lib.compile_thread()  # one for all: the cores are shared
+    for b, a in enumerate(archs):
+      x_ND = jax.ShapeDtypeStruct((num_nodes(cfg, a), cfg.hid), jnp.float32)
+      ahead[b] = per_shape_lib.compile_ahead(
+          cfg, params['decoder'], plan_lib.make_plan(cfg, a), x_ND, pool)
+    pool.shutdown(wait=False)  # the thread ends when its queue is done
   out = []
   try:
     x = node_embeddings(cfg, params, archs)

@@ -103,8 +103,9 @@ class CompiledAhead:
       future.cancel()
 
 
-def compile_ahead(cfg: GHNConfig, decoder_params, plan: ArchPlan,
-                  x_ND) -> CompiledAhead:
+def compile_ahead(cfg: GHNConfig, decoder_params, plan: ArchPlan, x_ND,
+                  pool: concurrent.futures.Executor | None = None
+                  ) -> CompiledAhead:
   """Starts compiling the hidden, group, block and leaf programs of `plan`.
 
   `x_ND`: the node embeddings, or their ShapeDtypeStruct (so that this can
@@ -112,7 +113,9 @@ def compile_ahead(cfg: GHNConfig, decoder_params, plan: ArchPlan,
   calling thread while the CPU runs the leaves queued before it; compiling
   on a thread of its own keeps the compiler busy meanwhile, and the body's
   compile can run beside it. The calls then find the executables in jit's
-  cache (same avals and shardings; tests count the compiles).
+  cache (same avals and shardings; tests count the compiles). `pool`: the
+  one-thread executor to queue on (several predictions share one: a second
+  compile thread would only compete for the cores); default: a new one.
   """
   leaves = jax.tree.leaves((decoder_params, x_ND))
   if any(isinstance(a, jax.core.Tracer) for a in leaves):
@@ -142,7 +145,9 @@ def compile_ahead(cfg: GHNConfig, decoder_params, plan: ArchPlan,
     _leaf_program(dataclasses.replace(recipe, scale=1.0)).lower(
         outputs[req], np.float32(1.0), np.int32(0)).compile()
 
-  pool = concurrent.futures.ThreadPoolExecutor(1, 'logah-compile')
+  own_pool = pool is None
+  if own_pool:
+    pool = compile_thread()
   futures = {}
   if cfg.decoder == 'lowrank':
     futures['hidden'] = pool.submit(hidden)
@@ -150,8 +155,13 @@ def compile_ahead(cfg: GHNConfig, decoder_params, plan: ArchPlan,
     futures[req] = pool.submit(group, req, nodes)
     for recipe in recipes(nodes):
       futures[req, recipe] = pool.submit(leaf, req, recipe)
-  pool.shutdown(wait=False)
+  if own_pool:
+    pool.shutdown(wait=False)  # the thread ends when its queue is done
   return CompiledAhead(x_ND, futures)
+
+
+def compile_thread() -> concurrent.futures.ThreadPoolExecutor:
+  return concurrent.futures.ThreadPoolExecutor(1, 'logah-compile')
 
 
 def decode_arch_per_shape(cfg: GHNConfig, decoder_params, x_ND,
