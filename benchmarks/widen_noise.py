@@ -16,7 +16,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,20 +26,12 @@ from logah_jax import prng
 SHAPE = (1280, 5120)
 
 
-def _counter_uniform_erf_inv(shape):
-  """The counter normals' hash and uniforms, through XLA's erf_inv."""
-  bits = prng._mix32(prng._mix32(prng._flat_index(shape) + np.uint32(7))  # pylint: disable=protected-access
-                     ^ np.uint32(7))
-  x = ((bits >> np.uint32(9)).astype(jnp.float32) * 2.0 + 1.0) * np.float32(
-      2.0**-23) - 1.0
-  return np.float32(np.sqrt(2.0)) * jax.lax.erf_inv(x)
-
-
 NOISES = {
     'product only': None,
     'jax.random.normal, fused threefry key': lambda k: jax.random.normal(
         prng.fused_threefry(jax.random.fold_in(jax.random.key(1), k)), SHAPE),
-    'counter hash + XLA erf_inv': lambda k: _counter_uniform_erf_inv(SHAPE),
+    'counter hash + XLA erf_inv': lambda k: np.float32(np.sqrt(2.0)) * (
+        jax.lax.erf_inv(prng.counter_uniform(1, k, SHAPE))),
     'prng.counter_normal': lambda k: prng.counter_normal(1, k, SHAPE),
 }
 

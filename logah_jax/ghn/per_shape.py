@@ -120,9 +120,10 @@ def compile_ahead(cfg: GHNConfig, decoder_params, plan: ArchPlan, x_ND,
   leaves = jax.tree.leaves((decoder_params, x_ND))
   if any(isinstance(a, jax.core.Tracer) for a in leaves):
     return CompiledAhead(x_ND, {})  # traced (eval_shape): nothing to compile
-  committed = [a for a in leaves if getattr(a, 'committed', False)]
+  on_device = [a for a in leaves if getattr(a, 'committed', False)]
+  committed = bool(on_device)
   x_ND = jax.ShapeDtypeStruct(x_ND.shape, x_ND.dtype, sharding=(
-      committed[0].sharding if committed else None))
+      on_device[0].sharding if committed else None))
   param_nodes = [p.node for p in plan.nodes]
   position = {node: i for i, node in enumerate(param_nodes)}
   outputs = {}
@@ -130,16 +131,16 @@ def compile_ahead(cfg: GHNConfig, decoder_params, plan: ArchPlan, x_ND,
   def hidden():
     outputs['hidden'] = _outputs(_hidden_program(cfg).lower(
         decoder_params, x_ND, np.array(param_nodes, np.int32)).compile(),
-                                 bool(committed))
+                                 committed)
 
   def group(req, nodes):
     rows, hidden_rows = _program_inputs(nodes, position,
                                         outputs.get('hidden'))
     out = _outputs(_group_program(cfg, req).lower(
         decoder_params, x_ND, rows, outputs.get('hidden'),
-        hidden_rows).compile(), bool(committed))
+        hidden_rows).compile(), committed)
     outputs[req] = _outputs(_block_of.lower(out, np.int32(0)).compile(),
-                            bool(committed))
+                            committed)
 
   def leaf(req, recipe):
     _leaf_program(dataclasses.replace(recipe, scale=1.0)).lower(
