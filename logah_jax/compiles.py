@@ -8,7 +8,7 @@ trace; `trace_counts(prefix)` tells which programs traced how often (GHN
 prediction, each GHN-training program, the fine-tuning step).
 
 `quick_compile_options()`: the XLA options of programs that are compiled
-often and run briefly (GHN training's per-architecture programs on a CPU).
+often and run briefly (GHN training's per-architecture programs).
 """
 
 from __future__ import annotations
@@ -27,13 +27,23 @@ _EVENT = '/jax/core/compile/backend_compile_duration'
 # GPT-2, whose 50,257-way argmax and transposes the classic emitters run
 # slower); docs/performance.md.
 QUICK_CPU_COMPILE = {'xla_cpu_use_fusion_emitters': False}
+# XLA's GPU compiler without GEMM autotuning: each matmul takes the
+# configuration XLA's heuristics pick instead of timing candidates. On an
+# H200 the GPT-2 order of benchmarks/train_ghn.py (8 threads compiling ahead)
+# took 1.9 s per new architecture instead of 4.0 s, for a steady step of
+# 13.0 ms instead of 10.0 ms (the option set for the whole process);
+# docs/performance.md.
+QUICK_GPU_COMPILE = {'xla_gpu_autotune_level': 0}
 
 
 def quick_compile_options(backend: str | None = None) -> dict | None:
   """`jax.jit(compiler_options=...)` for quicker compiles on `backend`
-  (default: JAX's); None where there is nothing to gain (GPUs, TPUs)."""
-  if (backend or jax.default_backend()) == 'cpu':
+  (default: JAX's); None where there is nothing to gain (TPUs)."""
+  backend = backend or jax.default_backend()
+  if backend == 'cpu':
     return dict(QUICK_CPU_COMPILE)
+  if backend == 'gpu':
+    return dict(QUICK_GPU_COMPILE)
   return None
 
 

@@ -89,7 +89,7 @@ def ghn_training(*, ghn: str, space: str, data: ml_collections.ConfigDict,
   c.train = ml_collections.ConfigDict(dict(
       num_steps=num_steps, m=m, pool_size=pool_size, arch_seed=1,
       gamma=3e-5, label_smoothing=0.0, compile_workers='auto',
-      share_depths='auto', quick_compile=False))
+      share_depths='auto', quick_compile='auto'))
   c.optim = optim_section(lr, warmup_steps=warmup_steps)
   c.mesh = ml_collections.ConfigDict(dict(arch=1, data=-1))
   c.checkpoint = ml_collections.ConfigDict(dict(

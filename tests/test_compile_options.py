@@ -22,22 +22,42 @@ from logah_jax.validation import ConfigError
 GHN = ghn_lib.named('logah-tiny')
 
 
-def test_quick_compile_options_are_for_cpus_only():
+def test_quick_compile_options_per_backend():
   assert compiles.quick_compile_options('cpu') == {
       'xla_cpu_use_fusion_emitters': False}
-  assert compiles.quick_compile_options('gpu') is None
+  assert compiles.quick_compile_options('gpu') == {
+      'xla_gpu_autotune_level': 0}
   assert compiles.quick_compile_options('tpu') is None
-  # a copy: a caller cannot change the module's defaults
+  # copies: a caller cannot change the module's defaults
   compiles.quick_compile_options('cpu')['xla_cpu_use_fusion_emitters'] = 1
   assert compiles.QUICK_CPU_COMPILE['xla_cpu_use_fusion_emitters'] is False
+  compiles.quick_compile_options('gpu')['xla_gpu_autotune_level'] = 4
+  assert compiles.QUICK_GPU_COMPILE['xla_gpu_autotune_level'] == 0
 
 
-def test_quick_compile_setting():
+def test_gpu_quick_compile_options_are_known_to_xla():
+  """XLA checks option names and value types on any backend: the GPU
+  options must compile here (a misspelt one would otherwise fail only on a
+  GPU), and the check itself rejects a misspelt name."""
+  lowered = jax.jit(lambda x: x * 2).lower(np.ones(3, np.float32))
+  out = lowered.compile(compiles.quick_compile_options('gpu'))(
+      np.ones(3, np.float32))
+  np.testing.assert_array_equal(out, 2 * np.ones(3))
+  with pytest.raises(Exception, match='xla_gpu_autotune_levl'):
+    lowered.compile({'xla_gpu_autotune_levl': 0})
+
+
+def test_quick_compile_setting(monkeypatch):
+  assert ghn_training.quick_compile('auto') is False  # CPU backend
   assert ghn_training.quick_compile('false') is False
   assert ghn_training.quick_compile('true') is True
   assert ghn_training.quick_compile(True) is True
   assert ghn_training.quick_compile(False) is False
-  for bad in ('auto', 'yes', 1, None):
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  assert ghn_training.quick_compile('auto') is True
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'tpu')
+  assert ghn_training.quick_compile('auto') is False
+  for bad in ('yes', 1, None):
     with pytest.raises(ConfigError, match='config.train.quick_compile'):
       ghn_training.quick_compile(bad)
 
