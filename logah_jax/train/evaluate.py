@@ -27,7 +27,7 @@ def _eval_fn(arch):
     logits = logits.astype(jnp.float32)
     ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None],
                               -1)[..., 0]
-    hits = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+    hits = objective.hits(logits, targets).astype(jnp.float32)
     per_row = ce.reshape(ce.shape[0], -1)
     weights = jnp.broadcast_to(mask[:, None], per_row.shape)
     return (jnp.sum(per_row * weights),
