@@ -22,10 +22,10 @@ import jax
 _EVENT = '/jax/core/compile/backend_compile_duration'
 
 # XLA's CPU compiler with its classic loop emitters instead of the MLIR
-# fusion emitters: on a 2-core CPU a GHN-training program compiled in about a
-# quarter less time, for steps from as fast (a large ViT) to 16% slower (a
-# GPT-2, whose 50,257-way argmax and transposes the classic emitters run
-# slower); docs/performance.md.
+# fusion emitters: on a 2-core CPU a GHN-training program compiled in
+# 14-29% less time, for steps 2-6% slower (GPT-2 steps were 16% slower while
+# the accuracy metric took a 50,257-way argmax, which these emitters run
+# slowly); docs/performance.md.
 QUICK_CPU_COMPILE = {'xla_cpu_use_fusion_emitters': False}
 # XLA's GPU compiler without GEMM autotuning: each matmul takes the
 # configuration XLA's heuristics pick instead of timing candidates. On an

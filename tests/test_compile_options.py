@@ -51,6 +51,8 @@ def test_quick_compile_setting(monkeypatch):
   assert ghn_training.quick_compile('auto') is False  # CPU backend
   assert ghn_training.quick_compile('false') is False
   assert ghn_training.quick_compile('true') is True
+  assert ghn_training.quick_compile('True') is True
+  assert ghn_training.quick_compile('FALSE') is False
   assert ghn_training.quick_compile(True) is True
   assert ghn_training.quick_compile(False) is False
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')

@@ -162,6 +162,7 @@ def test_shared_program_gives_each_depth_its_own_gradients(make):
 def test_share_depths_setting(monkeypatch):
   assert ghn_training.share_depths('auto') is True  # CPU backend
   assert ghn_training.share_depths('false') is False
+  assert ghn_training.share_depths('False') is False
   assert ghn_training.share_depths(True) is True
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
   assert ghn_training.share_depths('auto') is False
