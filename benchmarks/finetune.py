@@ -79,11 +79,13 @@ def peak_tflops(device_kind: str, dtype_name: str):
   return bf16 if dtype_name == 'bfloat16' else fp32
 
 
-def matmul_flops_per_s(n: int = 2048, dtype=None, repeats: int = 5) -> float:
-  """FLOP/s of a jitted n x n x n matmul `a @ b` (2 n^3 FLOPs per call).
+def matmul_timer(n: int = 2048, dtype=None):
+  """A compiled n x n x n matmul `a @ b` (2 n^3 FLOPs) on the default device:
+  returns a function that runs it once, blocked, and returns its seconds.
 
-  The median of `repeats` timed calls, each blocked, after one warm-up call
-  (which compiles). On the default device; `dtype` default float32.
+  Timing it between the steps of another program samples the machine at
+  the same moments as those steps, which matters on a machine whose speed
+  drifts. dtype default float32; compiles and warms up here.
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -93,12 +95,22 @@ def matmul_flops_per_s(n: int = 2048, dtype=None, repeats: int = 5) -> float:
   b = jax.random.normal(kb, (n, n), dtype)
   matmul = jax.jit(lambda x, y: x @ y)
   jax.block_until_ready(matmul(a, b))
-  times = []
-  for _ in range(repeats):
+
+  def seconds() -> float:
     t0 = time.perf_counter()
     jax.block_until_ready(matmul(a, b))
-    times.append(time.perf_counter() - t0)
-  return 2.0 * n**3 / statistics.median(times)
+    return time.perf_counter() - t0
+  return seconds
+
+
+def matmul_flops_per_s(n: int = 2048, dtype=None, repeats: int = 5) -> float:
+  """FLOP/s of a jitted n x n x n matmul `a @ b` (2 n^3 FLOPs per call).
+
+  The median of `repeats` timed calls, each blocked, after one warm-up call
+  (which compiles). On the default device; `dtype` default float32.
+  """
+  seconds = matmul_timer(n, dtype)
+  return 2.0 * n**3 / statistics.median(seconds() for _ in range(repeats))
 
 
 def _batch_sizes(specs):

@@ -37,9 +37,11 @@ With `--quick-compile`, the `arch` programs are compiled with
 TFLOP/s: XLA's count of the programs a step runs (body, one `arch` program
 per architecture, finish; lowered on abstract inputs as
 `train.flops.ghn_training_flops` does, all ops counted) summed over the
-steady-state steps, over their summed seconds; x matmul: that as a fraction
-of a plain float32 matmul measured in the same process
-(`benchmarks/finetune.py`'s `matmul_flops_per_s`, 2048^3 on CPU).
+steady-state steps, over their summed seconds; x matmul: each steady step's
+FLOP/s as a fraction of a plain float32 matmul (`benchmarks/finetune.py`'s
+`matmul_timer`, 2048^3 on CPU) timed right after that step, the median over
+the steps [min-max]. Timing the two side by side keeps the fraction steady
+on a machine whose speed drifts.
 
     .venv/bin/python benchmarks/train_ghn.py                  # all three
     .venv/bin/python benchmarks/train_ghn.py --runs vit-m4
@@ -104,14 +106,14 @@ def child_result(cmd: list[str], what: str) -> dict:
   return json.loads(line[0][7:])
 
 
-def _matmul_flops_per_s():
-  """`matmul_flops_per_s` of benchmarks/finetune.py (loaded by its path)."""
+def _matmul_timer():
+  """`matmul_timer` of benchmarks/finetune.py (loaded by its path)."""
   path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                       'finetune.py')
   spec = importlib.util.spec_from_file_location('_bench_finetune', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.matmul_flops_per_s
+  return module.matmul_timer
 
 
 # The jax.monitoring events of one compilation. Each names the program: its
@@ -208,6 +210,8 @@ def run_one(run: str, ghn_name: str, compile_workers: int = 0,
                                             if quick_compile else None))
   state = step.init_state(ghn.init(cfg, family, 0))
   jax.block_until_ready(state)
+  matmul_n = 2048 if jax.default_backend() == 'cpu' else 8192
+  matmul_seconds = _matmul_timer()(matmul_n)  # compiled before counting
   arch_compiles = _ArchCompiles()
   before = compiles.snapshot()
   first_times, new_programs, seen, made = [], [], set(), set()
@@ -231,12 +235,13 @@ def run_one(run: str, ghn_name: str, compile_workers: int = 0,
   compiled = compiles.snapshot() - before
   per_arch = arch_compiles.seconds()
   assert len(per_arch) == len(made), (len(per_arch), len(made))
-  times = []
+  times, matmul_times = [], []
   for archs in steps[1:]:  # steady state: same order, nothing to compile
     t0 = time.perf_counter()
     state, metrics = step(state, archs, batch)
     loop.host_metrics(metrics)
     times.append(time.perf_counter() - t0)
+    matmul_times.append(matmul_seconds())  # the reference, at the same time
   assert (compiles.snapshot() - before).count == compiled.count, 'recompiled'
   s_step = statistics.median(times)
   # Wall-time check of the per-architecture compile seconds: steps after the
@@ -268,12 +273,17 @@ def run_one(run: str, ghn_name: str, compile_workers: int = 0,
   print('TIMINGS ' + json.dumps(result), file=sys.stderr, flush=True)
   step_flops = _step_flops(step, state, steps[1:], batch)
   flops_s = sum(step_flops) / sum(times)
-  matmul = _matmul_flops_per_s()(
-      2048 if jax.default_backend() == 'cpu' else 8192)
+  matmul_flops = 2.0 * matmul_n**3
+  # Each step's FLOP/s over the matmul's timed right after it: a drift in
+  # the machine's speed moves both.
+  fractions = [(f / t) / (matmul_flops / m)
+               for f, t, m in zip(step_flops, times, matmul_times)]
   return dict(
       result, step_gflop=statistics.mean(step_flops) / 1e9,
-      tflops=flops_s / 1e12, matmul_f32_tflops=matmul / 1e12,
-      frac_matmul_f32=flops_s / matmul,
+      tflops=flops_s / 1e12,
+      matmul_f32_tflops=matmul_flops / statistics.median(matmul_times) / 1e12,
+      frac_matmul_f32=statistics.median(fractions),
+      frac_matmul_f32_range=[min(fractions), max(fractions)],
       rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
 
 
@@ -330,14 +340,17 @@ def main():
           f"{r['arch_compile_per_arch_s']:.1f} ({r['distinct_archs']}) | "
           f"{r['first_pass_s']:.1f} | "
           f"{r['first_pass_extra_s_per_arch']:.1f} | "
-          f"{r['tflops']:.3g} | {r['frac_matmul_f32']:.1%} | "
+          f"{r['tflops']:.3g} | {r['frac_matmul_f32']:.1%} "
+          f"[{r['frac_matmul_f32_range'][0]:.0%}-"
+          f"{r['frac_matmul_f32_range'][1]:.0%}] | "
           f"{r['rss_gib']:.2f} | {o_step} | {o_rate} | {o_rss} | "
           f"{r['arch_s'] / o_rate:.2f} | {r['rss_gib'] / o_rss:.2f} |")
   print('compile s/program: trace + lower + XLA seconds of each new '
         'program in the first pass; per arch: their sum over the distinct '
         "architectures; TFLOP/s: XLA's FLOPs of "
-        'the steady-state steps over their seconds; x f32 matmul: that over '
-        'a float32 matmul in the same process.')
+        'the steady-state steps over their seconds; x f32 matmul: each '
+        "step's FLOP/s over a float32 matmul's timed right after it, "
+        'median [min-max].')
 
 
 if __name__ == '__main__':
