@@ -24,9 +24,10 @@ and its ratio to the analytic one, and for GPT-2 the per-token formula
 6 (12 L d^2 + V d) + 12 L d T (L depth, d width, V vocabulary, T sequence).
 Model TFLOP/s = analytic FLOPs / median s/step; MFU = that / the dense peak
 of the device in the step's dtype (`PEAK_TFLOPS`, or --peak-tflops). Every
-device also measures a plain matmul in the same process (float32 2048^3 on
-CPU, float32 and bfloat16 8192^3 on GPU/TPU): the step's FLOP/s as a fraction
-of it is the CPU's stand-in for MFU.
+device also times a plain matmul right after each blocked step (float32
+2048^3 on CPU, float32 and bfloat16 8192^3 on GPU/TPU): the median over
+those steps of the step's FLOP/s over the matmul's is the CPU's stand-in
+for MFU, steady on a machine whose speed drifts.
 
     .venv/bin/python benchmarks/finetune.py                    # all targets
     .venv/bin/python benchmarks/finetune.py --targets gpt2-small \\
@@ -174,6 +175,15 @@ def run_one(name: str, dtype_arg: str, batch_size: int, seq_len: int,
   batch = jax.block_until_ready(parallel.shard_batch(mesh, host))
   jax.block_until_ready(state)
 
+  # The matmul references, timed after each blocked step (compiled first,
+  # so that they do not count as the step's recompiles).
+  on_cpu = backend == 'cpu'
+  mm_n = 2048 if on_cpu else 8192
+  mm_timers = {'f32': matmul_timer(mm_n, jnp.float32)}
+  if not on_cpu:
+    mm_timers['bf16'] = matmul_timer(mm_n, jnp.bfloat16)
+  mm_times = {k: [] for k in mm_timers}
+
   before = compiles.snapshot()
   t0 = time.perf_counter()
   state, metrics = jax.block_until_ready(stepper(state, batch))
@@ -186,6 +196,8 @@ def run_one(name: str, dtype_arg: str, batch_size: int, seq_len: int,
     t0 = time.perf_counter()
     state, metrics = jax.block_until_ready(stepper(state, batch))
     times.append(time.perf_counter() - t0)
+    for k, timer in mm_timers.items():
+      mm_times[k].append(timer())
   t0 = time.perf_counter()
   for _ in range(steps):
     state, metrics = stepper(state, batch)
@@ -216,9 +228,19 @@ def run_one(name: str, dtype_arg: str, batch_size: int, seq_len: int,
   analytic = flops.train_step_flops(cfg, batch_size, t if is_gpt2 else None)
   achieved = analytic / s_step
   peak = peak_arg if peak_arg else peak_tflops(device_kind, dtype_name)
-  on_cpu = backend == 'cpu'
-  mm_f32 = matmul_flops_per_s(2048 if on_cpu else 8192, jnp.float32)
-  mm_bf16 = None if on_cpu else matmul_flops_per_s(8192, jnp.bfloat16)
+  mm_flops = 2.0 * mm_n**3
+
+  def matmul_stats(kind):
+    """(median matmul FLOP/s, median over the blocked steps of the step's
+    FLOP/s over the matmul's timed right after it), or (None, None)."""
+    if kind not in mm_times:
+      return None, None
+    fractions = [(analytic / t) / (mm_flops / m)
+                 for t, m in zip(times, mm_times[kind])]
+    return (mm_flops / statistics.median(mm_times[kind]),
+            statistics.median(fractions))
+  mm_f32, frac_f32 = matmul_stats('f32')
+  mm_bf16, frac_bf16 = matmul_stats('bf16')
   row.update({
       's_step': s_step, 'min': min(times), 'max': max(times),
       's_step_back_to_back': back_to_back,
@@ -235,9 +257,9 @@ def run_one(name: str, dtype_arg: str, batch_size: int, seq_len: int,
       'tflops': achieved / 1e12, 'peak_tflops': peak,
       'mfu': achieved / (peak * 1e12) if peak else None,
       'matmul_f32_tflops': mm_f32 / 1e12,
-      'frac_matmul_f32': achieved / mm_f32,
+      'frac_matmul_f32': frac_f32,
       'matmul_bf16_tflops': mm_bf16 / 1e12 if mm_bf16 else None,
-      'frac_matmul_bf16': achieved / mm_bf16 if mm_bf16 else None,
+      'frac_matmul_bf16': frac_bf16,
       'peak_device_gib': mem,
       'peak_rss_gib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
                       / 2**20,
@@ -374,8 +396,8 @@ def main():
   print('s/step: median, each step blocked; b2b: mean of back-to-back steps, '
         'one block at the end. TFLOP/s: analytic matmul FLOPs (3 x forward) '
         '/ median s/step; MFU against the dense peak of the dtype; x f32/bf16 '
-        'matmul: TFLOP/s over a plain float32/bfloat16 matmul in the same '
-        'process (bf16 on GPU/TPU only). '
+        "matmul: each blocked step's TFLOP/s over a plain float32/bfloat16 "
+        'matmul timed right after it, median (bf16 on GPU/TPU only). '
         'compile s: first call - median step. analytic/XLA < 1: XLA also '
         'counts elementwise ops (and remat recomputation). peak GiB: device '
         'peak where reported, else process RSS.')
