@@ -68,6 +68,13 @@ def _zeros_program(shape: tuple[int, ...], dtype):
   return jax.jit(lambda: jnp.zeros(shape, dtype))
 
 
+def _param_nodes(plan: ArchPlan):
+  """The plan's parameter nodes (the hidden program's rows), and each one's
+  row among them."""
+  param_nodes = [p.node for p in plan.nodes]
+  return param_nodes, {node: i for i, node in enumerate(param_nodes)}
+
+
 def _program_inputs(nodes, position, hidden):
   """The node rows of a request group, and their rows of `hidden`."""
   rows = np.array([n.node for n in nodes], np.int32)
@@ -124,8 +131,7 @@ def compile_ahead(cfg: GHNConfig, decoder_params, plan: ArchPlan, x_ND,
   committed = bool(on_device)
   x_ND = jax.ShapeDtypeStruct(x_ND.shape, x_ND.dtype, sharding=(
       on_device[0].sharding if committed else None))
-  param_nodes = [p.node for p in plan.nodes]
-  position = {node: i for i, node in enumerate(param_nodes)}
+  param_nodes, position = _param_nodes(plan)
   outputs = {}
 
   def hidden():
@@ -186,8 +192,7 @@ def decode_arch_per_shape(cfg: GHNConfig, decoder_params, x_ND,
 
 def _decode(cfg: GHNConfig, decoder_params, x_ND, plan: ArchPlan,
             abstract_params, ahead: CompiledAhead) -> dict:
-  param_nodes = [p.node for p in plan.nodes]
-  position = {node: i for i, node in enumerate(param_nodes)}
+  param_nodes, position = _param_nodes(plan)
   hidden = None
   if cfg.decoder == 'lowrank':
     ahead.wait('hidden')

@@ -115,14 +115,8 @@ def share_depths(value) -> bool:
   steps, and false on accelerators, where `compile_workers` compiles ahead
   and every step would pay for the skipped blocks (docs/performance.md).
   """
-  if isinstance(value, bool):
-    return value
-  if value == 'auto':
-    return jax.default_backend() == 'cpu'
-  if isinstance(value, str) and value.lower() in ('true', 'false'):
-    return value.lower() == 'true'  # 'True' too: the command line's spelling
-  raise ConfigError(f'config.train.share_depths={value!r} must be '
-                    "'auto', 'true' or 'false'")
+  return _auto_bool(value, 'share_depths',
+                    lambda: jax.default_backend() == 'cpu')
 
 
 def quick_compile(value) -> bool:
@@ -138,13 +132,20 @@ def quick_compile(value) -> bool:
   architecture a few dozen times at most. 'auto' is true on GPUs, false
   elsewhere (docs/performance.md).
   """
+  return _auto_bool(value, 'quick_compile',
+                    lambda: jax.default_backend() == 'gpu')
+
+
+def _auto_bool(value, field: str, auto) -> bool:
+  """A config.train switch: a bool, or 'auto' (`auto()`), 'true' or
+  'false' in any case ('True' is the command line's spelling)."""
   if isinstance(value, bool):
     return value
   if value == 'auto':
-    return jax.default_backend() == 'gpu'
+    return auto()
   if isinstance(value, str) and value.lower() in ('true', 'false'):
-    return value.lower() == 'true'  # 'True' too: the command line's spelling
-  raise ConfigError(f'config.train.quick_compile={value!r} must be '
+    return value.lower() == 'true'
+  raise ConfigError(f'config.train.{field}={value!r} must be '
                     "'auto', 'true' or 'false'")
 
 
