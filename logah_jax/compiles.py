@@ -22,11 +22,13 @@ import jax
 _EVENT = '/jax/core/compile/backend_compile_duration'
 
 # XLA's CPU compiler with its classic loop emitters instead of the MLIR
-# fusion emitters: on a 2-core CPU a GHN-training program compiled in
-# 14-29% less time, for steps 2-6% slower (GPT-2 steps were 16% slower while
-# the accuracy metric took a 50,257-way argmax, which these emitters run
-# slowly); docs/performance.md.
-QUICK_CPU_COMPILE = {'xla_cpu_use_fusion_emitters': False}
+# fusion emitters, and LLVM at -O1 instead of -O3 for the code it generates
+# (matmuls call precompiled libraries either way). On a 2-core CPU a
+# GHN-training program compiled in about 40% less time; GPT-2 steps ran
+# 7-10% slower (the classic emitters transpose the logits' gradient
+# slowly), ViT steps no slower; docs/performance.md.
+QUICK_CPU_COMPILE = {'xla_cpu_use_fusion_emitters': False,
+                     'xla_backend_optimization_level': 1}
 # XLA's GPU compiler without GEMM autotuning: each matmul takes the
 # configuration XLA's heuristics pick instead of timing candidates. On an
 # H200 the GPT-2 order of benchmarks/train_ghn.py (8 threads compiling ahead)
@@ -34,6 +36,12 @@ QUICK_CPU_COMPILE = {'xla_cpu_use_fusion_emitters': False}
 # 13.0 ms instead of 10.0 ms (the option set for the whole process);
 # docs/performance.md.
 QUICK_GPU_COMPILE = {'xla_gpu_autotune_level': 0}
+# Visits per program (steps that run it) below which quick compile pays:
+# compile seconds saved per program over step seconds lost per visit, in
+# the costliest family measured. CPU: 2.2 s saved, 0.04 s lost per visit
+# (GPT-2, benchmarks/quick_compile.py; ViTs lost less). GPU: 2.1 s saved,
+# 1.5 ms lost (H200, m = 2). TPUs have no quick options.
+QUICK_COMPILE_PAYS_BELOW = {'cpu': 50, 'gpu': 1400}
 
 
 def quick_compile_options(backend: str | None = None) -> dict | None:
@@ -45,6 +53,14 @@ def quick_compile_options(backend: str | None = None) -> dict | None:
   if backend == 'gpu':
     return dict(QUICK_GPU_COMPILE)
   return None
+
+
+def quick_compile_pays(visits_per_program: float,
+                       backend: str | None = None) -> bool:
+  """Whether programs run about `visits_per_program` times each compile
+  and run sooner in all with `quick_compile_options()` on `backend`."""
+  backend = backend or jax.default_backend()
+  return visits_per_program < QUICK_COMPILE_PAYS_BELOW.get(backend, 0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,6 +10,8 @@ import numpy as np
 import optax
 import pytest
 
+from configs_for_tests import smoke
+
 from logah_jax import arch as arch_lib
 from logah_jax import compiles
 from logah_jax import ghn as ghn_lib
@@ -24,7 +26,8 @@ GHN = ghn_lib.named('logah-tiny')
 
 def test_quick_compile_options_per_backend():
   assert compiles.quick_compile_options('cpu') == {
-      'xla_cpu_use_fusion_emitters': False}
+      'xla_cpu_use_fusion_emitters': False,
+      'xla_backend_optimization_level': 1}
   assert compiles.quick_compile_options('gpu') == {
       'xla_gpu_autotune_level': 0}
   assert compiles.quick_compile_options('tpu') is None
@@ -48,20 +51,51 @@ def test_gpu_quick_compile_options_are_known_to_xla():
 
 
 def test_quick_compile_setting(monkeypatch):
-  assert ghn_training.quick_compile('auto') is False  # CPU backend
-  assert ghn_training.quick_compile('false') is False
-  assert ghn_training.quick_compile('true') is True
-  assert ghn_training.quick_compile('True') is True
-  assert ghn_training.quick_compile('FALSE') is False
-  assert ghn_training.quick_compile(True) is True
-  assert ghn_training.quick_compile(False) is False
+  # 'auto' on CPUs: quick below 50 visits per program
+  assert ghn_training.quick_compile('auto', 49.5) is True
+  assert ghn_training.quick_compile('auto', 50) is False
+  for visits in (1, 10**6):  # an explicit value ignores the visits
+    assert ghn_training.quick_compile('false', visits) is False
+    assert ghn_training.quick_compile('true', visits) is True
+    assert ghn_training.quick_compile('True', visits) is True
+    assert ghn_training.quick_compile('FALSE', visits) is False
+    assert ghn_training.quick_compile(True, visits) is True
+    assert ghn_training.quick_compile(False, visits) is False
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
-  assert ghn_training.quick_compile('auto') is True
+  assert ghn_training.quick_compile('auto', 1399) is True
+  assert ghn_training.quick_compile('auto', 1400) is False
   monkeypatch.setattr(jax, 'default_backend', lambda: 'tpu')
-  assert ghn_training.quick_compile('auto') is False
+  assert ghn_training.quick_compile('auto', 1) is False
   for bad in ('yes', 1, None):
     with pytest.raises(ConfigError, match='config.train.quick_compile'):
-      ghn_training.quick_compile(bad)
+      ghn_training.quick_compile(bad, 1)
+
+
+@pytest.mark.parametrize('share', ['true', 'false'])
+def test_auto_quick_compile_counts_the_runs_visits_per_program(share):
+  """build_run's 'auto' divides steps x m by the programs the step will
+  compile (the step's own program_arch over the candidates)."""
+  config = smoke()
+  config.space.width_rules = ((1, 3, 32, 48, 16),)  # depths to share
+  config.train.pool_size = 0  # the whole space: 6 architectures
+  config.train.share_depths = share
+  run = ghn_training.build_run(config)
+  candidates = run.sampler.candidates()
+  step = ghn_step.GHNStep(
+      run.ghn_cfg, run.family, optax.sgd(0.1),
+      parallel.make_mesh({'data': 1}, devices=jax.devices()[:1]),
+      m=run.sampler.m, n_pad=64,
+      share_depths=candidates if share == 'true' else ())
+  programs = len({step.program_arch(a) for a in candidates})
+  assert ghn_training.program_count(run.sampler, share == 'true') == programs
+  if share == 'true':
+    assert programs < len(set(candidates))  # depths were shared
+  m = run.sampler.m
+  assert run.num_steps * m / programs < 50 and run.quick_compile
+  config.train.num_steps = -(-50 * programs // m)  # 50 visits or more
+  assert not ghn_training.build_run(config).quick_compile
+  config.train.num_steps = (50 * programs - 1) // m  # fewer than 50
+  assert ghn_training.build_run(config).quick_compile
 
 
 def test_arch_programs_are_compiled_with_the_step_options():

@@ -18,6 +18,7 @@ from logah_jax import checkpoint as ckpt_lib
 from logah_jax import compiles
 from logah_jax import ghn as ghn_lib
 from logah_jax import parallel
+from logah_jax.ghn import depth_sharing
 from logah_jax.train import ghn_step
 from logah_jax.train import loop
 from logah_jax.train import report
@@ -119,21 +120,22 @@ def share_depths(value) -> bool:
                     lambda: jax.default_backend() == 'cpu')
 
 
-def quick_compile(value) -> bool:
+def quick_compile(value, visits_per_program: float) -> bool:
   """config.train.quick_compile: 'auto' (default), 'true' or 'false' (or a
   bool).
 
   True compiles the per-architecture programs with
-  `compiles.quick_compile_options()`. On GPUs (no GEMM autotuning) that
-  halved the compile time per new architecture on an H200 (1.9 s instead of
-  4.0 s) for a 30% slower step, a gain until a run visits each architecture
-  about 1,400 times. On CPUs (classic loop emitters) it cuts 14-29% of the
-  compile time for steps 2-6% slower, a gain only for runs that visit each
-  architecture a few dozen times at most. 'auto' is true on GPUs, false
-  elsewhere (docs/performance.md).
+  `compiles.quick_compile_options()`: on GPUs without GEMM autotuning
+  (compile time per new architecture on an H200 1.9 s instead of 4.0 s, for
+  a 30% slower step), on CPUs with XLA's classic emitters and LLVM -O1
+  (about 40% less compile time, GPT-2 steps about 7% slower). 'auto' is
+  true where that pays: when the run visits each program fewer times
+  (`visits_per_program`: steps x m / programs) than
+  `compiles.QUICK_COMPILE_PAYS_BELOW` gives for the backend (CPU 50, GPU
+  1,400; never on TPUs). docs/performance.md.
   """
   return _auto_bool(value, 'quick_compile',
-                    lambda: jax.default_backend() == 'gpu')
+                    lambda: compiles.quick_compile_pays(visits_per_program))
 
 
 def _auto_bool(value, field: str, auto) -> bool:
@@ -174,15 +176,28 @@ def build_run(config) -> GHNRun:
     except ValueError as e:
       raise ConfigError(f'config.ghn cannot predict the deepest architecture'
                         f' of config.space ({a.name}): {e}') from e
+  shared = share_depths(train.get('share_depths', 'auto'))
+  visits = settings['num_steps'] * m / program_count(sampler, shared)
   return GHNRun(ghn_cfg=cfg, family=space.family, space=space,
                 space_name=config.space.name, sampler=sampler,
                 gamma=float(train.gamma),
                 compile_workers=compile_workers(
                     train.get('compile_workers', 'auto')),
-                share_depths=share_depths(train.get('share_depths', 'auto')),
+                share_depths=shared,
                 quick_compile=quick_compile(train.get('quick_compile',
-                                                      'auto')),
+                                                      'auto'), visits),
                 **settings)
+
+
+def program_count(sampler: ArchSampler, shared: bool) -> int:
+  """How many per-architecture programs a run over `sampler` compiles (per
+  arch group): one per candidate, or per candidate's program architecture
+  with depths shared."""
+  candidates = sampler.candidates()
+  if not shared:
+    return len(set(candidates))
+  depths = depth_sharing.program_depths(candidates)
+  return len({depth_sharing.program_arch(a, depths) for a in candidates})
 
 
 def train_ghn(config, workdir: str, *,
@@ -223,8 +238,7 @@ def train(run: GHNRun, workdir: str, *,
         share_depths=run.sampler.candidates() if run.share_depths else (),
         compiler_options=(compiles.quick_compile_options()
                           if run.quick_compile else None))
-    programs = len({stepper.program_arch(a)
-                    for a in run.sampler.candidates()})
+    programs = program_count(run.sampler, run.share_depths)
     params_abstract = jax.eval_shape(
         lambda: ghn_lib.init(run.ghn_cfg, run.family, run.seed))
     state, start = loop.restore(mngr, stepper.abstract_state(params_abstract),
@@ -241,7 +255,8 @@ def train(run: GHNRun, workdir: str, *,
         f'bound x {len(stepper.groups)} arch groups), '
         f'node bucket {stepper.n_pad}; m={run.sampler.m}, batch '
         f'{run.data.batch_size}, mesh {dict(mesh.shape)}; '
-        f'{run.compile_workers} threads compiling ahead'
+        f'{run.compile_workers} threads compiling ahead; '
+        f'{run.num_steps * run.sampler.m / programs:.0f} visits per program'
         f'{", quick compile" if stepper.compiler_options else ""}',
         f'targets: {run.compute.describe()}; Graphormer '
         f'{run.ghn_cfg.dtype}',
