@@ -6,6 +6,7 @@ import dataclasses
 import threading
 
 import jax
+from jax.extend import core as jax_core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -388,6 +389,40 @@ def test_per_shape_prediction_equals_the_traced_decoder(ghn_cfg):
     assert jax.tree.structure(per_shape) == jax.tree.structure(traced)
     for a, b in zip(jax.tree.leaves(per_shape), jax.tree.leaves(traced)):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _m4_products(cfg, target):
+  """How many times the traced decoder of `target` multiplies by all of
+  M4's kernel, and the plan's request groups."""
+  params = ghn.init(cfg, target.family, seed=0)
+  x = jnp.zeros((ghn.num_nodes(cfg, target), cfg.hid))
+  jaxpr = jax.make_jaxpr(ghn.decode_function(cfg, target))(
+      params['decoder'], x)
+  m4 = params['decoder']['m4']['kernel'].shape  # [r, K]
+
+  def count(jaxpr):
+    n = 0
+    for eqn in jaxpr.eqns:
+      n += (eqn.primitive.name == 'dot_general'
+            and eqn.invars[1].aval.shape == m4)
+      for sub in jax_core.jaxprs_in_params(eqn.params):
+        n += count(sub)
+    return n
+  return count(jaxpr.jaxpr), len(plan_lib.make_plan(cfg, target).groups())
+
+
+def test_traced_decoder_multiplies_by_m4_once_for_all_small_requests(
+    monkeypatch):
+  """The 'paper' factors of every request of at most K / r rows and
+  columns read two rows of Y; the traced decoder computes those for all
+  its nodes in one product, not two per request group (the values: the
+  per-shape test above and the NumPy references)."""
+  target = arch.GPT2Config(depth=3, width=64, heads=4, vocab_size=300,
+                           n_positions=64, tie_embeddings=False)
+  products, groups = _m4_products(SMALL, target)
+  assert groups > 2 and products == 1
+  monkeypatch.setattr(writeback, '_leading_rows', lambda *_: {})
+  assert _m4_products(SMALL, target) == (2 * groups, groups)
 
 
 @pytest.mark.parametrize('committed', [False, True])

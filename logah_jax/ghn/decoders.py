@@ -64,14 +64,33 @@ class LowRankDecoder(nn.Module):
     y = self.m4(jax.nn.relu(h[:, start:start + n_rows]))  # [n, n_rows, K]
     return y.reshape(h.shape[0], -1)[:, :size * r].reshape(-1, size, r)
 
-  def factors(self, h, rows: int, cols: int):
-    """A [n, rows, r] and B [n, r, cols] from hidden h [n, 2r, r]."""
+  def leading_rows(self, h):
+    """[n, 2, K]: rows 0 and r of Y, all that the 'paper' factors of a
+    request read when it has at most K / r rows and columns
+    (`reads_leading_rows`). Decoding many request groups, computing these
+    once for all their nodes makes one product (and one gradient) instead
+    of two per group."""
+    r = self.rank
+    return self.m4(jax.nn.relu(h[:, 0:2 * r:r]))
+
+  def reads_leading_rows(self, rows: int, cols: int) -> bool:
+    return (self.factorization == 'paper' and rows * self.rank <= self.max_ck
+            and cols * self.rank <= self.max_ck)
+
+  def factors(self, h, rows: int, cols: int, leading=None):
+    """A [n, rows, r] and B [n, r, cols] from hidden h [n, 2r, r].
+
+    `leading`: the nodes' `leading_rows`, or None to compute what is read.
+    """
     r = self.rank
     if rows > self.max_ck or cols > self.max_ck:
       raise ValueError(f'the low-rank decoder can emit at most max_ck='
                        f'{self.max_ck} rows/columns; {rows}x{cols} was '
                        'requested.')
-    if self.factorization == 'paper':
+    if leading is not None and self.reads_leading_rows(rows, cols):
+      a = leading[:, 0, :rows * r].reshape(-1, rows, r)
+      b = jnp.swapaxes(leading[:, 1, :cols * r].reshape(-1, cols, r), 1, 2)
+    elif self.factorization == 'paper':
       a = self._paper_rows(h, 0, rows)
       b = jnp.swapaxes(self._paper_rows(h, r, cols), 1, 2)
     else:

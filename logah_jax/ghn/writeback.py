@@ -1,7 +1,8 @@
 """From node embeddings to a target's params pytree (traced, per architecture).
 
-`decode_arch` runs the decoder once per request group of an ArchPlan and turns
-each node's block into its Flax leaves: tile (docs/algorithm.md §5.1),
+`decode_arch` runs the decoder once per request group of an ArchPlan (the
+two rows of LoGAH's last layer that most groups read computed once for all
+of them) and turns each node's block into its Flax leaves: tile (docs/algorithm.md §5.1),
 normalise (§5.2), change layout. Leaves made the same way (the same tensor of
 every block) are written by one batched computation, so the traced program
 grows with the number of distinct tensor shapes, not with depth. The result
@@ -39,16 +40,25 @@ def decoder_module(cfg: GHNConfig):
   return FullRankDecoder(cfg.hid, cfg.max_shape[2], cfg.num_classes)
 
 
-def decode_group(cfg: GHNConfig, params, x, hidden, req: Request):
-  """One group's blocks: matrix [n,R,C], conv [n,R,C,kh,kw], vector [n,2,c]."""
+def _factor_shape(req: Request) -> tuple[int, int]:
+  """The (rows, cols) of the low-rank product a request decodes."""
+  if req.mode == 'vector':
+    return 2 * req.cols, 1
+  return req.rows * req.kh, req.cols * req.kw
+
+
+def decode_group(cfg: GHNConfig, params, x, hidden, req: Request,
+                 leading=None):
+  """One group's blocks: matrix [n,R,C], conv [n,R,C,kh,kw], vector [n,2,c].
+
+  `leading`: the group's `LowRankDecoder.leading_rows`, if computed ahead.
+  """
   dec = decoder_module(cfg)
   call = lambda method, *a: dec.apply({'params': params}, *a, method=method)
   n = x.shape[0]
   if cfg.decoder == 'lowrank':
-    rows, cols = req.rows * req.kh, req.cols * req.kw
-    if req.mode == 'vector':
-      rows, cols = 2 * req.cols, 1
-    a, b = call(LowRankDecoder.factors, hidden, rows, cols)
+    rows, cols = _factor_shape(req)
+    a, b = call(LowRankDecoder.factors, hidden, rows, cols, leading)
     if req.mode == 'matrix':
       return a, b  # multiplied per leaf, after tiling the factors
     w = a @ b
@@ -253,11 +263,12 @@ def decode_arch(cfg: GHNConfig, decoder_params, x_ND, plan: ArchPlan,
     rows_of = lambda positions: node_rows[jnp.array(positions, jnp.int32)]
     slot_index = {sp.slot.path: k for k, sp in enumerate(
         sp for p in plan.nodes for sp in p.slots)}
-  hidden = None
+  hidden, leading_of = None, {}
   if cfg.decoder == 'lowrank':
     hidden = decoder_module(cfg).apply(
         {'params': decoder_params}, x_ND[rows_of(range(len(param_nodes)))],
         method=LowRankDecoder.hidden)
+    leading_of = _leading_rows(cfg, decoder_params, hidden, groups, position)
   tree: dict = {}
   block_of = {name: i for i, name in enumerate(stack)}
   stacked: dict = {}  # path inside a block -> {block index: (output, row)}
@@ -265,7 +276,8 @@ def decode_arch(cfg: GHNConfig, decoder_params, x_ND, plan: ArchPlan,
     positions = [position[n.node] for n in nodes]
     idx = rows_of(positions)
     hid = None if hidden is None else hidden[jnp.array(positions)]
-    blocks = decode_group(cfg, decoder_params, x_ND[idx], hid, req)
+    blocks = decode_group(cfg, decoder_params, x_ND[idx], hid, req,
+                          leading_of.get(req))
     for recipe, members in recipes(nodes).items():
       rows = [j for j, _ in members]
       if rows != list(range(len(nodes))):
@@ -299,6 +311,26 @@ def decode_arch(cfg: GHNConfig, decoder_params, x_ND, plan: ArchPlan,
     else:
       set_path(tree, path, jnp.zeros(leaf.shape, leaf.dtype))
   return tree
+
+
+def _leading_rows(cfg: GHNConfig, decoder_params, hidden, groups,
+                  position) -> dict:
+  """{request: its nodes' `LowRankDecoder.leading_rows`}, computed in one
+  product for every group whose factors read only those rows."""
+  dec = decoder_module(cfg)
+  reading = [req for req in groups
+             if dec.reads_leading_rows(*_factor_shape(req))]
+  if len(reading) < 2:
+    return {}  # nothing to share
+  positions = [[position[n.node] for n in groups[req]] for req in reading]
+  leading = dec.apply({'params': decoder_params},
+                      hidden[jnp.array(sum(positions, []))],
+                      method=LowRankDecoder.leading_rows)
+  out, start = {}, 0
+  for req, pos in zip(reading, positions):
+    out[req] = leading[start:start + len(pos)]
+    start += len(pos)
+  return out
 
 
 def _gather_stacked(by_block: dict, depth: int):
