@@ -2,8 +2,8 @@
 
 `decode_arch` runs the decoder once per request group of an ArchPlan (the
 two rows of LoGAH's last layer that most groups read computed once for all
-of them) and turns each node's block into its Flax leaves: tile (docs/algorithm.md §5.1),
-normalise (§5.2), change layout. Leaves made the same way (the same tensor of
+of them) and turns each node's block into its Flax leaves: tile
+(docs/algorithm.md §5.1), normalise (§5.2), change layout. Leaves made the same way (the same tensor of
 every block) are written by one batched computation, so the traced program
 grows with the number of distinct tensor shapes, not with depth. The result
 has exactly the structure, shapes and dtypes of the target model's `init`.
