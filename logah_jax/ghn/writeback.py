@@ -1,12 +1,13 @@
 """From node embeddings to a target's params pytree (traced, per architecture).
 
 `decode_arch` runs the decoder once per request group of an ArchPlan (the
-two rows of LoGAH's last layer that most groups read computed once for all
-of them) and turns each node's block into its Flax leaves: tile
-(docs/algorithm.md §5.1), normalise (§5.2), change layout. Leaves made the same way (the same tensor of
-every block) are written by one batched computation, so the traced program
-grows with the number of distinct tensor shapes, not with depth. The result
-has exactly the structure, shapes and dtypes of the target model's `init`.
+two rows of the low-rank decoder's output that most groups read are
+computed once for all of them) and turns each node's block into its Flax
+leaves: tile (docs/algorithm.md §5.1), normalise (§5.2), change layout.
+Leaves made the same way (the same tensor of every block) are written by
+one batched computation, so the traced program grows with the number of
+distinct tensor shapes, not with depth. The result has exactly the
+structure, shapes and dtypes of the target model's `init`.
 `per_shape` runs the same pieces as separate programs, for prediction.
 """
 
