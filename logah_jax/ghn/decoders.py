@@ -80,7 +80,8 @@ class LowRankDecoder(nn.Module):
   def factors(self, h, rows: int, cols: int, leading=None):
     """A [n, rows, r] and B [n, r, cols] from hidden h [n, 2r, r].
 
-    `leading`: the nodes' `leading_rows`, or None to compute what is read.
+    `leading`: the nodes' `leading_rows` (then `h` is not read), or None to
+    compute what is read from `h`.
     """
     r = self.rank
     if rows > self.max_ck or cols > self.max_ck:

@@ -276,9 +276,10 @@ def decode_arch(cfg: GHNConfig, decoder_params, x_ND, plan: ArchPlan,
   for req, nodes in groups.items():
     positions = [position[n.node] for n in nodes]
     idx = rows_of(positions)
-    hid = None if hidden is None else hidden[jnp.array(positions)]
-    blocks = decode_group(cfg, decoder_params, x_ND[idx], hid, req,
-                          leading_of.get(req))
+    leading = leading_of.get(req)
+    hid = (None if hidden is None or leading is not None
+           else hidden[jnp.array(positions)])  # what the factors read
+    blocks = decode_group(cfg, decoder_params, x_ND[idx], hid, req, leading)
     for recipe, members in recipes(nodes).items():
       rows = [j for j, _ in members]
       if rows != list(range(len(nodes))):
