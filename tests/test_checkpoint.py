@@ -189,13 +189,25 @@ with checkpoint.CheckpointManager(sys.argv[1]) as mngr:
 """
 
 
+def _orbax_commit_hook():
+  """orbax's commit of a finished step, which the crash test replaces;
+  None where this orbax version keeps it elsewhere."""
+  try:
+    from orbax.checkpoint._src.path import atomicity  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  temporary_path = getattr(atomicity, 'AtomicRenameTemporaryPath', None)
+  return getattr(temporary_path, 'finalize', None)
+
+
 def test_crash_mid_save_keeps_previous_step(tmp_path):
+  if _orbax_commit_hook() is None:
+    pytest.skip('this orbax has no AtomicRenameTemporaryPath.finalize to '
+                'crash in')
   repo = pathlib.Path(__file__).resolve().parents[1]
   env = {**os.environ, 'PYTHONPATH': str(repo), 'JAX_PLATFORMS': 'cpu'}
   proc = subprocess.run([sys.executable, '-c', _CRASH, str(tmp_path)],
                         env=env, capture_output=True, text=True, timeout=120)
-  if 'AttributeError' in proc.stderr or 'ImportError' in proc.stderr:
-    pytest.skip('orbax moved its atomicity module: ' + proc.stderr[-300:])
   assert proc.returncode == 3, proc.stderr[-2000:]
   assert any('tmp' in p.name for p in tmp_path.iterdir())  # the torn step 2
   with checkpoint.CheckpointManager(tmp_path) as mngr:
