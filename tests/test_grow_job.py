@@ -12,7 +12,10 @@ from configs_for_tests import finetune_smoke, load_config_file
 from logah_jax import arch, checkpoint, compiles, growth, main, models
 from logah_jax import parallel
 from logah_jax.train import compare, finetuning, flops, grow_job
+from logah_jax.growth import ligo
+from logah_jax.inits import growth_source
 from logah_jax.train import ligo_training
+from logah_jax.train import state as state_lib
 from logah_jax.train.compute import Compute
 from logah_jax.validation import ConfigError
 
@@ -93,9 +96,38 @@ def test_grow_ligo_trains_the_operator_then_saves(source, tmp_path):
   assert result['operator'] == f'{out}-ligo/operator'
   meta = checkpoint.read_metadata(result['operator'])
   assert meta['kind'] == 'ligo-operator' and meta['steps'] == 3
+  small, large = arch.parse(SMALL), arch.parse(LARGE)
   grown = checkpoint.restore_params(
-      out, abstract_params=models.abstract_params(arch.parse(LARGE)))
-  assert all(np.isfinite(x).all() for x in jax.tree.leaves(grown))
+      out, abstract_params=models.abstract_params(large))
+  operator, _ = growth_source.load_operator(result['operator'], small, large)
+  # the saved operator is three optimizer steps from its init, replayed here
+  # outside LigoStep and the loop, on the loader's first three batches
+  run = ligo_training.build_run(grow_job.ligo_run_config(c), source)
+  small_params = growth_source.load_params(source, small)
+  loader = run.data.loader(run.seed, 0, 1)
+  grad_fn = jax.jit(jax.grad(
+      lambda op, batch: ligo_training.objective(
+          op, small_params, batch, small, large, run.label_smoothing,
+          run.compute)[0]))
+  update = jax.jit(lambda state, grads: state_lib.guarded_update(
+      state, grads, 0.0, run.tx)[0])
+  start = ligo.init_operator(small, large, key=jax.random.key(c.seed),
+                             scheme=run.scheme, sharing=run.sharing,
+                             split_noise=run.split_noise)
+  state = state_lib.fresh(run.tx, start)
+  for _ in range(3):
+    state = update(state, grad_fn(state.params, next(loader)))
+  leaves = jax.tree_util.tree_leaves_with_path(operator)
+  for (path, got), first, replayed in zip(leaves, jax.tree.leaves(start),
+                                          jax.tree.leaves(state.params)):
+    name = jax.tree_util.keystr(path)
+    assert not np.allclose(got, first), name  # it trained
+    np.testing.assert_allclose(got, replayed, rtol=1e-4, atol=1e-6,
+                               err_msg=name)
+  # the saved init is that operator applied to the source
+  want = growth.grow('ligo', small_params, small, large, operator=operator)
+  for got, expected in zip(jax.tree.leaves(grown), jax.tree.leaves(want)):
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize('change,match', [
