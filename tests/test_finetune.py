@@ -96,6 +96,8 @@ def test_bad_config_fails_before_any_work(tmp_path):
   cases = {
       'arch': ('vit:depth=1,width=32', 'config.arch'),
       'eval.split': ('dev', 'config.eval.split'),
+      'data.split': ('trian', 'config.data.split'),
+      'data.batch_size': (0, 'config.data.batch_size'),
       'eval.test_split': ('dev', 'config.eval.test_split'),
       'eval.test_max_batches': (-1, 'config.eval.test_max_batches'),
       'train.num_steps': (0, 'config.train.num_steps'),

@@ -12,6 +12,7 @@ augment, loader, storage (paths, cache), datasets (get_dataset).
 
 from logah_jax.data.builders import SHAKESPEARE_TEST
 from logah_jax.data.builders import SHAKESPEARE_VALIDATION
+from logah_jax.data.datasets import check_split
 from logah_jax.data.datasets import describe
 from logah_jax.data.datasets import get_dataset
 from logah_jax.data.loader import Loader
@@ -24,6 +25,7 @@ from logah_jax.data.tokenizer import gpt2_tokenizer
 
 __all__ = [
     'ByteTokenizer', 'DATASETS', 'Loader', 'SHAKESPEARE_TEST',
-    'SHAKESPEARE_VALIDATION', 'SourceInfo', 'default_data_dir', 'describe',
+    'SHAKESPEARE_VALIDATION', 'SourceInfo', 'check_split', 'default_data_dir',
+    'describe',
     'get_dataset', 'get_tokenizer', 'gpt2_tokenizer',
 ]

@@ -11,8 +11,9 @@ from logah_jax.data import tokenizer as tokenizer_lib
 from logah_jax.validation import ConfigError, check_int
 
 
-def _check_split(name: str, split: str) -> None:
-  """Checks the split names in a tfds split string such as 'train[:10%]'."""
+def check_split(name: str, split: str) -> None:
+  """Checks the split names in a tfds split string such as 'train[:10%]'
+  (WikiText takes whole splits only), before any file is read."""
   if not isinstance(split, str) or not split:
     raise ConfigError(f'split={split!r} must be a non-empty string.')
   spec = sources.DATASETS[name]
@@ -21,6 +22,8 @@ def _check_split(name: str, split: str) -> None:
     if base not in spec.splits:
       raise ConfigError(f'{name} has splits {", ".join(spec.splits)}; '
                         f'got split={split!r}.')
+  if name.startswith('wikitext') and ('[' in split or '+' in split):
+    raise ConfigError(f'{name} takes whole splits; got split={split!r}.')
 
 
 def get_dataset(name: str, split: str, *, data_dir=None, tokenizer='gpt2',
@@ -45,7 +48,7 @@ def get_dataset(name: str, split: str, *, data_dir=None, tokenizer='gpt2',
   if name not in sources.DATASETS:
     raise ConfigError(f'Unknown dataset {name!r}; known: '
                       f'{", ".join(sources.DATASETS)}.')
-  _check_split(name, split)
+  check_split(name, split)
   spec = sources.DATASETS[name]
   if spec.kind == 'image':
     if name == 'fashion_mnist':
@@ -57,8 +60,6 @@ def get_dataset(name: str, split: str, *, data_dir=None, tokenizer='gpt2',
   check_int(block_size, 'block_size')
   tok = (tokenizer_lib.get_tokenizer(tokenizer) if isinstance(tokenizer, str)
          else tokenizer)
-  if name.startswith('wikitext') and '[' in split:
-    raise ConfigError(f'{name} takes whole splits; got split={split!r}.')
   tokens = text.load_tokens(name, split, data_dir=data_dir, tokenizer=tok,
                             wikitext_dir=wikitext_dir)
   info = sources.SourceInfo(

@@ -40,6 +40,7 @@ class DataSpec:
       spec.info()
     except ValueError as e:
       raise ConfigError(f'{prefix}: {e}') from e
+    spec.check_split(spec.split, f'{prefix}.split')
     if spec.is_text:
       check_int(spec.block_size, f'{prefix}.block_size')
     return spec
@@ -53,10 +54,11 @@ class DataSpec:
     return self.info()['kind'] == 'text'
 
   def check_split(self, split: str, field: str) -> None:
-    splits = self.info()['splits']
-    if split not in splits:
-      raise ConfigError(f'{field}={split!r} is not a split of {self.name}: '
-                        f'{splits}')
+    """`split` (a name, or a tfds slice such as 'train[50000:]') exists."""
+    try:
+      data_lib.check_split(self.name, split)
+    except ConfigError as e:
+      raise ConfigError(f'{field}={split!r}: {e}') from e
 
   def source(self, split: str | None = None):
     """The source of `split` (default: the training split)."""
