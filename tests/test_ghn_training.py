@@ -297,6 +297,12 @@ def test_workdir_of_another_config_is_refused_before_training(uninterrupted):
     ('data.batch_size', 0, 'data.batch_size'),
     ('train.num_steps', 0, 'train.num_steps'),
     ('optim.warmup_steps', 100, 'warmup_steps'),
+    ('optim.end_lr', -1e-3, r'config\.optim\.end_lr=-0\.001 must be >= 0'),
+    ('optim.warmup_init', -1e-5, r'config\.optim\.warmup_init=-1e-05'),
+    ('optim.b2', 1.5, r'config\.optim\.b2=1\.5 must be in \[0, 1\)'),
+    ('optim.b1', -0.1, r'config\.optim\.b1=-0\.1'),
+    ('optim.eps', -1.0, r'config\.optim\.eps=-1\.0 must be > 0'),
+    ('train.arch_seed', -1, r'config\.train\.arch_seed=-1 must be an int'),
     ('space.channels', 3, 'channels'),
     ('data.name', 'shakespeare', 'text dataset'),
 ])

@@ -83,11 +83,15 @@ def test_bad_value_override_is_one_line_error(tmp_path):
 
 
 @pytest.mark.parametrize('key,value,match', [
-    ('heads', 5, 'heads'), ('width', 0, 'width')])
+    ('arch.heads', 5, 'heads'), ('arch.width', 0, 'width'),
+    ('max_batches', -1, r'config\.holdout\.max_batches=-1'),
+    ('batch_size', 0, r'config\.holdout\.batch_size=0'),
+    ('seed', -2, r'config\.holdout\.seed=-2')])
 def test_bad_holdout_fails_before_training(tmp_path, key, value, match):
   config = cft.load_config_file('default', 'smoke')
   config.compilation_cache = 'off'
-  config.holdout.arch[key] = value
+  section, _, leaf = key.rpartition('.')
+  (config.holdout[section] if section else config.holdout)[leaf] = value
   with pytest.raises(ValueError, match=match):
     main_lib.run(config, str(tmp_path))
   assert not os.path.exists(os.path.join(tmp_path, 'checkpoints'))

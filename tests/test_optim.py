@@ -75,3 +75,14 @@ def test_guarded_update_keeps_the_state_on_a_non_finite_norm():
   assert not bool(metrics['finite']) and int(new.step) == 0
   for g, w in zip(jax.tree.leaves(new.params), jax.tree.leaves(params)):
     np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+
+
+def test_sgd_momentum_outside_its_range_is_refused():
+  opt = _opt(0.0)
+  opt.name = 'sgd'
+  for bad in (-0.5, 1.0):
+    opt.momentum = bad
+    with pytest.raises(ValueError, match=rf'optim\.momentum={bad} must be in'):
+      optim.make_optimizer(opt, 10)
+  opt.momentum = 0.0  # plain SGD
+  optim.make_optimizer(opt, 10)

@@ -72,6 +72,9 @@ def evaluate(arch, params, source, *, batch_size: int = 500,
     batch, mask = _pad(batch, loader.batch_size)
     s_loss, s_hits, s_count = jax.device_get(fn(params, batch, mask))
     loss, hits, count = loss + s_loss, hits + s_hits, count + s_count
+  if not count:
+    raise ValueError(f'evaluate: no examples in {source.info.name}/'
+                     f'{source.info.split} (max_batches={max_batches})')
   out = {'loss': float(loss / count), 'examples': int(
       count if isinstance(arch, ViTConfig) else count / max(
           1, source.info.block_size))}

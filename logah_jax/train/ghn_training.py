@@ -167,7 +167,9 @@ def build_run(config) -> GHNRun:
     raise ConfigError(f'config.ghn.num_classes={cfg.num_classes} must equal '
                       f'the dataset classes {space.num_classes}')
   check_data_matches(space, data)
-  sampler = ArchSampler(space, m, seed=train.arch_seed,
+  sampler = ArchSampler(space, m,
+                        seed=check_int(train.arch_seed,
+                                       'config.train.arch_seed', 0),
                         pool_size=check_int(train.pool_size,
                                             'config.train.pool_size', 0))
   for a in sampler.deepest():

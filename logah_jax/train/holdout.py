@@ -21,7 +21,7 @@ from logah_jax.inits import save as init_save
 from logah_jax.train import evaluate as eval_lib
 from logah_jax.train import ghn_training
 from logah_jax.train import report
-from logah_jax.validation import ConfigError
+from logah_jax.validation import ConfigError, check_int
 
 PREDICTED_DIR = 'predicted_init'
 RESULT_FILE = 'holdout.json'
@@ -55,6 +55,10 @@ def check_holdout(config, run: ghn_training.GHNRun) -> None:
   except (TypeError, ValueError) as e:
     raise ConfigError(f'config.holdout.arch: {e}') from e
   run.data.check_split(config.holdout.split, 'config.holdout.split')
+  h = config.holdout
+  check_int(h.batch_size, 'config.holdout.batch_size')
+  check_int(h.max_batches, 'config.holdout.max_batches', 0)
+  check_int(h.seed, 'config.holdout.seed', 0)
 
 
 def run_holdout(config, run: ghn_training.GHNRun, workdir: str) -> dict:

@@ -34,6 +34,9 @@ def schedule(*, lr: float, num_steps: int, warmup_steps: int = 0,
   check_int(warmup_steps, f'{prefix}.warmup_steps', 0)
   _check(warmup_steps < num_steps, f'{prefix}.warmup_steps', warmup_steps,
          f'must be an int in [0, num_steps={num_steps})')
+  _check(warmup_init >= 0, f'{prefix}.warmup_init', warmup_init,
+         'must be >= 0')
+  _check(end_lr >= 0, f'{prefix}.end_lr', end_lr, 'must be >= 0')
   if kind == 'constant':
     if not warmup_steps:
       return optax.constant_schedule(lr)
@@ -88,9 +91,15 @@ def make_optimizer(opt, num_steps: int, prefix: str = 'optim'):
   _check(opt.clip_norm >= 0, f'{prefix}.clip_norm', opt.clip_norm,
          'must be >= 0 (0 turns clipping off)')
   if opt.name == 'adamw':
+    for field in ('b1', 'b2'):
+      _check(0 <= opt[field] < 1, f'{prefix}.{field}', opt[field],
+             'must be in [0, 1)')
+    _check(opt.eps > 0, f'{prefix}.eps', opt.eps, 'must be > 0')
     tx = optax.adamw(lr, b1=opt.b1, b2=opt.b2, eps=opt.eps,
                      weight_decay=opt.weight_decay)
   else:
+    _check(0 <= opt.momentum < 1, f'{prefix}.momentum', opt.momentum,
+           'must be in [0, 1) (0 = plain SGD)')
     tx = optax.chain(optax.add_decayed_weights(opt.weight_decay),
                      optax.sgd(lr, momentum=opt.momentum or None))
   if opt.clip_norm:
