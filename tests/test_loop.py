@@ -95,7 +95,7 @@ def test_a_non_finite_step_stops_the_run_one_step_late_at_most(tmp_path,
   # a bad step that would be saved is settled before the save
   events, mngr, error = _run(tmp_path, monkeypatch, bad_step=3)  # step 4
   assert 'fake training step 4: loss nan' in str(error)
-  assert 'last good checkpoint (step None)' in str(error)
+  assert str(error).endswith('No checkpoint had been written yet.')
   assert mngr.saved == [] and events[-1] == ('fetch', 3)
 
 
@@ -135,3 +135,59 @@ def test_a_signal_inside_the_loop_stops_it_at_the_next_step_boundary(
     assert str(e) == 'SIGINT'
   else:
     raise AssertionError('not raised outside the loop')
+
+
+class _Killed(Exception):
+  pass
+
+
+def _fake_task(losses, *, steps, kill_at=None):
+  def step(state, index):
+    if index == kill_at:
+      raise _Killed
+    return state + 1, {'loss': np.float32(losses[index]),
+                       'grad_norm': np.float32(0.5), 'finite': np.bool_(True)}
+  return loop.Task(name='fake training', step=step, schedule=lambda s: 0.1,
+                   num_steps=steps, log_every=2, save_every=3,
+                   units_per_step=1, rate_key='steps_per_s',
+                   curves=('loss',), title='fake')
+
+
+def _losses_by_step(workdir):
+  return [(r['step'], r['loss']) for r in loop.report.read_metrics(
+      str(workdir / loop.report.METRICS_FILE))]
+
+
+def test_a_resumed_run_logs_the_rows_of_an_uninterrupted_one(tmp_path):
+  """Killed after its checkpoint at step 3 (off the log interval of 2) and
+  resumed there, a run logs every step's loss in the same rows as a run
+  never stopped: step 3's loss is neither lost nor counted twice."""
+  losses = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
+
+  def run(workdir, start, state, kill_at=None):
+    mngr = _Manager([])
+    loader = _Loader()
+    loader.position = start
+    task = _fake_task(losses, steps=6, kill_at=kill_at)
+    original = task.step
+
+    def step(state, index):  # the loader advances once per step, as real ones
+      loader.position += 1
+      return original(state, index)
+    task.step = step
+    return loop.run_steps(task, state, start=start, end=6, loader=loader,
+                          mngr=mngr, workdir=str(workdir), clock=loop.Clock())
+
+  whole = tmp_path / 'whole'
+  whole.mkdir()
+  run(whole, 0, 0)
+  resumed = tmp_path / 'resumed'
+  resumed.mkdir()
+  try:
+    run(resumed, 0, 0, kill_at=4)  # steps 1-4 ran; the checkpoint is step 3
+  except _Killed:
+    pass
+  run(resumed, 3, 3)
+  want = [(2, 1.5), (3, 4.0), (4, 8.0), (6, 24.0)]  # means over each row
+  assert _losses_by_step(whole) == want
+  assert _losses_by_step(resumed) == want

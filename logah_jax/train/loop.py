@@ -204,7 +204,8 @@ class Task:
       'grad_norm' and 'finite'); it draws its own batch.
     schedule: the learning rate at a step (logged).
     num_steps: the run's length (the progress bar's total).
-    log_every: a metrics row every this many steps (and at the end).
+    log_every: a metrics row every this many steps (and at each checkpoint
+      and the end).
     save_every: the checkpoint interval (the manager saves only there).
     units_per_step, rate_key: the throughput logged, e.g. m architectures
       per step as 'arch_per_s'.
@@ -251,11 +252,13 @@ def run_steps(task: Task, state, *, start: int, end: int, loader, mngr,
     """Fetches a step's metrics; stops the run if they are not finite."""
     metrics = host_metrics(device_metrics)
     if not metrics['finite']:
+      good = mngr.latest_step()
+      kept = (f'The last good checkpoint (step {good}) is intact.'
+              if good is not None else 'No checkpoint had been written yet.')
       raise NonFiniteLossError(
           f'{task.name} step {step + 1}: loss {metrics["loss"]}, gradient '
           f'norm {metrics["grad_norm"]}{task.detail(step)}; stopped without '
-          f'applying it. The last good checkpoint (step '
-          f'{mngr.latest_step()}) is intact.')
+          f'applying it. {kept}')
     window.append(metrics)
     if step == start:
       c = clock.compiles()
@@ -275,8 +278,10 @@ def run_steps(task: Task, state, *, start: int, end: int, loader, mngr,
         settle(*pending)
       pending = step, device_metrics
       done = step + 1
-      logs = done % task.log_every == 0 or done == end
       saves = done % task.save_every == 0 or done == end
+      # a checkpoint also closes a metrics row: a run resumed from it then
+      # logs the same rows as one never stopped
+      logs = saves or done % task.log_every == 0
       hooks = task.hook is not None and task.hook_at(done)
       if not (logs or saves or hooks):
         continue
