@@ -15,6 +15,7 @@ from logah_jax import arch, ghn, models
 from logah_jax.ghn import plan as plan_lib
 from logah_jax.ghn import per_shape, vocab, writeback
 from logah_jax.ghn.decoders import FullRankDecoder, LowRankDecoder
+from logah_jax.ghn.graphormer import GraphormerLayer
 
 TINY = ghn.named('logah-tiny')
 # A small GHN for fast tests (max_ck fits ViTs-1K position embeddings).
@@ -72,6 +73,26 @@ def test_named_ghns():
     ghn.named('logah-xxl')
   with pytest.raises(ValueError, match="'rnak'"):
     ghn.named('logah-tiny', rnak=3)
+
+
+@pytest.mark.parametrize('name', ['logah-tiny', 'ghn3-tiny'])
+def test_embedding_tables_start_at_std_of_their_own_width(name):
+  # GHN-3's `_init_embed`: trunc-normal of std w^-1/2 for a table w wide,
+  # so the (d/4)-wide channel and spatial tables start at 2 d^-1/2. Tables
+  # of one width are pooled so that each check has thousands of entries.
+  body = ghn.init(ghn.named(name), 'vit', seed=0)['body']
+  by_width = collections.defaultdict(list)
+  for path, leaf in jax.tree_util.tree_leaves_with_path(body):
+    if jax.tree_util.keystr(path).endswith(("['embedding']",
+                                            "['edge_embed']")):
+      by_width[leaf.shape[1]].append(np.asarray(leaf).ravel())
+  d = ghn.named(name).hid
+  assert sorted(by_width) == [d // 4, d]
+  for width, tables in by_width.items():
+    values = np.concatenate(tables)
+    assert values.size > 5000, (width, values.size)
+    np.testing.assert_allclose(values.std(), width ** -0.5, rtol=0.1,
+                               err_msg=f'width {width}')
 
 
 def test_shape_vocabulary():
@@ -201,6 +222,49 @@ def _finite_forward(cfg, params):
     x = jax.random.normal(jax.random.key(0), x.shape)
   out = models.build(cfg).apply({'params': params}, x)
   assert bool(jnp.isfinite(out).all())
+
+
+def _np_bilinear(grid, size):
+  """[..., h, w] -> [..., size, size], bilinear with half-pixel centres and
+  edge clamping (PyTorch's F.interpolate(mode='bilinear'), which GHN-3's
+  ConvDecoder3 applies to grids beyond 16x16), one axis at a time."""
+  for axis in (-2, -1):
+    n = grid.shape[axis]
+    src = np.maximum((np.arange(size) + 0.5) * n / size - 0.5, 0.0)
+    lo = np.floor(src).astype(int)
+    hi = np.minimum(lo + 1, n - 1)
+    frac = (src - lo).reshape([-1 if a == axis % grid.ndim else 1
+                               for a in range(grid.ndim)])
+    grid = (np.take(grid, lo, axis=axis) * (1 - frac)
+            + np.take(grid, hi, axis=axis) * frac)
+  return grid
+
+
+def test_ghn3_position_embedding_beyond_16x16_is_resized():
+  # A 34x34 patch grid: GHN-3 decodes 16x16 and resizes it bilinearly to
+  # 34x34, so the embedding has all 1 + 34*34 rows on both decode paths.
+  cfg = SMALL_GHN3
+  target = arch.ViTConfig(depth=1, width=48, heads=3, mlp_dim=64, patch=2,
+                          image_size=68, channels=3, num_classes=10)
+  s, c = 34, target.width
+  params = ghn.init(cfg, 'vit', seed=0)
+  n = ghn.num_nodes(cfg, target)
+  x = ghn.node_embeddings(cfg, params, [target])[0, :n]
+  node = next(p.node for p in plan_lib.make_plan(cfg, target).nodes
+              if p.slots[0].slot.path == ('pos_embedding',))
+  raw = np.asarray(FullRankDecoder(cfg.hid, 16, cfg.num_classes).apply(
+      {'params': params['decoder']}, x[node:node + 1], 16, 16,
+      method=FullRankDecoder.conv))[0, 0]  # [hid (channels), 16, 16]
+  grid = np.tile(raw, (-(-c // cfg.hid), 1, 1))[:c]  # tiled along C
+  want = np.concatenate([
+      0.02 * np.asarray(jax.random.normal(jax.random.key(0), (1, c))),
+      _np_bilinear(grid, s).reshape(c, s * s).T])[None]
+  for one_per_shape in (True, False):
+    pred = ghn.decode(cfg, params, target, x, per_shape=one_per_shape)
+    _assert_same_structure(pred, target)
+    np.testing.assert_allclose(pred['pos_embedding'], want, rtol=1e-5,
+                               atol=1e-6, err_msg=f'{one_per_shape=}')
+  _finite_forward(target, pred)
 
 
 SAMPLED = (arch.sample('vits-cpu', 3, 0) + arch.sample('gpts-cpu', 3, 0)
@@ -560,3 +624,37 @@ def test_stacked_decode_and_scanned_target_equal_the_unrolled_ones():
   np.testing.assert_allclose(l_s, l_u, rtol=1e-6)
   for a, b in zip(jax.tree.leaves(g_s), jax.tree.leaves(g_u)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_bfloat16_graphormer_layer_keeps_attention_logits_float32():
+  # docs/algorithm.md §3: in bfloat16 the QK^T product accumulates into
+  # float32 logits and the softmax stays float32; the layer's output stays
+  # close to the float32 layer's.
+  b, n, d, h = 1, 7, 32, 4
+  keys = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(keys[0], (b, n, d))
+  bias = jax.random.normal(keys[1], (b, h, n, n))
+  mask = (jnp.arange(n) < n - 1)[None]
+  pair_mask = mask[:, :, None] & mask[:, None, :]
+  params = GraphormerLayer(d, h).init(keys[2], x, bias, pair_mask)
+  out = {}
+  for dtype in (jnp.float32, jnp.bfloat16):
+    layer = GraphormerLayer(d, h, dtype)
+    out[dtype] = layer.apply(params, x, bias, pair_mask)
+  jaxpr = jax.make_jaxpr(GraphormerLayer(d, h, jnp.bfloat16).apply)(
+      params, x, bias, pair_mask)
+
+  def eqns(jaxpr):
+    for eqn in jaxpr.eqns:
+      yield eqn
+      for sub in jax_core.jaxprs_in_params(eqn.params):
+        yield from eqns(sub)
+  qk = [e for e in eqns(jaxpr.jaxpr) if e.primitive.name == 'dot_general'
+        and e.outvars[0].aval.shape == (b, h, n, n)]
+  assert len(qk) == 1
+  assert [v.aval.dtype for v in qk[0].invars] == [jnp.bfloat16] * 2
+  assert qk[0].outvars[0].aval.dtype == jnp.float32
+  exps = [e for e in eqns(jaxpr.jaxpr) if e.primitive.name == 'exp']
+  assert exps and all(e.outvars[0].aval.dtype == jnp.float32 for e in exps)
+  np.testing.assert_allclose(np.asarray(out[jnp.bfloat16], np.float32),
+                             out[jnp.float32], rtol=0, atol=2e-2)

@@ -28,9 +28,10 @@ def torch_linear_init(fan_in: int):
       key, shape, dtype, -bound, bound)
 
 
-def embed_init(hid: int):
-  """GHN-3 re-initialises every embedding table: trunc-normal, std d^-1/2."""
-  std = hid ** -0.5
+def embed_init(width: int):
+  """GHN-3 re-initialises every embedding table (`_init_embed`):
+  trunc-normal (cut at +-2), std width^-1/2 for the table's own width."""
+  std = width ** -0.5
   return lambda key, shape, dtype=jnp.float32: std * jax.random.truncated_normal(
       key, -2.0 / std, 2.0 / std, shape, dtype)
 
@@ -68,8 +69,10 @@ class GraphormerLayer(nn.Module):
     qkv = TorchDense(3 * d, use_bias=False, dtype=self.dtype, name='qkv')(h)
     q, k, v = jnp.split(qkv.reshape(b, n, 3, self.heads, s), 3, axis=2)
     q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]
-    logits = jnp.einsum('bqhs,bkhs->bhqk', q, k) * s**-0.5
-    logits = logits.astype(jnp.float32) + bias_BHNN
+    # float32 logits even in bfloat16 (docs/algorithm.md §3)
+    logits = jnp.einsum('bqhs,bkhs->bhqk', q, k,
+                        preferred_element_type=jnp.float32) * s**-0.5
+    logits = logits + bias_BHNN.astype(jnp.float32)
     logits = jnp.where(pair_mask_BNN[:, None], logits, MASK_VALUE)
     attn = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     out = jnp.einsum('bhqk,bkhs->bqhs', attn, v).reshape(b, n, d)
@@ -124,7 +127,7 @@ class GHNBody(nn.Module):
     """g: a GHNInputs batch (op ids, shape rows, distances, degrees, mask)."""
     d = self.hid
     emb = lambda rows, name, width=d: nn.Embed(
-        rows, width, embedding_init=embed_init(d), name=name)
+        rows, width, embedding_init=embed_init(width), name=name)
     x = emb(len(OP_TYPES), 'op_embed')(g.op_ids)
     # Shape encoder: c_out, c_in from the channel table, h, w from the spatial
     # table, each d/4 wide, concatenated and added to the op embedding.

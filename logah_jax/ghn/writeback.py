@@ -14,6 +14,7 @@ structure, shapes and dtypes of the target model's `init`.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -197,7 +198,9 @@ def write_leaf(block, sp: SlotPlan, node_id=0):
     if x.shape[2:] != tuple(shape[2:]):  # GHN-3: kernels beyond 16x16
       x = jax.image.resize(x, shape, 'bilinear')
   elif sp.kind == 'pos':  # block [1, C', s, s] -> (1, s*s + 1, C)
-    c = shape[2]
+    c, s = shape[2], math.isqrt(shape[1] - 1)
+    if block.shape[2:] != (s, s):  # GHN-3: a grid beyond 16x16, as kernels
+      block = jax.image.resize(block, block.shape[:2] + (s, s), 'bilinear')
     x = block.reshape(1, block.shape[1], -1).transpose(0, 2, 1)
     # Widened, the class row is drawn at the trained width and repeated with
     # the rest, so the wider model still computes the narrower one.
