@@ -9,7 +9,9 @@ so every layer can raise these errors.
 
 from __future__ import annotations
 
+import contextlib
 import numbers
+import re
 
 
 class ConfigError(ValueError):
@@ -33,3 +35,57 @@ def check_int(value, field: str, minimum: int = 1) -> int:
       or value < minimum):
     raise ConfigError(f'{field}={value!r} must be an int >= {minimum}')
   return int(value)
+
+
+# A dotted config path in a message: `config.` and at least one name, not
+# part of a longer word or of a file path (checkpoints/config.json).
+_CONFIG_PATH = re.compile(r'(?<![\w./-])config(?:\.\w+)+')
+
+
+def rename_fields(message: str, fields: dict) -> str:
+  """`message` with each dotted config path renamed by `fields`.
+
+  `fields` maps a path (a field or a section: 'config', 'config.optim',
+  'config.train.num_steps') to the path it stands for; the longest key that
+  is the whole path or a leading part of it (up to a dot) wins, and a path
+  no key covers stays as it is.
+  """
+  keys = sorted(fields, key=len, reverse=True)
+
+  def rename(match):
+    path = match.group(0)
+    for key in keys:
+      if path == key or path.startswith(key + '.'):
+        return fields[key] + path[len(key):]
+    return path
+
+  return _CONFIG_PATH.sub(rename, message)
+
+
+@contextlib.contextmanager
+def sub_config(section: str, fields: dict | None = None,
+               context: str | None = None):
+  """Names a sub-run's bad field by its path in the user's config.
+
+  A job that builds a run from a part of its config (the comparison's
+  fine-tuning from `config.finetune`) calls the run's builder inside this;
+  the builder names fields as `config.<path>` of the part it was given. A
+  ConfigError raised inside gets `config.` renamed to `section.`, or, for a
+  path of `fields` (the sub-run's path -> the user's: fields the job derives
+  from elsewhere), to that; a message that names no config field gets
+  `context: ` (default `section`) in front. The error keeps its class.
+  """
+  renames = {'config': section, **(fields or {})}
+  try:
+    yield
+  except ConfigError as e:
+    message = str(e)
+    if _CONFIG_PATH.search(message):
+      message = rename_fields(message, renames)
+    else:
+      message = f'{context or section}: {message}'
+    try:
+      renamed = type(e)(message)
+    except TypeError:  # a subclass with other arguments
+      renamed = ConfigError(message)
+    raise renamed from e

@@ -277,6 +277,11 @@ CASES = [
     Case('missing_data_dir', FT + ['--config.data.data_dir={tmp}/no_data',
                                    '--workdir={tmp}/run'],
          r'^error: Fashion-MNIST not found in {tmp}/no_data \(no '),
+    Case('comparison_missing_data', COMPARE + [
+        '--config.finetune.data.data_dir={tmp}/no_data',
+        '--workdir={tmp}/compare_run'],
+         r'^error: config\.finetune\.data: Fashion-MNIST not found in '
+         r'{tmp}/no_data \(no '),
     Case('workdir_is_a_file', FT + ['--workdir={file}'],
          r'^error: --workdir={file} is a file, not a directory$',
          setup=_workdir_is_a_file),

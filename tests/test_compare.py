@@ -215,3 +215,108 @@ def test_bad_comparison_fails_before_training(tmp_path):
   with pytest.raises(ValueError, match='trains gpt2 GHNs but the target'):
     compare.run_compare(c, str(tmp_path))
   assert not os.path.exists(tmp_path / 'runs')
+
+
+def _no_training(monkeypatch):
+  """Training anything fails the test: the checks must come first."""
+  from logah_jax.train import finetuning, ghn_training, ligo_training  # pylint: disable=g-import-not-at-top
+
+  def trains(*args, **kwargs):
+    raise AssertionError('trained before the config was checked')
+
+  for module in (ghn_training, finetuning, ligo_training):
+    monkeypatch.setattr(module, 'train', trains)
+
+
+def _set(config, changes, tmp):
+  for key, value in changes.items():
+    *sections, field = key.split('.')
+    node = config
+    for section in sections:
+      node = node[section]
+    node[field] = value.format(tmp=tmp) if isinstance(value, str) else value
+
+
+@pytest.mark.parametrize('change,match', [
+    ({'finetune.train.num_steps': 0},
+     r'^config\.finetune\.train\.num_steps=0 must be an int >= 1$'),
+    ({'ghn_train.train.num_steps': 0},
+     r'^config\.ghn_train\.train\.num_steps=0 must be an int >= 1$'),
+    ({'finetune.optim.lr': -1.0},
+     r'^config\.finetune\.optim\.lr=-1\.0 must be > 0$'),
+    ({'finetune.arch': 'vit-xl'},
+     r"^config\.finetune\.arch: named architecture name='vit-xl'"),
+    ({'finetune.eval.split': 'train'},
+     r"^config\.finetune\.eval\.split='train' is also "
+     r'config\.finetune\.data\.split'),
+    # read by the LiGO run too: still the fine-tuning field
+    ({'finetune.data.batch_size': 0},
+     r'^config\.finetune\.data\.batch_size=0 must be an int >= 1$'),
+    ({'source.finetune.train.num_steps': 0},
+     r'^config\.source\.finetune\.train\.num_steps=0 must be an int >= 1$'),
+    ({'ligo.num_steps': 0}, r'^config\.ligo\.num_steps=0 must be an int >= 1$'),
+    ({'ligo.num_steps': 3, 'ligo.optim.warmup_steps': 3},
+     r'^config\.ligo\.optim\.warmup_steps=3 must be an int in '
+     r'\[0, num_steps=3\)$'),
+    ({'ligo.optim.lr': -1.0}, r'^config\.ligo\.optim\.lr=-1\.0 must be > 0$'),
+    ({'ligo.sharing': 'some'}, r"^config\.ligo\.sharing='some' must be one "),
+], ids=['finetune_num_steps', 'ghn_num_steps', 'finetune_lr', 'finetune_arch',
+        'finetune_eval_split', 'finetune_batch', 'source_num_steps',
+        'ligo_num_steps', 'ligo_warmup', 'ligo_lr', 'ligo_sharing'])
+def test_sub_run_errors_name_the_comparisons_fields(monkeypatch, tmp_path,
+                                                    change, match):
+  """The fine-tuning, GHN, source and LiGO runs are built from sections of
+  the comparison's config; their errors name the field there."""
+  from logah_jax.validation import ConfigError  # pylint: disable=g-import-not-at-top
+  _no_training(monkeypatch)
+  c = load_config_file('compare_vits', 'smoke')
+  c.methods, c.compilation_cache = 'random,logah,ligo', 'off'
+  _set(c, change, tmp_path)
+  with pytest.raises(ConfigError, match=match):
+    compare.run_compare(c, str(tmp_path / 'run'))
+  assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize('methods,change,field', [
+    ('random,logah', {'finetune.data.data_dir': '{tmp}/no_data'},
+     'finetune'),
+    ('random,logah', {'ghn_train.data.data_dir': '{tmp}/no_data'},
+     'ghn_train'),
+    ('random,net2net', {'source.finetune.data.data_dir': '{tmp}/no_data'},
+     'source.finetune'),
+], ids=['finetune', 'ghn_train', 'source'])
+def test_missing_data_fail_before_any_training(monkeypatch, tmp_path, methods,
+                                               change, field):
+  """The plan opens every dataset the comparison reads, so missing data
+  fail before a GHN, a growth source or an operator is trained."""
+  import re  # pylint: disable=g-import-not-at-top
+  from logah_jax.validation import InputNotFoundError  # pylint: disable=g-import-not-at-top
+  _no_training(monkeypatch)
+  (tmp_path / 'no_data').mkdir()
+  c = load_config_file('compare_vits', 'smoke')
+  c.methods, c.compilation_cache = methods, 'off'
+  _set(c, change, tmp_path)
+  with pytest.raises(InputNotFoundError,
+                     match=rf'^config\.{re.escape(field)}\.data: Fashion-MNIST'
+                     rf' not found in {re.escape(str(tmp_path))}/no_data '):
+    compare.run_compare(c, str(tmp_path / 'run'))
+  assert os.listdir(tmp_path) == ['no_data']
+  assert not os.listdir(tmp_path / 'no_data')
+
+
+def test_sub_config_renames_exactly_the_builders_paths():
+  from logah_jax.validation import ConfigError, InputNotFoundError, sub_config  # pylint: disable=g-import-not-at-top
+  fields = {'config.optim': 'config.ligo.optim',
+            'config.train.num_steps': 'config.ligo.num_steps'}
+  with pytest.raises(ConfigError) as e:
+    with sub_config('config.finetune', fields, context='config.ligo'):
+      raise ConfigError('config.optim.warmup_steps=3 is not below '
+                        'config.train.num_steps; config.train.m, '
+                        'config.optimizer and checkpoints/config.json stay')
+  assert str(e.value) == (
+      'config.ligo.optim.warmup_steps=3 is not below config.ligo.num_steps; '
+      'config.finetune.train.m, config.finetune.optimizer and '
+      'checkpoints/config.json stay')
+  with pytest.raises(InputNotFoundError, match='^config.ligo: no data$'):
+    with sub_config('config.finetune', fields, context='config.ligo'):
+      raise InputNotFoundError('no data')

@@ -200,3 +200,66 @@ def test_main_ghn_variant_trains_the_main_jobs_ghn():
   main_job['holdout']['enabled'] = main_job['demo']['enabled'] = False
   assert c.ghn_train.to_dict() == main_job
   assert (c.width_multiples, c.depth_multiple, c.seeds) == ('2', 2.0, 3)
+
+
+def _no_training(monkeypatch):
+  """Training anything fails the test: the checks must come first."""
+  from logah_jax.train import finetuning, ghn_training  # pylint: disable=g-import-not-at-top
+
+  def trains(*args, **kwargs):
+    raise AssertionError('trained before the config was checked')
+
+  monkeypatch.setattr(ghn_training, 'train', trains)
+  monkeypatch.setattr(finetuning, 'train', trains)
+
+
+@pytest.mark.parametrize('change,match', [
+    ({'finetune.train.num_steps': 0},
+     r'^config\.finetune\.train\.num_steps=0 must be an int >= 1$'),
+    ({'finetune.optim.lr': -1.0},
+     r'^config\.finetune\.optim\.lr=-1\.0 must be > 0$'),
+    ({'finetune.eval.split': 'train'},
+     r"^config\.finetune\.eval\.split='train' is also "
+     r'config\.finetune\.data\.split'),
+    ({'ghn_train.train.num_steps': 0},
+     r'^config\.ghn_train\.train\.num_steps=0 must be an int >= 1$'),
+    # the targets take their image size from the GHN's space
+    ({'finetune.data.name': 'cifar10'},
+     r'^config\.ghn_train\.space\.image_size=28 but cifar10 images are '
+     r'32x32$'),
+    ({'finetune.data.data_dir': '{tmp}/no_data'},
+     r'^config\.finetune\.data: Fashion-MNIST not found in {tmp}/no_data '),
+    # the trained-width GHN fits max_ck, the 8x target's patch kernel not
+    ({'ghn_train.ghn.max_ck': 512, 'ghn_train.ghn.max_shape': (512, 512, 16,
+                                                               16),
+      'width_multiples': '1,8', 'fills': 'widen,decoder'},
+     r"^config\.ghn_train: the GHN cannot predict the target vit-L6-C192\S* "
+     r"\(fill 'decoder'\): node conv_proj\.weight: .* GHNConfig\.max_ck=512"),
+    ({'patch': 5}, r'^config\.patch=5, config\.head_size=16: a target cannot '
+     r'be built: .*not divisible by patch=5'),
+], ids=['finetune_num_steps', 'finetune_lr', 'finetune_eval_split',
+        'ghn_num_steps', 'finetune_data_of_other_images', 'missing_data',
+        'ghn_cannot_predict_target', 'patch'])
+def test_bad_config_fails_before_the_ghn_trains(monkeypatch, tmp_path, change,
+                                                match):
+  """Every target's fine-tuning run, the GHN's prediction of it and the data
+  are checked before GHN training; the error names the user's field."""
+  import re  # pylint: disable=g-import-not-at-top
+  from configs_for_tests import load_config_file  # pylint: disable=g-import-not-at-top
+  from logah_jax.validation import ConfigError  # pylint: disable=g-import-not-at-top
+  _no_training(monkeypatch)
+  (tmp_path / 'no_data').mkdir()
+  c = load_config_file('extrapolation_vits', 'smoke')
+  c.compilation_cache = 'off'
+  for key, value in change.items():
+    *sections, field = key.split('.')
+    node = c
+    for section in sections:
+      node = node[section]
+    node[field] = (value.format(tmp=tmp_path) if isinstance(value, str)
+                   else value)
+  workdir = tmp_path / 'run'
+  with pytest.raises(ConfigError,
+                     match=match.format(tmp=re.escape(str(tmp_path)))):
+    extrapolation.run_extrapolation(c, str(workdir))
+  assert not workdir.exists()

@@ -173,10 +173,49 @@ def test_ligo_operator_step_runs_the_large_model_in_the_config_dtype(
   assert ('bf16' in program) == (dtype == 'bfloat16')
   assert ('remat' in program or 'checkpoint' in program) == remat
   c.compute_dtype = 'fp8'
-  with pytest.raises(ConfigError, match=r"config.ligo \(the operator run\): "
-                     r"config.compute_dtype='fp8'"):
+  with pytest.raises(ConfigError, match=r"^config\.compute_dtype='fp8'"):
     main.run(c, str(tmp_path / 'init'))
   assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize('change,match', [
+    ({'num_steps': 0}, r'^config\.ligo\.num_steps=0 must be an int >= 1$'),
+    ({'optim.warmup_steps': 2},
+     r'^config\.ligo\.optim\.warmup_steps=2 must be an int in '
+     r'\[0, num_steps=2\)$'),
+    ({'optim.lr': -1.0}, r'^config\.ligo\.optim\.lr=-1\.0 must be > 0$'),
+    ({'init': 'magic'}, r"^config\.ligo\.init='magic' must be one of"),
+], ids=['num_steps', 'warmup', 'lr', 'init'])
+def test_operator_run_errors_name_the_grow_configs_fields(source, tmp_path,
+                                                          change, match):
+  c = _grow_config(source, 'ligo')
+  for key, value in change.items():
+    *sections, field = key.split('.')
+    node = c.ligo
+    for section in sections:
+      node = node[section]
+    node[field] = value
+  with pytest.raises(ConfigError, match=match):
+    main.run(c, str(tmp_path / 'init'))
+  assert not os.listdir(tmp_path)
+
+
+def test_operator_run_without_data_writes_nothing(source, tmp_path):
+  """A LiGO run reads the source and opens the data before it writes its
+  workdir: the failed command leaves nothing that would refuse the
+  corrected one as another config."""
+  (tmp_path / 'no_data').mkdir()
+  out = str(tmp_path / 'init')
+  c = _grow_config(source, 'ligo')
+  c.data.data_dir = str(tmp_path / 'no_data')
+  with pytest.raises(ConfigError, match='Fashion-MNIST not found in'):
+    main.run(c, out)
+  assert sorted(os.listdir(tmp_path)) == ['no_data']
+  assert not os.listdir(tmp_path / 'no_data')
+  c.data.data_dir = ''
+  result = main.run(c, out)['grow']
+  assert result['operator'] == f'{out}-ligo/operator'
+  assert os.path.isdir(result['operator']) and os.path.isdir(out)
 
 
 def test_existing_output_and_non_params_source_are_refused(source, tmp_path):

@@ -36,7 +36,7 @@ from logah_jax.train import flops
 from logah_jax.train import ghn_training
 from logah_jax.train import ligo_training
 from logah_jax.train import report
-from logah_jax.validation import ConfigError, check_int
+from logah_jax.validation import ConfigError, check_int, sub_config
 
 RESULT_JSON, RESULT_MD, RESULT_PNG = ('compare.json', 'compare.md',
                                       'compare.png')
@@ -88,9 +88,18 @@ def ghn_training_config(base, method: str, ghn3_name: str = 'ghn3-tiny'):
   return config
 
 
+# The LiGO run's fields that `ligo_config` takes from `config.ligo` (its
+# builder's path -> the user's); the rest are `config.finetune`'s.
+LIGO_FIELDS = {'config.train.num_steps': 'config.ligo.num_steps',
+               'config.checkpoint.every_steps': 'config.ligo.num_steps',
+               'config.optim': 'config.ligo.optim',
+               'config.ligo': 'config.ligo'}
+
+
 def ligo_config(config):
   """The LiGO operator run of a comparison: the target's fine-tuning config
-  (same data and batch) with `config.ligo`'s steps and optimizer."""
+  (same data and batch) with `config.ligo`'s steps and optimizer (its
+  builder's errors name fields through `LIGO_FIELDS`)."""
   c = copy.deepcopy(config.finetune)
   with c.unlocked():
     c.job = 'ligo'
@@ -127,10 +136,8 @@ def _growth_plan(config, workdir, target, plan: Plan, names) -> None:
     if 'finetune' not in config.source:
       raise ConfigError('config.source.params is empty and no '
                         'config.source.finetune is set to pretrain one')
-    try:
+    with sub_config('config.source.finetune'):
       plan.source_run = finetuning.build_run(config.source.finetune)
-    except ConfigError as e:
-      raise ConfigError(f'config.source.finetune: {e}') from e
     small = plan.source_run.arch
     plan.source_dir = os.path.join(workdir, 'source', finetuning.FINAL_PARAMS)
   try:
@@ -138,11 +145,9 @@ def _growth_plan(config, workdir, target, plan: Plan, names) -> None:
   except ConfigError as e:
     raise ConfigError(f'config.source: {e}') from e
   if 'ligo' in names:
-    try:
+    with sub_config('config.finetune', LIGO_FIELDS, context='config.ligo'):
       plan.ligo_run = ligo_training.build_run(ligo_config(config),
                                               plan.source_dir, small)
-    except ConfigError as e:
-      raise ConfigError(f'config.ligo: {e}') from e
     plan.ligo_dir = os.path.join(workdir, 'ligo')
 
 
@@ -151,7 +156,8 @@ def _plan(config, workdir) -> Plan:
   names = methods_of(config)
   seeds = list(range(check_int(config.seeds, 'config.seeds')))
   ghn_root = config.ghn_workdir or os.path.join(workdir, 'ghn')
-  target = finetuning.target_arch(config.finetune)
+  with sub_config('config.finetune'):
+    target = finetuning.target_arch(config.finetune)
   plan = Plan(run=None, methods={}, seeds=seeds, ghn_runs={})
   if any(n in inits.GROWTH_METHODS for n in names):
     _growth_plan(config, workdir, target, plan, names)
@@ -160,8 +166,10 @@ def _plan(config, workdir) -> Plan:
   for name in names:
     ghn_dir = os.path.join(ghn_root, name)
     if name in inits.GHN_METHODS:
-      ghn_run = ghn_training.build_run(
-          ghn_training_config(config.ghn_train, name, config.ghn3_name))
+      ghn_config = ghn_training_config(config.ghn_train, name,
+                                       config.ghn3_name)
+      with sub_config('config.ghn_train'):
+        ghn_run = ghn_training.build_run(ghn_config)
       if ghn_run.family != target.family:
         raise ConfigError(f'config.ghn_train trains {ghn_run.family} GHNs but'
                           f' the target {target.name} is a {target.family}')
@@ -175,9 +183,44 @@ def _plan(config, workdir) -> Plan:
         operator=(ligo_training.operator_dir(plan.ligo_dir) if plan.ligo_dir
                   else ''),
         growth_options=options)
-  plan.run = finetuning.build_run(config.finetune,
-                                  init=plan.methods[names[0]])
+  with sub_config('config.finetune'):
+    plan.run = finetuning.build_run(config.finetune,
+                                    init=plan.methods[names[0]])
+  open_data(_reads(plan))
   return plan
+
+
+def run_reads(field: str, run) -> list:
+  """(field, DataSpec, split) of every split a fine-tuning run reads."""
+  return [(field, run.data, split) for split in (
+      run.data.split, run.eval.split, run.eval.test_split)]
+
+
+def _reads(plan: Plan) -> list:
+  reads = [('config.ghn_train.data', r.data, r.data.split)
+           for r, _ in plan.ghn_runs.values()]
+  if plan.source_run is not None:
+    reads += run_reads('config.source.finetune.data', plan.source_run)
+  if plan.ligo_run is not None:
+    reads.append(('config.finetune.data', plan.ligo_run.data,
+                  plan.ligo_run.data.split))
+  return reads + run_reads('config.finetune.data', plan.run)
+
+
+def open_data(reads) -> None:
+  """Opens each (field, DataSpec, split) a job will read ('' = none), so
+  that data that are missing fail before anything is trained or written;
+  the error names the field."""
+  seen = set()
+  for field, data, split in reads:
+    key = (data.name, data.data_dir, data.tokenizer, data.block_size, split)
+    if not split or key in seen:
+      continue
+    seen.add(key)
+    try:
+      data.source(split)
+    except ConfigError as e:
+      raise type(e)(f'{field}: {e}') from e
 
 
 def _source_flops(plan: Plan) -> tuple[float, str]:

@@ -15,6 +15,7 @@ against m). docs/extrapolation.md explains the fills and the findings.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 
 import numpy as np
@@ -26,9 +27,10 @@ from logah_jax import inits
 from logah_jax.inits.ghn_prediction import method_of
 from logah_jax.train import compare
 from logah_jax.train import compare_report
+from logah_jax.train import finetuning
 from logah_jax.train import ghn_training
 from logah_jax.train import report
-from logah_jax.validation import ConfigError, check_int
+from logah_jax.validation import ConfigError, check_int, sub_config
 
 RESULT_JSON, RESULT_MD, RESULT_PNG = ('extrapolation.json',
                                       'extrapolation.md', 'extrapolation.png')
@@ -94,6 +96,42 @@ def _row(summary: dict, method: str, seeds: dict) -> dict:
               s.get('steps_to_target'))}
 
 
+def target_config(finetune, target: arch_lib.ArchConfig):
+  """`finetune` (config.finetune) with its `arch` set to `target`."""
+  ft = copy.deepcopy(finetune)
+  with ft.unlocked():
+    ft.arch = arch_lib.to_spec(target)
+  return ft
+
+
+def check_plan(run, plan, fills, trained_width: int, finetune) -> None:
+  """Before any training: the GHN of `run` can predict every target under
+  each fill, each target's fine-tuning run is valid, its data exist."""
+  try:
+    method_of(run.ghn_cfg)
+  except ConfigError as e:
+    raise ConfigError(f'config.ghn_train.ghn: {e}') from e
+  for _, target in plan:
+    for fill in (fills if target.width > trained_width else fills[:1]):
+      # as `ghn.load` will set them for the trained GHN
+      cfg = dataclasses.replace(
+          run.ghn_cfg, fill=fill,
+          trained_width=run.ghn_cfg.trained_width or trained_width)
+      try:
+        ghn_lib.check_archs(cfg, run.space.family, [target])
+      except ValueError as e:
+        raise ConfigError(f'config.ghn_train: the GHN cannot predict the '
+                          f'target {target.name} (fill {fill!r}): {e}') from e
+    # The target's image size, channels, classes or vocabulary are the GHN
+    # space's: a mismatch with the fine-tuning data names that section.
+    with sub_config('config.finetune',
+                    {'config.arch': 'config.ghn_train.space'}):
+      ft_run = finetuning.build_run(target_config(finetune, target),
+                                    init=inits.make(BASELINE))
+  compare.open_data([('config.ghn_train.data', run.data, run.data.split)] +
+                    compare.run_reads('config.finetune.data', ft_run))
+
+
 def run_extrapolation(config, workdir: str) -> dict:
   """Trains (or resumes) the GHN, fine-tunes every (target, init, seed)."""
   fills = fills_of(config)
@@ -102,15 +140,21 @@ def run_extrapolation(config, workdir: str) -> dict:
   head_size = check_int(config.head_size, 'config.head_size')
   fill_noise = config.get('fill_noise', -1.0)
   fill_noise = None if fill_noise < 0 else float(fill_noise)  # -1: default
-  run = ghn_training.build_run(config.ghn_train)
+  with sub_config('config.ghn_train'):
+    run = ghn_training.build_run(config.ghn_train)
   ghn_dir = config.ghn_workdir or os.path.join(workdir, 'ghn')
   candidates = run.sampler.candidates()
   trained_width = max(a.width for a in candidates)
   trained_depth = max(a.depth for a in candidates)
-  plan = targets(run.space, trained_width, trained_depth, multiples,
-                 float(config.depth_multiple), head_size,
-                 int(config.get('patch', 0)))
+  patch = int(config.get('patch', 0))
+  try:
+    plan = targets(run.space, trained_width, trained_depth, multiples,
+                   float(config.depth_multiple), head_size, patch)
+  except ValueError as e:  # e.g. a patch that does not divide the images
+    raise ConfigError(f'config.patch={patch}, config.head_size={head_size}: '
+                      f'a target cannot be built: {e}') from e
   finetune = config.finetune
+  check_plan(run, plan, fills, trained_width, finetune)
   os.makedirs(workdir, exist_ok=True)
   report.say(f'=== GHN ({run.space_name}: width <= {trained_width}, depth '
              f'<= {trained_depth}) ===')
@@ -129,8 +173,7 @@ def run_extrapolation(config, workdir: str) -> dict:
     for fill in (fills if wider else fills[:1]):
       methods[fill] = inits.make(method_name, ghn_workdir=ghn_dir,
                                  ghn_fill=fill, ghn_fill_noise=fill_noise)
-    ft = copy.deepcopy(finetune)
-    ft.arch = arch_lib.to_spec(target)
+    ft = target_config(finetune, target)
     curves = compare.finetune_all(
         methods, seeds, ft, os.path.join(workdir, 'targets', target.name),
         config.compilation_cache)

@@ -159,17 +159,21 @@ def train(run: LigoRun, workdir: str, *,
   out = operator_dir(workdir)
   clock = loop.Clock()
   mesh = loop.make_mesh(run.mesh_axes, run.data.batch_size)
-  os.makedirs(workdir, exist_ok=True)
-  with loop.open_checkpoints(workdir, run.checkpoint, run.config,
-                             RESUMABLE_KEYS) as mngr:  # refuses other configs
-    if os.path.isdir(out):
-      report.say(f'LiGO operator already trained: {out}')
-      return out
+  done = os.path.isdir(out)  # then it needs neither the source nor the data
+  small_params = loader = None
+  if not done:  # read both before writing anything (a missing dataset or a
+    # bad source leaves no workdir that would refuse the corrected command)
     small_params = jax.device_put(
         growth_source.load_params(run.source, run.small),
         parallel.replicated(mesh))
     loader = run.data.loader(run.seed, jax.process_index(),
                              jax.process_count())
+  os.makedirs(workdir, exist_ok=True)
+  with loop.open_checkpoints(workdir, run.checkpoint, run.config,
+                             RESUMABLE_KEYS) as mngr:  # refuses other configs
+    if done:
+      report.say(f'LiGO operator already trained: {out}')
+      return out
     stepper = LigoStep(run, mesh)
     state, start = loop.restore(mngr, stepper.abstract_state(), loader)
     if state is None:
