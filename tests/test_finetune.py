@@ -14,6 +14,7 @@ from logah_jax import files
 from logah_jax import data as data_lib
 from logah_jax import inits
 from logah_jax import parallel
+from logah_jax import models
 from logah_jax.train import evaluate
 from logah_jax.train import finetune_step
 from logah_jax.train import finetuning
@@ -179,3 +180,29 @@ def test_one_device_and_eight_with_fsdp_agree():
   for a, b in zip(jax.tree.leaves(out['fsdp'][0].params),
                   jax.tree.leaves(out['replicate'][0].params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+@pytest.mark.parametrize('smoothing', [0.0, 0.2])
+def test_step_loss_is_numpy_cross_entropy_with_label_smoothing(smoothing):
+  """The step's loss (before its update) against NumPy: targets
+  (1 - s) one-hot + s / K, over the model's logits on the batch."""
+  arch = arch_lib.parse('vit:depth=1,width=32,heads=4,patch=7,'
+                        'image_size=28,channels=1,num_classes=10')
+  params = jax.tree.map(  # far from init, so the logits spread
+      lambda p: p + np.random.default_rng(1).normal(0, 0.3, p.shape).astype(
+          np.float32), inits.make('random')(arch, 0))
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.random((8, 28, 28, 1), np.float32),
+           'label': rng.integers(0, 10, 8).astype(np.int32)}
+  tx, _ = optim.make_optimizer(finetune_smoke().optim, 10)
+  step = finetune_step.FinetuneStep(
+      arch, tx, parallel.make_mesh({'data': 1}, devices=jax.devices()[:1]),
+      label_smoothing=smoothing)
+  _, metrics = step(step.init_state(params), batch)
+  logits = np.asarray(models.build(arch).apply({'params': params},
+                                               batch['image']), np.float64)
+  shifted = logits - logits.max(-1, keepdims=True)
+  log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+  targets = (1 - smoothing) * np.eye(10)[batch['label']] + smoothing / 10
+  want = -(targets * log_probs).sum(-1).mean()
+  np.testing.assert_allclose(float(metrics['loss']), want, rtol=1e-5)
