@@ -36,12 +36,16 @@ QUICK_CPU_COMPILE = {'xla_cpu_use_fusion_emitters': False,
 # 13.0 ms instead of 10.0 ms (the option set for the whole process);
 # docs/performance.md.
 QUICK_GPU_COMPILE = {'xla_gpu_autotune_level': 0}
-# Visits per program (steps that run it) below which quick compile pays:
-# compile seconds saved per program over step seconds lost per visit, in
-# the costliest family measured. CPU: 2.2 s saved, 0.04 s lost per visit
-# (GPT-2, benchmarks/quick_compile.py; ViTs lost less). GPU: 2.1 s saved,
-# 1.5 ms lost (H200, m = 2). TPUs have no quick options.
-QUICK_COMPILE_PAYS_BELOW = {'cpu': 50, 'gpu': 1400}
+# Visits per program (steps that run it) below which quick compile pays,
+# by (backend, target family): compile seconds saved per program over step
+# seconds lost per visit. CPU, GPT-2: 2.2 s saved, 0.04 s lost per visit
+# (benchmarks/quick_compile.py). CPU, ViT: 2.6-4 s saved; the steps ran
+# from 5% faster to 4% slower (noise), and the main job's 800 steps 5%
+# slower from a warm cache: counted as 5 ms lost per visit of a main-job
+# ViT. GPU: 2.1 s saved, 1.5 ms lost (H200, GPT-2, m = 2), also used for
+# ViTs. TPUs have no quick options.
+QUICK_COMPILE_PAYS_BELOW = {('cpu', 'gpt2'): 50, ('cpu', 'vit'): 500,
+                            ('gpu', 'gpt2'): 1400, ('gpu', 'vit'): 1400}
 
 
 def quick_compile_options(backend: str | None = None) -> dict | None:
@@ -55,12 +59,14 @@ def quick_compile_options(backend: str | None = None) -> dict | None:
   return None
 
 
-def quick_compile_pays(visits_per_program: float,
+def quick_compile_pays(visits_per_program: float, family: str,
                        backend: str | None = None) -> bool:
-  """Whether programs run about `visits_per_program` times each compile
-  and run sooner in all with `quick_compile_options()` on `backend`."""
+  """Whether `family`'s programs, run about `visits_per_program` times
+  each, compile and run sooner in all with `quick_compile_options()` on
+  `backend` (default: JAX's)."""
   backend = backend or jax.default_backend()
-  return visits_per_program < QUICK_COMPILE_PAYS_BELOW.get(backend, 0)
+  return visits_per_program < QUICK_COMPILE_PAYS_BELOW.get((backend, family),
+                                                           0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -51,9 +51,12 @@ def test_gpu_quick_compile_options_are_known_to_xla():
 
 
 def test_quick_compile_setting(monkeypatch):
-  # 'auto' on CPUs: quick below 50 visits per program
+  # 'auto' on CPUs: quick below 50 visits per GPT-2 program, 500 per ViT one
   assert ghn_training.quick_compile('auto', 49.5) is True
   assert ghn_training.quick_compile('auto', 50) is False
+  assert ghn_training.quick_compile('auto', 50, 'gpt2') is False
+  assert ghn_training.quick_compile('auto', 499, 'vit') is True
+  assert ghn_training.quick_compile('auto', 500, 'vit') is False
   for visits in (1, 10**6):  # an explicit value ignores the visits
     assert ghn_training.quick_compile('false', visits) is False
     assert ghn_training.quick_compile('true', visits) is True
@@ -62,10 +65,12 @@ def test_quick_compile_setting(monkeypatch):
     assert ghn_training.quick_compile(True, visits) is True
     assert ghn_training.quick_compile(False, visits) is False
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
-  assert ghn_training.quick_compile('auto', 1399) is True
-  assert ghn_training.quick_compile('auto', 1400) is False
+  for family in ('gpt2', 'vit'):
+    assert ghn_training.quick_compile('auto', 1399, family) is True
+    assert ghn_training.quick_compile('auto', 1400, family) is False
   monkeypatch.setattr(jax, 'default_backend', lambda: 'tpu')
   assert ghn_training.quick_compile('auto', 1) is False
+  assert ghn_training.quick_compile('auto', 1, 'vit') is False
   for bad in ('yes', 1, None):
     with pytest.raises(ConfigError, match='config.train.quick_compile'):
       ghn_training.quick_compile(bad, 1)
@@ -91,10 +96,11 @@ def test_auto_quick_compile_counts_the_runs_visits_per_program(share):
   if share == 'true':
     assert programs < len(set(candidates))  # depths were shared
   m = run.sampler.m
-  assert run.num_steps * m / programs < 50 and run.quick_compile
-  config.train.num_steps = -(-50 * programs // m)  # 50 visits or more
+  limit = compiles.QUICK_COMPILE_PAYS_BELOW[('cpu', 'vit')]  # ViTs on a CPU
+  assert run.num_steps * m / programs < limit and run.quick_compile
+  config.train.num_steps = -(-limit * programs // m)  # limit visits or more
   assert not ghn_training.build_run(config).quick_compile
-  config.train.num_steps = (50 * programs - 1) // m  # fewer than 50
+  config.train.num_steps = (limit * programs - 1) // m  # fewer
   assert ghn_training.build_run(config).quick_compile
 
 

@@ -120,7 +120,8 @@ def share_depths(value) -> bool:
                     lambda: jax.default_backend() == 'cpu')
 
 
-def quick_compile(value, visits_per_program: float) -> bool:
+def quick_compile(value, visits_per_program: float,
+                  family: str = 'gpt2') -> bool:
   """config.train.quick_compile: 'auto' (default), 'true' or 'false' (or a
   bool).
 
@@ -128,14 +129,16 @@ def quick_compile(value, visits_per_program: float) -> bool:
   `compiles.quick_compile_options()`: on GPUs without GEMM autotuning
   (compile time per new architecture on an H200 1.9 s instead of 4.0 s, for
   a 30% slower step), on CPUs with XLA's classic emitters and LLVM -O1
-  (about 40% less compile time, GPT-2 steps about 7% slower). 'auto' is
-  true where that pays: when the run visits each program fewer times
-  (`visits_per_program`: steps x m / programs) than
-  `compiles.QUICK_COMPILE_PAYS_BELOW` gives for the backend (CPU 50, GPU
-  1,400; never on TPUs). docs/performance.md.
+  (about 40% less compile time, GPT-2 steps about 7% slower, ViT steps
+  about as fast). 'auto' is true where that pays: when the run visits each
+  program fewer times (`visits_per_program`: steps x m / programs) than
+  `compiles.QUICK_COMPILE_PAYS_BELOW` gives for the backend and the
+  targets' `family` (CPU: 50 for GPT-2, 500 for ViTs; GPU 1,400; never on
+  TPUs). docs/performance.md.
   """
   return _auto_bool(value, 'quick_compile',
-                    lambda: compiles.quick_compile_pays(visits_per_program))
+                    lambda: compiles.quick_compile_pays(visits_per_program,
+                                                        family))
 
 
 def _auto_bool(value, field: str, auto) -> bool:
@@ -187,7 +190,8 @@ def build_run(config) -> GHNRun:
                     train.get('compile_workers', 'auto')),
                 share_depths=shared,
                 quick_compile=quick_compile(train.get('quick_compile',
-                                                      'auto'), visits),
+                                                      'auto'), visits,
+                                            space.family),
                 **settings)
 
 
