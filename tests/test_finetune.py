@@ -120,11 +120,21 @@ def test_bad_config_fails_before_any_work(tmp_path):
                        f"{field.replace('.', '[.]')}"):
       finetuning.finetune(c, str(tmp_path / split))
     assert not os.path.exists(tmp_path / split)
+  for train_split in ('train', 'train[:40]', 'test[:8]+train[8:]'):
+    c = finetune_smoke()
+    c.data.split = train_split
+    c.eval.split = 'train'  # curves on the training data
+    with pytest.raises(ValueError, match=r"eval\.split='train' is also "
+                       r'config\.data\.split'):
+      finetuning.finetune(c, str(tmp_path / 'curves'))
   c = finetune_smoke()
-  c.eval.split = 'train'  # curves on the training data
-  with pytest.raises(ValueError, match=r"eval\.split='train' is also "
+  c.data.split = 'train[:40]'
+  c.eval.test_split = 'train'  # the final number on the training data
+  with pytest.raises(ValueError, match=r"test_split='train' is also "
                      r'config\.data\.split'):
-    finetuning.finetune(c, str(tmp_path / 'curves'))
+    finetuning.finetune(c, str(tmp_path / 'final'))
+  assert not os.path.exists(tmp_path / 'curves')
+  assert not os.path.exists(tmp_path / 'final')
   c = finetune_smoke()
   c.data.batch_size = 6  # the 8 fake devices split the batch
   with pytest.raises(ValueError, match='batch_size=6 is not divisible by the 8'):

@@ -152,10 +152,11 @@ def test_demo_needs_the_holdout(tmp_path):
   config.demo.lr = -1.0
   with pytest.raises(ValueError, match=r'config\.demo: .*lr=-1\.0'):
     main_lib.run(config, str(tmp_path))
-  for split in ('train', 'dev'):  # the curves: never on the training data
+  for split, train in (('train', 'train'), ('dev', 'train'),
+                       ('train', 'train[:1000]')):  # never the training data
     config = cft.load_config_file('default', 'smoke')
     config.compilation_cache = 'off'
-    config.demo.eval_split = split
+    config.data.split, config.demo.eval_split = train, split
     with pytest.raises(ValueError, match=f"demo.eval_split='{split}'"):
       main_lib.run(config, str(tmp_path))
   assert not os.path.exists(os.path.join(tmp_path, 'checkpoints'))

@@ -9,6 +9,7 @@ and loaders in one place.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from logah_jax import data as data_lib
 from logah_jax.validation import ConfigError, check_int
@@ -40,7 +41,10 @@ class DataSpec:
       spec.info()
     except ValueError as e:
       raise ConfigError(f'{prefix}: {e}') from e
-    spec.check_split(spec.split, f'{prefix}.split')
+    try:  # the training split may be a tfds slice ('train[:50000]')
+      data_lib.check_split(spec.name, spec.split)
+    except ConfigError as e:
+      raise ConfigError(f'{prefix}.split={spec.split!r}: {e}') from e
     if spec.is_text:
       check_int(spec.block_size, f'{prefix}.block_size')
     return spec
@@ -54,11 +58,19 @@ class DataSpec:
     return self.info()['kind'] == 'text'
 
   def check_split(self, split: str, field: str) -> None:
-    """`split` (a name, or a tfds slice such as 'train[50000:]') exists."""
-    try:
-      data_lib.check_split(self.name, split)
-    except ConfigError as e:
-      raise ConfigError(f'{field}={split!r}: {e}') from e
+    """`split` is a whole split of the dataset: evaluation reads whole
+    splits, so that comparing names is enough to keep it off the training
+    data."""
+    splits = self.info()['splits']
+    if split not in splits:
+      raise ConfigError(f'{field}={split!r} is not a split of {self.name}: '
+                        f'{splits}')
+
+  def trains_on(self, split: str) -> bool:
+    """Whether the training split (a name, a tfds slice or a sum of them,
+    'train[:50000]+validation') reads from the whole split `split`."""
+    return split in {re.sub(r'\[.*\]$', '', part.strip())
+                     for part in self.split.split('+')}
 
   def source(self, split: str | None = None):
     """The source of `split` (default: the training split)."""

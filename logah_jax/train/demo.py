@@ -20,6 +20,7 @@ from logah_jax import inits
 from logah_jax.train import compare
 from logah_jax.train import compare_report
 from logah_jax.train import holdout
+from logah_jax.train.data_spec import DataSpec
 from logah_jax.validation import ConfigError
 
 DEMO_DIR = 'demo'
@@ -32,7 +33,8 @@ def demo_config(config):
   data = config.data  # the GHN's training split, without augmentation
   eval_split = d.get('eval_split', 'validation')
   splits = data_lib.describe(data.name, data.tokenizer)['splits']
-  if eval_split not in splits or eval_split == data.split:
+  if eval_split not in splits or DataSpec.from_config(data).trains_on(
+      eval_split):
     raise ConfigError(
         f'config.demo.eval_split={eval_split!r} must be a split of '
         f'{data.name} {splits} other than the training split '

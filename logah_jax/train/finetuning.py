@@ -136,19 +136,19 @@ def eval_options(ev, data) -> EvalOptions:
   the training split, the test split (read once, for the final number) from
   both."""
   data.check_split(ev.split, 'config.eval.split')
-  if ev.split == data.split:
+  if data.trains_on(ev.split):
     raise ConfigError(f'config.eval.split={ev.split!r} is also '
-                      'config.data.split: the curves would be read on the '
-                      'training data; use a validation split')
+                      f'config.data.split ({data.split!r}): the curves would '
+                      'be read on the training data; use a validation split')
   test_split = ev.get('test_split', '')
   if not isinstance(test_split, str):
     raise ConfigError(f'config.eval.test_split={test_split!r} must be a '
                       "split name or '' (none)")
   if test_split:
     data.check_split(test_split, 'config.eval.test_split')
-    for other, field in ((ev.split, 'config.eval.split'),
-                         (data.split, 'config.data.split')):
-      if test_split == other:
+    for read, field in ((test_split == ev.split, 'config.eval.split'),
+                        (data.trains_on(test_split), 'config.data.split')):
+      if read:
         raise ConfigError(
             f'config.eval.test_split={test_split!r} is also {field}: the '
             "test split is read once at the end; use another split or ''")
