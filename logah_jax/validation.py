@@ -1,4 +1,5 @@
-"""The errors a bad config or input raises, and the one integer check.
+"""The errors a bad config or input raises, the integer check, and the
+renaming of a sub-run's field paths to the user's config (`sub_config`).
 
 A run validates every field it reads before any device work, and every
 failure there is a `ConfigError` naming the field or file: the entry point
@@ -38,8 +39,9 @@ def check_int(value, field: str, minimum: int = 1) -> int:
 
 
 # A dotted config path in a message: `config.` and at least one name, not
-# part of a longer word or of a file path (checkpoints/config.json).
-_CONFIG_PATH = re.compile(r'(?<![\w./-])config(?:\.\w+)+')
+# part of a longer word, a quoted value or a file path (config.json,
+# checkpoints/config.json).
+_CONFIG_PATH = re.compile(r'(?<![\w./\'"-])config(?:\.(?!json\b)\w+)+')
 
 
 def rename_fields(message: str, fields: dict) -> str:

@@ -51,29 +51,28 @@ def test_gpu_quick_compile_options_are_known_to_xla():
 
 
 def test_quick_compile_setting(monkeypatch):
-  # 'auto' on CPUs: quick below 50 visits per GPT-2 program, 500 per ViT one
-  assert ghn_training.quick_compile('auto', 49.5) is True
-  assert ghn_training.quick_compile('auto', 50) is False
+  # 'auto' on CPUs: quick below 50 visits per GPT-2 program, 450 per ViT one
+  assert ghn_training.quick_compile('auto', 49.5, 'gpt2') is True
   assert ghn_training.quick_compile('auto', 50, 'gpt2') is False
-  assert ghn_training.quick_compile('auto', 499, 'vit') is True
-  assert ghn_training.quick_compile('auto', 500, 'vit') is False
+  assert ghn_training.quick_compile('auto', 449, 'vit') is True
+  assert ghn_training.quick_compile('auto', 450, 'vit') is False
   for visits in (1, 10**6):  # an explicit value ignores the visits
-    assert ghn_training.quick_compile('false', visits) is False
-    assert ghn_training.quick_compile('true', visits) is True
-    assert ghn_training.quick_compile('True', visits) is True
-    assert ghn_training.quick_compile('FALSE', visits) is False
-    assert ghn_training.quick_compile(True, visits) is True
-    assert ghn_training.quick_compile(False, visits) is False
+    assert ghn_training.quick_compile('false', visits, 'vit') is False
+    assert ghn_training.quick_compile('true', visits, 'vit') is True
+    assert ghn_training.quick_compile('True', visits, 'vit') is True
+    assert ghn_training.quick_compile('FALSE', visits, 'vit') is False
+    assert ghn_training.quick_compile(True, visits, 'vit') is True
+    assert ghn_training.quick_compile(False, visits, 'vit') is False
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
   for family in ('gpt2', 'vit'):
     assert ghn_training.quick_compile('auto', 1399, family) is True
     assert ghn_training.quick_compile('auto', 1400, family) is False
   monkeypatch.setattr(jax, 'default_backend', lambda: 'tpu')
-  assert ghn_training.quick_compile('auto', 1) is False
-  assert ghn_training.quick_compile('auto', 1, 'vit') is False
+  for family in ('gpt2', 'vit'):
+    assert ghn_training.quick_compile('auto', 1, family) is False
   for bad in ('yes', 1, None):
     with pytest.raises(ConfigError, match='config.train.quick_compile'):
-      ghn_training.quick_compile(bad, 1)
+      ghn_training.quick_compile(bad, 1, 'vit')
 
 
 @pytest.mark.parametrize('share', ['true', 'false'])

@@ -211,13 +211,13 @@ def test_interrupted_run_resumes_to_the_same_params(uninterrupted, tmp_path):
   assert resumed.step == full.step == 6
   assert _max_abs_diff(resumed.params, full.params) == 0.0
   rows = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
-  assert [r['step'] for r in rows] == [2, 4, 6]
+  assert [r['step'] for r in rows] == [2, 3, 4, 6]  # checkpoint at 3
 
 
 def test_run_writes_metrics_plot_and_config(uninterrupted):
   workdir, result = uninterrupted
   rows = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
-  assert [r['step'] for r in rows] == [2, 4, 6]
+  assert [r['step'] for r in rows] == [2, 3, 4, 6]  # checkpoint at 3
   for key in ('loss', 'ce', 'reg', 'acc', 'grad_norm', 'lr', 'arch_per_s',
               'compiles'):
     assert all(np.isfinite(r[key]) for r in rows), key

@@ -17,6 +17,7 @@ from logah_jax import data as data_lib
 from logah_jax import models
 from logah_jax.arch.configs import ViTConfig
 from logah_jax.train import objective
+from logah_jax.validation import ConfigError
 
 
 @functools.lru_cache(maxsize=64)
@@ -73,7 +74,7 @@ def evaluate(arch, params, source, *, batch_size: int = 500,
     s_loss, s_hits, s_count = jax.device_get(fn(params, batch, mask))
     loss, hits, count = loss + s_loss, hits + s_hits, count + s_count
   if not count:
-    raise ValueError(f'evaluate: no examples in {source.info.name}/'
+    raise ConfigError(f'evaluate: no examples in {source.info.name}/'
                      f'{source.info.split} (max_batches={max_batches})')
   out = {'loss': float(loss / count), 'examples': int(
       count if isinstance(arch, ViTConfig) else count / max(

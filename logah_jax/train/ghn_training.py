@@ -120,8 +120,7 @@ def share_depths(value) -> bool:
                     lambda: jax.default_backend() == 'cpu')
 
 
-def quick_compile(value, visits_per_program: float,
-                  family: str = 'gpt2') -> bool:
+def quick_compile(value, visits_per_program: float, family: str) -> bool:
   """config.train.quick_compile: 'auto' (default), 'true' or 'false' (or a
   bool).
 
@@ -130,10 +129,10 @@ def quick_compile(value, visits_per_program: float,
   (compile time per new architecture on an H200 1.9 s instead of 4.0 s, for
   a 30% slower step), on CPUs with XLA's classic emitters and LLVM -O1
   (about 40% less compile time, GPT-2 steps about 7% slower, ViT steps
-  about as fast). 'auto' is true where that pays: when the run visits each
+  up to 5%). 'auto' is true where that pays: when the run visits each
   program fewer times (`visits_per_program`: steps x m / programs) than
   `compiles.QUICK_COMPILE_PAYS_BELOW` gives for the backend and the
-  targets' `family` (CPU: 50 for GPT-2, 500 for ViTs; GPU 1,400; never on
+  targets' `family` (CPU: 50 for GPT-2, 450 for ViTs; GPU 1,400; never on
   TPUs). docs/performance.md.
   """
   return _auto_bool(value, 'quick_compile',

@@ -279,8 +279,8 @@ def run_steps(task: Task, state, *, start: int, end: int, loader, mngr,
       pending = step, device_metrics
       done = step + 1
       saves = done % task.save_every == 0 or done == end
-      # a checkpoint also closes a metrics row: a run resumed from it then
-      # logs the same rows as one never stopped
+      # a checkpoint also closes a metrics row: a run resumed from a
+      # periodic checkpoint then logs the same rows as one never stopped
       logs = saves or done % task.log_every == 0
       hooks = task.hook is not None and task.hook_at(done)
       if not (logs or saves or hooks):
