@@ -267,6 +267,31 @@ def test_ghn3_position_embedding_beyond_16x16_is_resized():
   _finite_forward(target, pred)
 
 
+def test_ghn3_kernel_beyond_16x16_is_resized():
+  # A 32x32 patch kernel: GHN-3 decodes 16x16, tiles the channels and
+  # resizes bilinearly, then scales by the fan-in rule, on both paths.
+  cfg = SMALL_GHN3
+  target = arch.ViTConfig(depth=1, width=48, heads=3, mlp_dim=64, patch=32,
+                          image_size=64, channels=3, num_classes=10)
+  params = ghn.init(cfg, 'vit', seed=0)
+  n = ghn.num_nodes(cfg, target)
+  x = ghn.node_embeddings(cfg, params, [target])[0, :n]
+  node, slot = next((p.node, sp) for p in plan_lib.make_plan(cfg, target).nodes
+                    for sp in p.slots
+                    if sp.slot.path == ('conv_proj', 'kernel'))
+  assert slot.norm == 'fan_in'
+  raw = np.asarray(FullRankDecoder(cfg.hid, 16, cfg.num_classes).apply(
+      {'params': params['decoder']}, x[node:node + 1], 16, 16,
+      method=FullRankDecoder.conv))[0]  # [hid out, hid in, 16, 16]
+  block = np.tile(raw, (2, 1, 1, 1))[:48, :3]  # torch layout [out, in, h, w]
+  want = (_np_bilinear(block, 32) * slot.scale).transpose(2, 3, 1, 0)
+  for one_per_shape in (True, False):
+    pred = ghn.decode(cfg, params, target, x, per_shape=one_per_shape)
+    _assert_same_structure(pred, target)
+    np.testing.assert_allclose(pred['conv_proj']['kernel'], want, rtol=1e-5,
+                               atol=1e-6, err_msg=f'{one_per_shape=}')
+
+
 SAMPLED = (arch.sample('vits-cpu', 3, 0) + arch.sample('gpts-cpu', 3, 0)
            + arch.sample('vits-1k', 2, 1) + arch.sample('gpts-1k', 1, 1))
 
