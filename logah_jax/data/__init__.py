@@ -15,6 +15,7 @@ from logah_jax.data.builders import SHAKESPEARE_VALIDATION
 from logah_jax.data.datasets import check_split
 from logah_jax.data.datasets import describe
 from logah_jax.data.datasets import get_dataset
+from logah_jax.data.datasets import split_names
 from logah_jax.data.loader import Loader
 from logah_jax.data.sources import DATASETS
 from logah_jax.data.sources import SourceInfo
@@ -26,6 +27,6 @@ from logah_jax.data.tokenizer import gpt2_tokenizer
 __all__ = [
     'ByteTokenizer', 'DATASETS', 'Loader', 'SHAKESPEARE_TEST',
     'SHAKESPEARE_VALIDATION', 'SourceInfo', 'check_split', 'default_data_dir',
-    'describe',
-    'get_dataset', 'get_tokenizer', 'gpt2_tokenizer',
+    'describe', 'get_dataset', 'get_tokenizer', 'gpt2_tokenizer',
+    'split_names',
 ]

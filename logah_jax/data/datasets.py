@@ -11,14 +11,19 @@ from logah_jax.data import tokenizer as tokenizer_lib
 from logah_jax.validation import ConfigError, check_int
 
 
+def split_names(split: str) -> list[str]:
+  """The whole splits a tfds split string reads: 'train[:50000]+test' ->
+  ['train', 'test']."""
+  return [re.sub(r'\[.*\]$', '', part.strip()) for part in split.split('+')]
+
+
 def check_split(name: str, split: str) -> None:
   """Checks the split names in a tfds split string such as 'train[:10%]'
   (WikiText takes whole splits only), before any file is read."""
   if not isinstance(split, str) or not split:
     raise ConfigError(f'split={split!r} must be a non-empty string.')
   spec = sources.DATASETS[name]
-  for part in split.split('+'):
-    base = re.sub(r'\[.*\]$', '', part.strip())
+  for base in split_names(split):
     if base not in spec.splits:
       raise ConfigError(f'{name} has splits {", ".join(spec.splits)}; '
                         f'got split={split!r}.')

@@ -9,7 +9,6 @@ and loaders in one place.
 from __future__ import annotations
 
 import dataclasses
-import re
 
 from logah_jax import data as data_lib
 from logah_jax.validation import ConfigError, check_int
@@ -59,8 +58,7 @@ class DataSpec:
 
   def check_split(self, split: str, field: str) -> None:
     """`split` is a whole split of the dataset: evaluation reads whole
-    splits, so that comparing names is enough to keep it off the training
-    data."""
+    splits, so `trains_on` can tell whether training reads it too."""
     splits = self.info()['splits']
     if split not in splits:
       raise ConfigError(f'{field}={split!r} is not a split of {self.name}: '
@@ -69,8 +67,7 @@ class DataSpec:
   def trains_on(self, split: str) -> bool:
     """Whether the training split (a name, a tfds slice or a sum of them,
     'train[:50000]+validation') reads from the whole split `split`."""
-    return split in {re.sub(r'\[.*\]$', '', part.strip())
-                     for part in self.split.split('+')}
+    return split in data_lib.split_names(self.split)
 
   def source(self, split: str | None = None):
     """The source of `split` (default: the training split)."""
