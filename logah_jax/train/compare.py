@@ -90,9 +90,7 @@ def ghn_training_config(base, method: str, ghn3_name: str = 'ghn3-tiny'):
 
 # The LiGO run's fields that `ligo_config` takes from `config.ligo` (its
 # builder's path -> the user's); the rest are `config.finetune`'s.
-LIGO_FIELDS = {'config.train.num_steps': 'config.ligo.num_steps',
-               'config.checkpoint.every_steps': 'config.ligo.num_steps',
-               'config.optim': 'config.ligo.optim',
+LIGO_FIELDS = {**ligo_training.LIGO_SECTION_FIELDS,
                'config.ligo': 'config.ligo'}
 
 

@@ -21,16 +21,10 @@ from logah_jax.train import ligo_training
 from logah_jax.validation import ConfigError, sub_config
 
 
-# The operator run's fields that `ligo_run_config` takes from `config.ligo`
-# (its builder's path -> the user's); the rest keep their names.
-LIGO_FIELDS = {'config.train.num_steps': 'config.ligo.num_steps',
-               'config.checkpoint.every_steps': 'config.ligo.num_steps',
-               'config.optim': 'config.ligo.optim'}
-
-
 def ligo_run_config(config) -> ml_collections.ConfigDict:
   """The operator run's config: the target, data and `config.ligo`'s recipe
-  (its builder's errors name fields through `LIGO_FIELDS`)."""
+  (its builder's errors name fields through
+  `ligo_training.LIGO_SECTION_FIELDS`)."""
   c = ml_collections.ConfigDict()
   c.job = 'ligo'
   c.seed = config.seed
@@ -69,7 +63,8 @@ def run_grow(config, workdir: str) -> dict:
   operator = ''
   if config.method == 'ligo':
     ligo_dir = config.ligo_workdir or f'{workdir}-ligo'
-    with sub_config('config', LIGO_FIELDS, context='config.ligo'):
+    with sub_config('config', ligo_training.LIGO_SECTION_FIELDS,
+                    context='config.ligo'):
       run = ligo_training.build_run(ligo_run_config(config), config.source,
                                     small)
     operator = ligo_training.train(run, ligo_dir)

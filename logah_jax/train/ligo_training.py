@@ -37,6 +37,12 @@ OPERATOR_DIR = 'operator'
 RESUMABLE_KEYS = (*ckpt_lib.DEFAULT_IGNORE_KEYS, 'compilation_cache',
                   'checkpoint.async_save', 'job', 'compute_dtype', 'remat')
 CURVES = ('loss', 'acc', 'grad_norm', 'lr')
+# The operator run's fields that the grow and compare jobs take from their
+# `config.ligo` section: its builder's path -> the user's (for
+# `validation.sub_config`, so that errors name the field the user set).
+LIGO_SECTION_FIELDS = {'config.train.num_steps': 'config.ligo.num_steps',
+                       'config.checkpoint.every_steps': 'config.ligo.num_steps',
+                       'config.optim': 'config.ligo.optim'}
 
 
 @dataclasses.dataclass(kw_only=True)
