@@ -10,9 +10,13 @@ is a row with its error instead of the end of the benchmark.
 Per run: the first call (trace + lower + XLA compile + one step; compile s =
 first call - the median step), `--warmup` steps, then `--steps` timed steps,
 each blocked on (median s/step: the per-step latency), then `--steps` more
-back to back with one block at the end (mean: the throughput without host
-syncs). Tokens/s is B x T per step for GPT-2 (T = --seq-len), images/s for
-ViT.
+back to back with one block at the end (b2b, their mean), then 2 x `--steps`
+back to back the same way. A run of steps dispatched back to back starts
+with the device idle while the host prepares the first one; the difference
+of the two runs over `--steps` cancels that start-up and gives the steady
+time per step of a long training loop (steady; start-up s: what remains of
+the first run, b2b x steps - steady x steps). Tokens/s is B x T per step for
+GPT-2 (T = --seq-len), images/s for ViT.
 
 FLOPs convention (`logah_jax.train.flops`): a multiply-add is 2 FLOPs, only
 matmul-like work is counted (dense layers, the patch conv, attention's two
@@ -198,11 +202,16 @@ def run_one(name: str, dtype_arg: str, batch_size: int, seq_len: int,
     times.append(time.perf_counter() - t0)
     for k, timer in mm_timers.items():
       mm_times[k].append(timer())
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    state, metrics = stepper(state, batch)
-  jax.block_until_ready((state, metrics))
-  back_to_back = (time.perf_counter() - t0) / steps
+  runs = []  # seconds of `steps`, then 2 x `steps`, back to back
+  for n in (steps, 2 * steps):
+    t0 = time.perf_counter()
+    for _ in range(n):
+      state, metrics = stepper(state, batch)
+    jax.block_until_ready((state, metrics))
+    runs.append(time.perf_counter() - t0)
+  run_1, run_2 = runs
+  back_to_back = run_1 / steps
+  steady = (run_2 - run_1) / steps
   if profile_dir:  # a device trace of 3 back-to-back steps (op_profile.py)
     with jax.profiler.trace(profile_dir):
       for _ in range(3):
@@ -246,6 +255,8 @@ def run_one(name: str, dtype_arg: str, batch_size: int, seq_len: int,
       's_step_back_to_back': back_to_back,
       'items_s': batch_size * (t if is_gpt2 else 1) / s_step,
       'items_s_back_to_back': batch_size * (t if is_gpt2 else 1) / back_to_back,
+      's_step_steady': steady, 'startup_s': run_1 - steps * steady,
+      'items_s_steady': batch_size * (t if is_gpt2 else 1) / steady,
       'unit': 'tokens/s' if is_gpt2 else 'images/s',
       'first_call_s': first_call, 'compile_s': first_call - s_step,
       'xla_compile_s': compiled.seconds, 'compiles': compiled.count,
@@ -256,6 +267,7 @@ def run_one(name: str, dtype_arg: str, batch_size: int, seq_len: int,
                       if is_gpt2 else None),
       'tflops': achieved / 1e12, 'peak_tflops': peak,
       'mfu': achieved / (peak * 1e12) if peak else None,
+      'mfu_steady': analytic / steady / (peak * 1e12) if peak else None,
       'matmul_f32_tflops': mm_f32 / 1e12,
       'frac_matmul_f32': frac_f32,
       'matmul_bf16_tflops': mm_bf16 / 1e12 if mm_bf16 else None,
@@ -275,15 +287,16 @@ def _fmt(x, spec, none='-'):
 
 def _table(rows) -> str:
   lines = [
-      '| target | dtype | B | T | s/step [min-max] | s/step b2b | items/s | '
-      'compile s | TFLOP/s | MFU | x f32 matmul | x bf16 matmul | '
+      '| target | dtype | B | T | s/step [min-max] | s/step b2b | '
+      's/step steady | start-up s | items/s | items/s steady | compile s | '
+      'TFLOP/s | MFU | MFU steady | x f32 matmul | x bf16 matmul | '
       'analytic/XLA | per-token formula/analytic | peak GiB |',
-      '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+      '|' + '---|' * 19]
   for r in rows:
     if 'error' in r:
       lines.append(f"| {r['target']} | {r['dtype']} | {r.get('batch', '-')} "
                    f"| {r.get('seq_len', '-')} | error: {r['error']} |"
-                   + ' |' * 10)
+                   + ' |' * 14)
       continue
     gib = r['peak_device_gib'] if r['peak_device_gib'] is not None else (
         r['peak_rss_gib'])
@@ -291,8 +304,11 @@ def _table(rows) -> str:
         f"| {r['target']}{' remat' if r['remat'] else ''} | {r['dtype']} | "
         f"{r['batch']} | {r['seq_len']} | {r['s_step']:.4g} "
         f"[{r['min']:.3g}-{r['max']:.3g}] | {r['s_step_back_to_back']:.4g} | "
-        f"{r['items_s']:.4g} {r['unit']} | {r['compile_s']:.1f} | "
+        f"{r['s_step_steady']:.4g} | {r['startup_s']:.3g} | "
+        f"{r['items_s']:.4g} {r['unit']} | {r['items_s_steady']:.4g} | "
+        f"{r['compile_s']:.1f} | "
         f"{r['tflops']:.3g} | {_fmt(r['mfu'], '.1%')} | "
+        f"{_fmt(r['mfu_steady'], '.1%')} | "
         f"{r['frac_matmul_f32']:.1%} | {_fmt(r['frac_matmul_bf16'], '.1%')} | "
         f"{_fmt(r['analytic_over_xla'], '.3f')} | "
         f"{_fmt(r.get('per_token_formula_over_analytic'), '.3f')} | {gib:.2f} |")
@@ -394,8 +410,11 @@ def main():
           f"{args.warmup} warm-up")
   print(_table(rows))
   print('s/step: median, each step blocked; b2b: mean of back-to-back steps, '
-        'one block at the end. TFLOP/s: analytic matmul FLOPs (3 x forward) '
-        '/ median s/step; MFU against the dense peak of the dtype; x f32/bf16 '
+        'one block at the end; steady: (time of 2 x steps back to back - time '
+        'of steps back to back) / steps, without the start-up of a run from '
+        'an idle device (start-up s). TFLOP/s: analytic matmul FLOPs (3 x forward) '
+        '/ median s/step; MFU against the dense peak of the dtype (MFU '
+        'steady: at the steady s/step); x f32/bf16 '
         "matmul: each blocked step's TFLOP/s over a plain float32/bfloat16 "
         'matmul timed right after it, median (bf16 on GPU/TPU only). '
         'compile s: first call - median step. analytic/XLA < 1: XLA also '
