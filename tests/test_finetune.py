@@ -21,6 +21,7 @@ from logah_jax.train import finetuning
 from logah_jax.train import optim
 from logah_jax.train.data_spec import DataSpec
 from logah_jax.train.loop import NonFiniteLossError
+from logah_jax.validation import ConfigError
 
 
 def _losses(workdir):
@@ -71,11 +72,17 @@ def test_resume_is_bit_identical_and_steady_state_does_not_compile(tmp_path):
   assert finetuning.read_test(part) is None  # only a finished run reads it
   stale = {'split': 'test', 'step': 6, 'max_batches': 1, 'loss': -1.0}
   files.write_json(os.path.join(part, finetuning.TEST_FILE), stale)
-  resumed = finetuning.finetune(c, part)  # resumes at 4: drops the stale one
+  # resumes at 4 and drops the stale test; a new validation interval
+  # changes the curve's points, not the training
+  c.eval.every_steps = 1
+  resumed = finetuning.finetune(c, part)
   assert resumed.test == full.test and resumed.test['loss'] > 0
   for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(resumed.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  assert [r['step'] for r in resumed.evals] == [0, 2, 4, 6]
+  assert [r['step'] for r in resumed.evals] == [0, 2, 4, 5, 6]
+  c.eval.batch_size = 25  # with max_batches, other examples: refused
+  with pytest.raises(ConfigError, match="'eval.batch_size'"):
+    finetuning.finetune(c, part)
   assert _losses(part) == _losses(tmp_path / 'full')
   arch = arch_lib.parse(c.arch)
   tx, _ = optim.make_optimizer(c.optim, 10)

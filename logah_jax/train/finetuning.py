@@ -36,6 +36,8 @@ from logah_jax.validation import ConfigError, check_int
 RESUMABLE_KEYS = (*ckpt_lib.DEFAULT_IGNORE_KEYS, 'compilation_cache',
                   'checkpoint.async_save', 'job', 'fsdp_min_mb',
                   'compute_dtype', 'remat',
+                  # which steps the validation curve is taken at
+                  'eval.every_steps',
                   # read after the last step: they never change the training
                   'eval.test_split', 'eval.test_max_batches')
 EVAL_FILE = 'eval.jsonl'
