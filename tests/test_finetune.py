@@ -75,6 +75,8 @@ def test_resume_is_bit_identical_and_steady_state_does_not_compile(tmp_path):
   # resumes at 4 and drops the stale test; a new validation interval
   # changes the curve's points, not the training
   c.eval.every_steps = 1
+  # stops at 5, between two metrics rows (every 2) and checkpoints (every 3)
+  finetuning.finetune(c, part, stop_after_steps=1)
   resumed = finetuning.finetune(c, part)
   assert resumed.test == full.test and resumed.test['loss'] > 0
   for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(resumed.params)):

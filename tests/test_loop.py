@@ -19,6 +19,8 @@ class _Manager:
     self.events.append(('save', step))
     assert extra['step'] == step == state and extra['loader'] == step
     self.saved.append(step)
+    self.extras = getattr(self, 'extras', {})
+    self.extras[step] = extra
 
   def wait_until_finished(self):
     pass
@@ -191,3 +193,37 @@ def test_a_resumed_run_logs_the_rows_of_an_uninterrupted_one(tmp_path):
   want = [(2, 1.5), (3, 4.0), (4, 8.0), (6, 24.0)]  # means over each row
   assert _losses_by_step(whole) == want
   assert _losses_by_step(resumed) == want
+
+
+def test_a_run_stopped_between_rows_keeps_the_open_row_for_its_resumption(
+    tmp_path):
+  """Stopped at step 5 (off the log interval of 2 and the checkpoint interval
+  of 3, as `stop_after_steps` does), a run writes no row for step 5 but saves
+  its loss with the checkpoint; resumed from it, the run logs the rows of one
+  never stopped."""
+  losses = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
+
+  def run(workdir, start, end, window=()):
+    mngr, loader = _Manager([]), _Loader()
+    loader.position = start
+    task = _fake_task(losses, steps=6)
+    original = task.step
+
+    def step(state, index):
+      loader.position += 1
+      return original(state, index)
+    task.step = step
+    loop.run_steps(task, start, start=start, end=end, loader=loader,
+                   mngr=mngr, workdir=str(workdir), clock=loop.Clock(),
+                   window=window)
+    return mngr
+
+  want = [(2, 1.5), (3, 4.0), (4, 8.0), (6, 24.0)]
+  mngr = run(tmp_path, 0, 5)
+  assert mngr.saved == [3, 5]
+  assert _losses_by_step(tmp_path) == want[:3]  # no row for step 5
+  window = mngr.extras[5][loop.WINDOW_KEY]
+  assert [w['loss'] for w in window] == [16.0]
+  assert loop.WINDOW_KEY not in mngr.extras[3]  # a periodic one closes a row
+  run(tmp_path, 5, 6, window)
+  assert _losses_by_step(tmp_path) == want

@@ -197,7 +197,7 @@ def train(run: FinetuneRun, workdir: str, *,
         run.arch, run.tx, mesh, param_rule=run.param_sharding,
         fsdp_min_mb=run.fsdp_min_mb,
         label_smoothing=run.label_smoothing, compute=run.compute)
-    state, start = loop.restore(mngr, stepper.abstract_state(), loader)
+    state, start, window = loop.restore(mngr, stepper.abstract_state(), loader)
     if state is None:
       state = stepper.init_state(run.init(run.arch, run.seed)
                                  if params is None else params)
@@ -247,7 +247,7 @@ def train(run: FinetuneRun, workdir: str, *,
                   hook=lambda done, state, bar: bar.write(
                       _eval_line(evaluate(done, state.params)))),
         state, start=start, end=end, loader=loader, mngr=mngr,
-        workdir=workdir, clock=clock)
+        workdir=workdir, clock=clock, window=window)
   if export_params and end == run.num_steps:
     ckpt_lib.save_params(
         os.path.join(workdir, FINAL_PARAMS), state.params, overwrite=True,

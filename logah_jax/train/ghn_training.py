@@ -246,8 +246,8 @@ def train(run: GHNRun, workdir: str, *,
     programs = program_count(run.sampler, run.share_depths)
     params_abstract = jax.eval_shape(
         lambda: ghn_lib.init(run.ghn_cfg, run.family, run.seed))
-    state, start = loop.restore(mngr, stepper.abstract_state(params_abstract),
-                                loader)
+    state, start, window = loop.restore(
+        mngr, stepper.abstract_state(params_abstract), loader)
     if state is None:
       state = stepper.init_state(ghn_lib.init(run.ghn_cfg, run.family,
                                               run.seed))
@@ -272,7 +272,8 @@ def train(run: GHNRun, workdir: str, *,
     try:
       state, last = loop.run_steps(
           _task(run, stepper, loader), state, start=start, end=end,
-          loader=loader, mngr=mngr, workdir=workdir, clock=clock)
+          loader=loader, mngr=mngr, workdir=workdir, clock=clock,
+          window=window)
     finally:
       stepper.close()
   c = clock.compiles()

@@ -181,7 +181,7 @@ def train(run: LigoRun, workdir: str, *,
       report.say(f'LiGO operator already trained: {out}')
       return out
     stepper = LigoStep(run, mesh)
-    state, start = loop.restore(mngr, stepper.abstract_state(), loader)
+    state, start, window = loop.restore(mngr, stepper.abstract_state(), loader)
     if state is None:
       state = stepper.init_state(ligo.init_operator(
           run.small, run.large, key=jax.random.key(run.seed),
@@ -207,7 +207,7 @@ def train(run: LigoRun, workdir: str, *,
                   rate_key='examples_per_s', curves=CURVES, title=run.title,
                   plot_files=()),
         state, start=start, end=end, loader=loader, mngr=mngr,
-        workdir=workdir, clock=clock)
+        workdir=workdir, clock=clock, window=window)
   if end == run.num_steps:
     ckpt_lib.save_params(out, state.params, metadata={
         'kind': 'ligo-operator', 'source': run.source,

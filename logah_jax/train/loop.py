@@ -40,6 +40,8 @@ from logah_jax.train.data_spec import DataSpec
 from logah_jax.validation import ConfigError, InputNotFoundError, check_int
 
 CHECKPOINT_DIR = 'checkpoints'
+# The checkpoint extra's field for the metrics of steps not yet in a row.
+WINDOW_KEY = 'unlogged_metrics'
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -161,24 +163,29 @@ def host_metrics(metrics) -> dict[str, float]:
 
 
 def restore(mngr, abstract_state, loader):
-  """(state, start step) from the newest intact checkpoint, or (None, 0).
+  """(state, start step, window) from the newest intact checkpoint, or
+  (None, 0, []).
 
-  Damaged steps are moved aside with a warning (`CheckpointManager.restore`);
-  when none is intact the run starts again from step 0.
+  `window`: the metrics of the steps after the last metrics row, which a
+  run stopped between two rows (`stop_after_steps`) saved with its
+  checkpoint; `run_steps` takes them back so that the next row is the one
+  an uninterrupted run logs. Damaged steps are moved aside with a warning
+  (`CheckpointManager.restore`); when none is intact the run starts again
+  from step 0.
   """
   if mngr.latest_step() is None:
-    return None, 0
+    return None, 0, []
   try:
     state, extra = mngr.restore(abstract_state=abstract_state, repair=True)
   except InputNotFoundError as e:
     logging.warning('%s; starting again from step 0', e)
-    return None, 0
+    return None, 0, []
   loader.restore(extra['loader'])
   start = int(extra['step'])
   if int(state.step) != start:
     raise ConfigError(f'{mngr.directory}: checkpoint step {start} holds a '
                       f'state of step {int(state.step)}')
-  return state, start
+  return state, start, list(extra.get(WINDOW_KEY, []))
 
 
 class Clock:
@@ -236,8 +243,13 @@ class Task:
 
 
 def run_steps(task: Task, state, *, start: int, end: int, loader, mngr,
-              workdir: str, clock: Clock):
+              workdir: str, clock: Clock, window=()):
   """Steps [start, end) of `task`; returns (state, last metrics row).
+
+  A checkpoint closes a metrics row, except where the run stops between
+  two rows (`end` short of the run's length and off both intervals): that
+  checkpoint carries the steps of the open row instead, and a run resumed
+  from it passes them back as `window` (from `restore`).
 
   Raises:
     NonFiniteLossError: a step's loss or gradient norm was not finite; that
@@ -246,7 +258,7 @@ def run_steps(task: Task, state, *, start: int, end: int, loader, mngr,
   log = report.MetricsLog(workdir, resume_step=start)
   bar = report.Progress(task.num_steps, start, task.name)
   rate = _Rate(task.units_per_step)
-  window, last, pending = [], {}, None
+  window, last, pending = list(window), {}, None
 
   def settle(step, device_metrics):
     """Fetches a step's metrics; stops the run if they are not finite."""
@@ -278,10 +290,11 @@ def run_steps(task: Task, state, *, start: int, end: int, loader, mngr,
         settle(*pending)
       pending = step, device_metrics
       done = step + 1
-      saves = done % task.save_every == 0 or done == end
-      # a checkpoint also closes a metrics row: a run resumed from a
-      # periodic checkpoint then logs the same rows as one never stopped
-      logs = saves or done % task.log_every == 0
+      periodic = done % task.save_every == 0 or done == task.num_steps
+      # a periodic checkpoint also closes a metrics row: a run resumed from
+      # it then logs the same rows as one never stopped
+      logs = periodic or done % task.log_every == 0
+      saves = periodic or done == end
       hooks = task.hook is not None and task.hook_at(done)
       if not (logs or saves or hooks):
         continue
@@ -294,9 +307,10 @@ def run_steps(task: Task, state, *, start: int, end: int, loader, mngr,
       if hooks:
         task.hook(done, state, bar)
       if saves:
-        mngr.save(done, state, extra={'step': done, 'loader': loader.state(),
-                                      **task.extra(done)},
-                  force=done == end)
+        extra = {'step': done, 'loader': loader.state(), **task.extra(done)}
+        if window:  # stopped between two rows: their steps so far
+          extra[WINDOW_KEY] = window
+        mngr.save(done, state, extra=extra, force=done == end)
   finally:
     bar.close()
     mngr.wait_until_finished()
