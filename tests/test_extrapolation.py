@@ -236,11 +236,17 @@ def _no_training(monkeypatch):
       'width_multiples': '1,8', 'fills': 'widen,decoder'},
      r"^config\.ghn_train: the GHN cannot predict the target vit-L6-C192\S* "
      r"\(fill 'decoder'\): node conv_proj\.weight: .* GHNConfig\.max_ck=512"),
-    ({'patch': 5}, r'^config\.patch=5, config\.head_size=16: a target cannot '
-     r'be built: .*not divisible by patch=5'),
+    ({'patch': 5}, r'^config\.patch=5: a target cannot be built: '
+     r'.*not divisible by patch=5'),
+    ({'patch': -1}, r'^config\.patch=-1 must be an int >= 0$'),
+    ({'depth_multiple': float('nan')},
+     r'^config\.depth_multiple=nan must be a number > 0$'),
+    ({'depth_multiple': 0.0},
+     r'^config\.depth_multiple=0\.0 must be a number > 0$'),
 ], ids=['finetune_num_steps', 'finetune_lr', 'finetune_eval_split',
         'ghn_num_steps', 'finetune_data_of_other_images', 'missing_data',
-        'ghn_cannot_predict_target', 'patch'])
+        'ghn_cannot_predict_target', 'patch', 'negative_patch',
+        'nan_depth_multiple', 'zero_depth_multiple'])
 def test_bad_config_fails_before_the_ghn_trains(monkeypatch, tmp_path, change,
                                                 match):
   """Every target's fine-tuning run, the GHN's prediction of it and the data

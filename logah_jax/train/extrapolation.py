@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 
 import numpy as np
@@ -45,6 +46,13 @@ def _floats(text: str, field: str) -> list[float]:
   if not values or min(values) < 1:
     raise ConfigError(f'{field}={text!r} must list numbers >= 1')
   return values
+
+
+def _depth_multiple(value) -> float:
+  if (isinstance(value, bool) or not isinstance(value, (int, float))
+      or not math.isfinite(value) or value <= 0):
+    raise ConfigError(f'config.depth_multiple={value!r} must be a number > 0')
+  return float(value)
 
 
 def fills_of(config) -> list[str]:
@@ -146,13 +154,14 @@ def run_extrapolation(config, workdir: str) -> dict:
   candidates = run.sampler.candidates()
   trained_width = max(a.width for a in candidates)
   trained_depth = max(a.depth for a in candidates)
-  patch = int(config.get('patch', 0))
-  try:
+  patch = check_int(config.get('patch', 0), 'config.patch', minimum=0)
+  depth_multiple = _depth_multiple(config.depth_multiple)
+  try:  # widths are multiples of the head size: only the patch can fail
     plan = targets(run.space, trained_width, trained_depth, multiples,
-                   float(config.depth_multiple), head_size, patch)
-  except ValueError as e:  # e.g. a patch that does not divide the images
-    raise ConfigError(f'config.patch={patch}, config.head_size={head_size}: '
-                      f'a target cannot be built: {e}') from e
+                   depth_multiple, head_size, patch)
+  except ValueError as e:  # a patch that does not divide the images
+    raise ConfigError(f'config.patch={patch}: a target cannot be built: '
+                      f'{e}') from e
   finetune = config.finetune
   check_plan(run, plan, fills, trained_width, finetune)
   os.makedirs(workdir, exist_ok=True)
