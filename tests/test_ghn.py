@@ -60,6 +60,7 @@ def test_logah_count_independent_of_classes():
     (dict(hid=60, heads=8), 'hid=60'), (dict(decoder='mlp'), 'decoder'),
     (dict(factorization='svd'), 'factorization'),
     (dict(max_ck=100), 'max_ck=100'), (dict(dtype='float16'), 'dtype'),
+    (dict(cutoff=255), 'cutoff=255 must be at most 254'),
 ])
 def test_bad_ghn_config_names_the_field(kwargs, field):
   with pytest.raises(ValueError, match=field):

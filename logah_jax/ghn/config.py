@@ -13,6 +13,10 @@ import jax.numpy as jnp
 from logah_jax.arch.configs import replace_fields
 from logah_jax.validation import ConfigError, check_int
 
+# The longest virtual edge the Graphormer's edge table tells apart: larger
+# distances would share its last row.
+MAX_CUTOFF = 254
+
 DECODERS = ('lowrank', 'fullrank')
 FACTORIZATIONS = ('paper', 'transpose')
 DTYPES = ('float32', 'bfloat16')
@@ -36,7 +40,8 @@ class GHNConfig:
     paper's code does; 'transpose' uses the factorisation the paper describes.
   num_classes: the classifier width GHN-3 predicts (and a channel-vocabulary
     entry, as in the original).
-  cutoff: longest virtual edge (shortest-path length) seen by the Graphormer.
+  cutoff: longest virtual edge (shortest-path length) seen by the Graphormer,
+    at most MAX_CUTOFF.
   normalize: fan-in / sigmoid / tanh normalisation of predicted tensors.
   dtype: compute dtype of the Graphormer; decoders always run in float32.
   trained_width: the largest width among the training architectures (0:
@@ -95,6 +100,9 @@ class GHNConfig:
       names.append('rank')
     for name in names:
       check_int(getattr(self, name), f'GHNConfig.{name}')
+    if self.cutoff > MAX_CUTOFF:
+      raise ConfigError(f'GHNConfig.cutoff={self.cutoff} must be at most '
+                        f'{MAX_CUTOFF} (the edge table\'s longest distance).')
     if self.hid % self.heads:
       raise ConfigError(f'GHNConfig.hid={self.hid} is not divisible by '
                         f'heads={self.heads}.')

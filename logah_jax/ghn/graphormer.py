@@ -16,9 +16,10 @@ import jax
 import jax.numpy as jnp
 
 from logah_jax.arch.graph import OP_TYPES
+from logah_jax.ghn.config import MAX_CUTOFF
 
 MASK_VALUE = -2.0**15  # the original's fp16-safe mask constant
-EDGE_VOCAB = 257  # distances up to 250 (+2 shift) fit below this
+EDGE_VOCAB = MAX_CUTOFF + 3  # distances 0..MAX_CUTOFF, shifted by 2
 
 
 def torch_linear_init(fan_in: int):

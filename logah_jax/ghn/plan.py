@@ -26,7 +26,6 @@ class SlotPlan:
 
   kind: 'matrix' (2-D), 'conv' (4-D kernel), 'pos' (ViT position embedding) or
     'vector' (1-D, `row` 0 = weights, 1 = biases of the decoded 2 x c block).
-  period: the decoded size along each target axis; larger axes are tiled.
   norm: 'fan_in' (times `scale`), 'sigmoid', 'tanh' or 'none'.
   widen: for a target wider than the GHN's training architectures (fill
     'tile' or 'widen'), per reference axis (period, chunks): the axis is
@@ -38,7 +37,6 @@ class SlotPlan:
 
   slot: graph_lib.Slot
   kind: str
-  period: tuple[int, ...]
   row: int = 0
   norm: str = 'none'
   scale: float = 1.0
@@ -169,21 +167,19 @@ def _node_plan(cfg: GHNConfig, index: int, node: graph_lib.Node,
     for slot in node.slots:
       row = 0 if slot.role == 'norm_scale' else 1
       norm, scale = _norm(cfg, node, slot, depth)
-      slots.append(SlotPlan(slot, 'vector', (c,), row, norm, scale))
+      slots.append(SlotPlan(slot, 'vector', row, norm, scale))
   elif len(shape) == 2:
     t0, t1 = shape
     key = (min_size(t0, mc), min_size(t1, mi))
     key = key if node.is_classifier else key + (1, 1)
     if node.is_classifier and full:
       request = Request('classifier', cfg.num_classes, min(t1, mi))
-      period = (cfg.num_classes, mi)
     else:
       k0, k1 = min_size(t0, mc), min_size(t1, mi)
       request = Request('matrix', min(t0, k0), min(t1, k1))
-      period = (k0, k1)
     for slot in node.slots:
       norm, scale = _norm(cfg, node, slot, depth)
-      slots.append(SlotPlan(slot, 'matrix', period, 0, norm, scale))
+      slots.append(SlotPlan(slot, 'matrix', 0, norm, scale))
   elif len(shape) == 3:  # the ViT position embedding (1, S + 1, C)
     if shape[0] != 1 or math.isqrt(shape[1] - 1) ** 2 != shape[1] - 1:
       raise ValueError(f'node {node.name}: the decoder cannot place 3-D shape '
@@ -193,8 +189,7 @@ def _node_plan(cfg: GHNConfig, index: int, node: graph_lib.Node,
     cols = min(c, mi) if full else c  # the low-rank decoder keeps C whole
     request = Request('conv', 1, cols, s, s)
     for slot in node.slots:
-      slots.append(SlotPlan(slot, 'pos', (cols,), 0, *_norm(cfg, node, slot,
-                                                           depth)))
+      slots.append(SlotPlan(slot, 'pos', 0, *_norm(cfg, node, slot, depth)))
   elif len(shape) == 4:
     t0, t1, th, tw = shape
     k0, k1 = min_size(t0, mc), min_size(t1, mi)
@@ -206,7 +201,7 @@ def _node_plan(cfg: GHNConfig, index: int, node: graph_lib.Node,
     request = Request('conv', min(t0, k0), min(t1, k1), kh, kw)
     for slot in node.slots:
       norm, scale = _norm(cfg, node, slot, depth)
-      slots.append(SlotPlan(slot, 'conv', (k0, k1), 0, norm, scale))
+      slots.append(SlotPlan(slot, 'conv', 0, norm, scale))
   else:
     raise ValueError(f'node {node.name}: shape {shape} has rank {len(shape)}.')
   if not full:
