@@ -4,6 +4,7 @@ import importlib.util
 import os
 
 from logah_jax import config_base
+from logah_jax import ghn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -85,3 +86,11 @@ def random_params(cfg, seed=0, std=0.3):
     x = std * jax.random.normal(key, leaf.shape, jnp.float32)
     leaves.append(1.0 + x if path[-1].key == 'scale' else x)
   return jax.tree.unflatten(treedef, leaves)
+
+
+# Small GHNs for fast tests. SMALL_GHN's max_ck fits ViTs-1K position
+# embeddings.
+SMALL_GHN = ghn.GHNConfig(hid=32, layers=2, heads=4, rank=8,
+                          max_shape=(128, 128, 16, 16), max_ck=8192)
+SMALL_GHN3 = ghn.GHNConfig(decoder='fullrank', hid=32, layers=2, heads=4,
+                           max_shape=(32, 32, 16, 16), num_classes=10)

@@ -1,9 +1,7 @@
-"""The hypernetwork: counts, decoders, write-back, predictions, gradients."""
+"""The hypernetwork: counts, config, vocabulary, predictions, gradients."""
 
 import collections
-import concurrent.futures
 import dataclasses
-import threading
 
 import jax
 from jax.extend import core as jax_core
@@ -11,18 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs_for_tests import SMALL_GHN as SMALL, SMALL_GHN3
+from ghn_checks import assert_same_structure, finite_forward
 from logah_jax import arch, ghn, models
 from logah_jax.ghn import plan as plan_lib
-from logah_jax.ghn import per_shape, vocab, writeback
-from logah_jax.ghn.decoders import FullRankDecoder, LowRankDecoder
+from logah_jax.ghn import vocab
 from logah_jax.ghn.graphormer import GraphormerLayer
 
 TINY = ghn.named('logah-tiny')
-# A small GHN for fast tests (max_ck fits ViTs-1K position embeddings).
-SMALL = ghn.GHNConfig(hid=32, layers=2, heads=4, rank=8,
-                      max_shape=(128, 128, 16, 16), max_ck=8192)
-SMALL_GHN3 = ghn.GHNConfig(decoder='fullrank', hid=32, layers=2, heads=4,
-                           max_shape=(32, 32, 16, 16), num_classes=10)
 
 # LoGAH Table 1 and GHN-3 (arXiv 2405.16287 Table 1; docs/algorithm.md §4),
 # written as literals.
@@ -131,168 +125,6 @@ def test_key_table_matches_the_original_for_vit_s():
                   (512, 2048, 1, 1): 12, (100, 512): 1, (100, -1): 1}
 
 
-def _decoder_params(cfg, seed=0):
-  dec = LowRankDecoder(cfg.hid, cfg.rank, cfg.max_ck, cfg.factorization)
-  x = jax.random.normal(jax.random.key(seed), (3, cfg.hid))
-  return dec, dec.init(jax.random.key(seed + 1), x, 1, 1)['params'], x
-
-
-@pytest.mark.parametrize('factorization', ['paper', 'transpose'])
-def test_lowrank_factors_equal_full_computation(factorization):
-  cfg = ghn.GHNConfig(hid=16, heads=2, rank=4, max_shape=(32, 32, 16, 16),
-                      max_ck=64, factorization=factorization)
-  dec, params, x = _decoder_params(cfg)
-  p = jax.tree.map(np.asarray, params)
-  relu = lambda v: np.maximum(v, 0)
-  lin = lambda v, q: v @ q['kernel'] + q['bias']
-  h = lin(relu(lin(relu(lin(np.asarray(x), p['m1'])), p['m2'])), p['m3'])
-  h = h.reshape(3, 2 * cfg.rank, cfg.rank)
-  y = lin(relu(h), p['m4'])  # the full [n, 2r, K] output
-  k = cfg.max_ck
-  if factorization == 'paper':  # row-major reinterpretation, as the paper
-    z = y.reshape(3, 2 * k, cfg.rank)
-    a, b = z[:, :k], np.swapaxes(z[:, k:], 1, 2)
-  else:
-    a, b = np.swapaxes(y[:, :cfg.rank], 1, 2), y[:, cfg.rank:]
-  for rows, cols in [(1, 1), (5, 17), (40, 64), (64, 3)]:
-    want = a[:, :rows] @ b[:, :, :cols]
-    got = dec.apply({'params': params}, x, rows, cols)
-    np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6)
-
-
-def test_lowrank_decodes_kernels_beyond_16x16_whole():
-  # A patch-32 kernel: LoGAH's decoder emits the full (c_out*32) x (c_in*32)
-  # product; only GHN-3's full-rank decoder is limited to 16x16 and resized.
-  cfg = dataclasses.replace(SMALL, normalize=False)
-  target = arch.ViTConfig(depth=1, width=32, heads=2, mlp_dim=64, patch=32,
-                          image_size=64, channels=3, num_classes=10)
-  params = ghn.init(cfg, 'vit', seed=0)
-  x = ghn.node_embeddings(cfg, params, [target])[0]
-  plan = plan_lib.make_plan(cfg, target)
-  node = next(p.node for p in plan.nodes
-              if p.slots[0].slot.path == ('conv_proj', 'kernel'))
-  dec = LowRankDecoder(cfg.hid, cfg.rank, cfg.max_ck, cfg.factorization)
-  w = np.asarray(dec.apply({'params': params['decoder']}, x[node:node + 1],
-                           32 * 32, 3 * 32))[0]  # [c_out*kh, c_in*kw]
-  want = w.reshape(32, 32, 3, 32).transpose(0, 2, 1, 3)  # (o, i, kh, kw)
-  for one_per_shape in (True, False):
-    got = ghn.decode(cfg, params, target, x[:ghn.num_nodes(cfg, target)],
-                     per_shape=one_per_shape)['conv_proj']['kernel']
-    np.testing.assert_allclose(np.asarray(got).transpose(3, 2, 0, 1), want,
-                               rtol=2e-5, atol=1e-6)
-
-
-def test_factorizations_differ():
-  a = ghn.GHNConfig(hid=16, heads=2, rank=4, max_ck=64,
-                    max_shape=(32, 32, 16, 16))
-  b = dataclasses.replace(a, factorization='transpose')
-  dec_a, params, x = _decoder_params(a)
-  dec_b, _, _ = _decoder_params(b)
-  wa = dec_a.apply({'params': params}, x, 8, 8)
-  wb = dec_b.apply({'params': params}, x, 8, 8)
-  assert not np.allclose(wa, wb)
-
-
-def test_fullrank_conv_equals_full_block_then_crop():
-  dec = FullRankDecoder(hid=8, spatial=16, num_classes=5)
-  x = jax.random.normal(jax.random.key(0), (2, 8))
-  params = dec.init(jax.random.key(1), x)['params']
-  p = jax.tree.map(np.asarray, params)
-  h = np.maximum(np.asarray(x) @ p['fc_kernel'] + p['fc_bias'], 0)
-  h = h.reshape(2, 32, 16, 16).transpose(0, 2, 3, 1)  # [n, 16, 16, 4D]
-  h = np.maximum(h @ p['conv1']['kernel'] + p['conv1']['bias'], 0)
-  full = (h @ p['conv2']['kernel'] + p['conv2']['bias']).reshape(
-      2, 16, 16, 8, 8).transpose(0, 3, 4, 1, 2)  # [n, D, D, 16, 16]
-  for kh, kw in [(1, 1), (2, 2), (3, 5), (16, 16)]:
-    r0, c0 = 8 - kh // 2, 8 - kw // 2
-    want = full[..., r0:r0 + kh, c0:c0 + kw]
-    got = dec.apply({'params': params}, x, kh, kw, method=FullRankDecoder.conv)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-
-
-def _assert_same_structure(pred, cfg):
-  abstract = models.abstract_params(cfg)
-  assert jax.tree.structure(pred) == jax.tree.structure(abstract)
-  for got, want in zip(jax.tree.leaves(pred), jax.tree.leaves(abstract)):
-    assert got.shape == want.shape and got.dtype == want.dtype
-
-
-def _finite_forward(cfg, params):
-  x = models.dummy_input(cfg, batch=2)
-  if cfg.family == 'vit':
-    x = jax.random.normal(jax.random.key(0), x.shape)
-  out = models.build(cfg).apply({'params': params}, x)
-  assert bool(jnp.isfinite(out).all())
-
-
-def _np_bilinear(grid, size):
-  """[..., h, w] -> [..., size, size], bilinear with half-pixel centres and
-  edge clamping (PyTorch's F.interpolate(mode='bilinear'), which GHN-3's
-  ConvDecoder3 applies to grids beyond 16x16), one axis at a time."""
-  for axis in (-2, -1):
-    n = grid.shape[axis]
-    src = np.maximum((np.arange(size) + 0.5) * n / size - 0.5, 0.0)
-    lo = np.floor(src).astype(int)
-    hi = np.minimum(lo + 1, n - 1)
-    frac = (src - lo).reshape([-1 if a == axis % grid.ndim else 1
-                               for a in range(grid.ndim)])
-    grid = (np.take(grid, lo, axis=axis) * (1 - frac)
-            + np.take(grid, hi, axis=axis) * frac)
-  return grid
-
-
-def test_ghn3_position_embedding_beyond_16x16_is_resized():
-  # A 34x34 patch grid: GHN-3 decodes 16x16 and resizes it bilinearly to
-  # 34x34, so the embedding has all 1 + 34*34 rows on both decode paths.
-  cfg = SMALL_GHN3
-  target = arch.ViTConfig(depth=1, width=48, heads=3, mlp_dim=64, patch=2,
-                          image_size=68, channels=3, num_classes=10)
-  s, c = 34, target.width
-  params = ghn.init(cfg, 'vit', seed=0)
-  n = ghn.num_nodes(cfg, target)
-  x = ghn.node_embeddings(cfg, params, [target])[0, :n]
-  node = next(p.node for p in plan_lib.make_plan(cfg, target).nodes
-              if p.slots[0].slot.path == ('pos_embedding',))
-  raw = np.asarray(FullRankDecoder(cfg.hid, 16, cfg.num_classes).apply(
-      {'params': params['decoder']}, x[node:node + 1], 16, 16,
-      method=FullRankDecoder.conv))[0, 0]  # [hid (channels), 16, 16]
-  grid = np.tile(raw, (-(-c // cfg.hid), 1, 1))[:c]  # tiled along C
-  want = np.concatenate([
-      0.02 * np.asarray(jax.random.normal(jax.random.key(0), (1, c))),
-      _np_bilinear(grid, s).reshape(c, s * s).T])[None]
-  for one_per_shape in (True, False):
-    pred = ghn.decode(cfg, params, target, x, per_shape=one_per_shape)
-    _assert_same_structure(pred, target)
-    np.testing.assert_allclose(pred['pos_embedding'], want, rtol=1e-5,
-                               atol=1e-6, err_msg=f'{one_per_shape=}')
-  _finite_forward(target, pred)
-
-
-def test_ghn3_kernel_beyond_16x16_is_resized():
-  # A 32x32 patch kernel: GHN-3 decodes 16x16, tiles the channels and
-  # resizes bilinearly, then scales by the fan-in rule, on both paths.
-  cfg = SMALL_GHN3
-  target = arch.ViTConfig(depth=1, width=48, heads=3, mlp_dim=64, patch=32,
-                          image_size=64, channels=3, num_classes=10)
-  params = ghn.init(cfg, 'vit', seed=0)
-  n = ghn.num_nodes(cfg, target)
-  x = ghn.node_embeddings(cfg, params, [target])[0, :n]
-  node, slot = next((p.node, sp) for p in plan_lib.make_plan(cfg, target).nodes
-                    for sp in p.slots
-                    if sp.slot.path == ('conv_proj', 'kernel'))
-  assert slot.norm == 'fan_in'
-  raw = np.asarray(FullRankDecoder(cfg.hid, 16, cfg.num_classes).apply(
-      {'params': params['decoder']}, x[node:node + 1], 16, 16,
-      method=FullRankDecoder.conv))[0]  # [hid out, hid in, 16, 16]
-  block = np.tile(raw, (2, 1, 1, 1))[:48, :3]  # torch layout [out, in, h, w]
-  want = (_np_bilinear(block, 32) * slot.scale).transpose(2, 3, 1, 0)
-  for one_per_shape in (True, False):
-    pred = ghn.decode(cfg, params, target, x, per_shape=one_per_shape)
-    _assert_same_structure(pred, target)
-    np.testing.assert_allclose(pred['conv_proj']['kernel'], want, rtol=1e-5,
-                               atol=1e-6, err_msg=f'{one_per_shape=}')
-
-
 SAMPLED = (arch.sample('vits-cpu', 3, 0) + arch.sample('gpts-cpu', 3, 0)
            + arch.sample('vits-1k', 2, 1) + arch.sample('gpts-1k', 1, 1))
 
@@ -306,8 +138,8 @@ def test_predict_sampled_architectures(ghn_cfg):
     cfgs = [c for c in SAMPLED if c.family == family]
     preds = ghn.predict(ghn_cfg, params, cfgs)
     for cfg, pred in zip(cfgs, preds):
-      _assert_same_structure(pred, cfg)
-      _finite_forward(cfg, pred)
+      assert_same_structure(pred, cfg)
+      finite_forward(cfg, pred)
 
 
 _SLOW_NAMES = ('gpt2-large', 'gpt2-large-untied', 'gpt2-medium',
@@ -323,7 +155,7 @@ def test_predict_named_structure(name):  # the bare vit-x names are aliases
   cfg = arch.named(name)
   params = ghn.init(TINY, cfg.family, seed=0)
   pred = jax.eval_shape(lambda p: ghn.predict(TINY, p, cfg), params)
-  _assert_same_structure(pred, cfg)
+  assert_same_structure(pred, cfg)
 
 
 @pytest.mark.parametrize('name', [
@@ -331,8 +163,8 @@ def test_predict_named_structure(name):  # the bare vit-x names are aliases
 def test_predict_named_runs_to_finite_logits(name):
   cfg = arch.named(name)
   pred = ghn.predict(TINY, ghn.init(TINY, cfg.family, seed=0), cfg)
-  _assert_same_structure(pred, cfg)
-  _finite_forward(cfg, pred)
+  assert_same_structure(pred, cfg)
+  finite_forward(cfg, pred)
 
 
 @pytest.mark.slow  # about 40 s: several architectures padded into one batch
@@ -459,164 +291,6 @@ def test_gradients_reach_every_used_ghn_parameter(ghn_cfg):
               ["['bias_class']['bias']", "['bias_class']['kernel']",
                "['decoder_1d']['bias']", "['decoder_1d']['kernel']"])
   assert sorted(zero) == expected
-
-
-@pytest.mark.parametrize('ghn_cfg', [
-    SMALL, pytest.param(SMALL_GHN3, marks=pytest.mark.slow)],
-                         ids=['lowrank', 'fullrank'])
-def test_per_shape_prediction_equals_the_traced_decoder(ghn_cfg):
-  # `predict` runs the write-back as programs compiled per tensor shape;
-  # GHN training traces `decode_function` into its step. Same values.
-  for cfg in [arch.GPT2Config(depth=3, width=64, heads=4, vocab_size=300,
-                              n_positions=64, tie_embeddings=False),
-              arch.ViTConfig(depth=2, width=48, heads=3, mlp_dim=96, patch=7,
-                             image_size=28, channels=1, num_classes=10)]:
-    params = ghn.init(ghn_cfg, cfg.family, seed=0)
-    n = ghn.num_nodes(ghn_cfg, cfg)
-    x = ghn.node_embeddings(ghn_cfg, params, [cfg])[0, :n]
-    traced = ghn.decode(ghn_cfg, params, cfg, x, per_shape=False)
-    per_shape = ghn.decode(ghn_cfg, params, cfg, x)
-    assert jax.tree.structure(per_shape) == jax.tree.structure(traced)
-    for a, b in zip(jax.tree.leaves(per_shape), jax.tree.leaves(traced)):
-      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-
-
-def _m4_products(cfg, target):
-  """How many times the traced decoder of `target` multiplies by all of
-  M4's kernel, and the plan's request groups."""
-  params = ghn.init(cfg, target.family, seed=0)
-  x = jnp.zeros((ghn.num_nodes(cfg, target), cfg.hid))
-  jaxpr = jax.make_jaxpr(ghn.decode_function(cfg, target))(
-      params['decoder'], x)
-  m4 = params['decoder']['m4']['kernel'].shape  # [r, K]
-
-  def count(jaxpr):
-    n = 0
-    for eqn in jaxpr.eqns:
-      n += (eqn.primitive.name == 'dot_general'
-            and eqn.invars[1].aval.shape == m4)
-      for sub in jax_core.jaxprs_in_params(eqn.params):
-        n += count(sub)
-    return n
-  return count(jaxpr.jaxpr), len(plan_lib.make_plan(cfg, target).groups())
-
-
-def test_traced_decoder_multiplies_by_m4_once_for_all_small_requests(
-    monkeypatch):
-  """The 'paper' factors of every request of at most K / r rows and
-  columns read two rows of Y; the traced decoder computes those for all
-  its nodes in one product, not two per request group (the values: the
-  per-shape test above and the NumPy references)."""
-  target = arch.GPT2Config(depth=3, width=64, heads=4, vocab_size=300,
-                           n_positions=64, tie_embeddings=False)
-  products, groups = _m4_products(SMALL, target)
-  assert groups > 2 and products == 1
-  monkeypatch.setattr(writeback, '_leading_rows', lambda *_: {})
-  assert _m4_products(SMALL, target) == (2 * groups, groups)
-
-
-@pytest.mark.parametrize('committed', [False, True])
-def test_prediction_programs_are_compiled_once_each_on_the_compile_thread(
-    committed):
-  # The per-shape programs are compiled ahead on a thread; the calls must
-  # find them in jit's cache (same avals and shardings), not compile again,
-  # whether the GHN's arrays are committed to a device (restored) or not.
-  cfg = dataclasses.replace(SMALL, hid=40 if committed else 48)  # new programs
-  target = arch.GPT2Config(depth=3, width=96, heads=4, vocab_size=300,
-                           n_positions=64)
-  params = ghn.init(cfg, 'gpt2', seed=0)
-  if committed:
-    params = jax.device_put(params, jax.devices()[0])
-    assert jax.tree.leaves(params)[0].committed
-  compiled = collections.Counter()
-
-  def listener(event, duration, **kw):
-    del duration
-    if event == '/jax/core/compile/backend_compile_duration':
-      compiled[kw.get('fun_name'), threading.current_thread().name] += 1
-
-  x = ghn.node_embeddings(cfg, params, [target])[0, :ghn.num_nodes(cfg,
-                                                                   target)]
-  groups = plan_lib.make_plan(cfg, target).groups()
-  n_recipes = len({r for nodes in groups.values()
-                   for r in writeback.recipes(nodes)})
-  cache = jax.config.jax_enable_compilation_cache
-  jax.config.update('jax_enable_compilation_cache', False)
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
-    got = ghn.decode(cfg, params, target, x)
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
-    jax.config.update('jax_enable_compilation_cache', cache)
-  on = lambda name: {t: n for (f, t), n in compiled.items() if f == name}
-  assert on('jit(group)') == {'logah-compile_0': len(groups)}
-  # leaf programs are keyed by shapes, which other tests may have compiled
-  assert set(on('jit(leaf)')) == {'logah-compile_0'}
-  assert 0 < on('jit(leaf)')['logah-compile_0'] <= n_recipes
-  assert set(on('jit(_block_of)')) == {'logah-compile_0'}
-  assert set(on('jit(hidden)')) == {'logah-compile_0'}
-  want = ghn.decode(cfg, params, target, x, per_shape=False)
-  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-
-
-def test_predicting_several_archs_compiles_on_one_thread():
-  cfg = dataclasses.replace(SMALL, hid=36, heads=4)  # new programs
-  targets = [arch.GPT2Config(depth=d, width=w, heads=4, vocab_size=300,
-                             n_positions=64) for d, w in ((2, 96), (3, 160))]
-  params = ghn.init(cfg, 'gpt2', seed=0)
-  threads = collections.defaultdict(set)
-
-  def listener(event, duration, **kw):
-    del duration
-    if event == '/jax/core/compile/backend_compile_duration':
-      threads[kw.get('fun_name')].add(threading.get_ident())
-
-  cache = jax.config.jax_enable_compilation_cache
-  jax.config.update('jax_enable_compilation_cache', False)
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
-    got = ghn.predict(cfg, params, targets)
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
-    jax.config.update('jax_enable_compilation_cache', cache)
-  ahead = set().union(*(threads[f'jit({name})'] for name in
-                        ('hidden', 'group', '_block_of', 'leaf')))
-  assert len(ahead) == 1 and threading.get_ident() not in ahead
-  for target, params_of in zip(targets, got):
-    _assert_same_structure(params_of, target)
-
-
-def test_a_failed_prediction_cancels_the_compiles_not_started(monkeypatch):
-  cfg = dataclasses.replace(SMALL, hid=44)  # programs no other test compiled
-  target = arch.GPT2Config(depth=4, width=96, heads=4, vocab_size=300,
-                           n_positions=64)
-  params = ghn.init(cfg, 'gpt2', seed=0)
-  plan = plan_lib.make_plan(cfg, target)
-  x = jax.ShapeDtypeStruct((ghn.num_nodes(cfg, target), cfg.hid), jnp.float32)
-  ahead = per_shape.compile_ahead(cfg, params['decoder'], plan, x)
-
-  def fail(*args):
-    raise RuntimeError('decode failed')
-  monkeypatch.setattr(per_shape, '_decode', fail)
-  with pytest.raises(RuntimeError, match='decode failed'):
-    per_shape.decode_arch_per_shape(cfg, params['decoder'],
-                                    jnp.zeros(x.shape), plan, {}, ahead)
-  concurrent.futures.wait(list(ahead.futures.values()))
-  assert sum(f.cancelled() for f in ahead.futures.values()) > 0
-
-
-def test_deeper_model_of_known_shapes_compiles_no_new_leaf_program():
-  params = ghn.init(SMALL, 'gpt2', seed=0)
-  shallow, deep = (arch.GPT2Config(depth=d, width=64, heads=4, vocab_size=300,
-                                   n_positions=64) for d in (2, 5))
-  ghn.predict(SMALL, params, shallow)
-  before = ghn.trace_counts()
-  ghn.predict(SMALL, params, deep)
-  after = ghn.trace_counts()
-  assert after['decode.leaf'] == before['decode.leaf']
-  # the decoder groups (their node count grew) and the body do compile
-  assert after['decode.group'] > before['decode.group']
 
 
 @pytest.mark.slow  # ~40 s; the step-vs-monolithic test covers it end to end

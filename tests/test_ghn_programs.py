@@ -1,0 +1,177 @@
+"""How a prediction is compiled: per-shape programs equal the traced decoder,
+are compiled once each on their own thread, and are reused across depths."""
+
+import collections
+import concurrent.futures
+import dataclasses
+import threading
+
+import jax
+from jax.extend import core as jax_core
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs_for_tests import SMALL_GHN as SMALL, SMALL_GHN3
+from ghn_checks import assert_same_structure
+from logah_jax import arch, ghn
+from logah_jax.ghn import plan as plan_lib
+from logah_jax.ghn import per_shape, writeback
+
+
+@pytest.mark.parametrize('ghn_cfg', [
+    SMALL, pytest.param(SMALL_GHN3, marks=pytest.mark.slow)],
+                         ids=['lowrank', 'fullrank'])
+def test_per_shape_prediction_equals_the_traced_decoder(ghn_cfg):
+  # `predict` runs the write-back as programs compiled per tensor shape;
+  # GHN training traces `decode_function` into its step. Same values.
+  for cfg in [arch.GPT2Config(depth=3, width=64, heads=4, vocab_size=300,
+                              n_positions=64, tie_embeddings=False),
+              arch.ViTConfig(depth=2, width=48, heads=3, mlp_dim=96, patch=7,
+                             image_size=28, channels=1, num_classes=10)]:
+    params = ghn.init(ghn_cfg, cfg.family, seed=0)
+    n = ghn.num_nodes(ghn_cfg, cfg)
+    x = ghn.node_embeddings(ghn_cfg, params, [cfg])[0, :n]
+    traced = ghn.decode(ghn_cfg, params, cfg, x, per_shape=False)
+    per_shape = ghn.decode(ghn_cfg, params, cfg, x)
+    assert jax.tree.structure(per_shape) == jax.tree.structure(traced)
+    for a, b in zip(jax.tree.leaves(per_shape), jax.tree.leaves(traced)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _m4_products(cfg, target):
+  """How many times the traced decoder of `target` multiplies by all of
+  M4's kernel, and the plan's request groups."""
+  params = ghn.init(cfg, target.family, seed=0)
+  x = jnp.zeros((ghn.num_nodes(cfg, target), cfg.hid))
+  jaxpr = jax.make_jaxpr(ghn.decode_function(cfg, target))(
+      params['decoder'], x)
+  m4 = params['decoder']['m4']['kernel'].shape  # [r, K]
+
+  def count(jaxpr):
+    n = 0
+    for eqn in jaxpr.eqns:
+      n += (eqn.primitive.name == 'dot_general'
+            and eqn.invars[1].aval.shape == m4)
+      for sub in jax_core.jaxprs_in_params(eqn.params):
+        n += count(sub)
+    return n
+  return count(jaxpr.jaxpr), len(plan_lib.make_plan(cfg, target).groups())
+
+
+def test_traced_decoder_multiplies_by_m4_once_for_all_small_requests(
+    monkeypatch):
+  """The 'paper' factors of every request of at most K / r rows and
+  columns read two rows of Y; the traced decoder computes those for all
+  its nodes in one product, not two per request group (the values: the
+  per-shape test above and the NumPy references)."""
+  target = arch.GPT2Config(depth=3, width=64, heads=4, vocab_size=300,
+                           n_positions=64, tie_embeddings=False)
+  products, groups = _m4_products(SMALL, target)
+  assert groups > 2 and products == 1
+  monkeypatch.setattr(writeback, '_leading_rows', lambda *_: {})
+  assert _m4_products(SMALL, target) == (2 * groups, groups)
+
+
+@pytest.mark.parametrize('committed', [False, True])
+def test_prediction_programs_are_compiled_once_each_on_the_compile_thread(
+    committed):
+  # The per-shape programs are compiled ahead on a thread; the calls must
+  # find them in jit's cache (same avals and shardings), not compile again,
+  # whether the GHN's arrays are committed to a device (restored) or not.
+  cfg = dataclasses.replace(SMALL, hid=40 if committed else 48)  # new programs
+  target = arch.GPT2Config(depth=3, width=96, heads=4, vocab_size=300,
+                           n_positions=64)
+  params = ghn.init(cfg, 'gpt2', seed=0)
+  if committed:
+    params = jax.device_put(params, jax.devices()[0])
+    assert jax.tree.leaves(params)[0].committed
+  compiled = collections.Counter()
+
+  def listener(event, duration, **kw):
+    del duration
+    if event == '/jax/core/compile/backend_compile_duration':
+      compiled[kw.get('fun_name'), threading.current_thread().name] += 1
+
+  x = ghn.node_embeddings(cfg, params, [target])[0, :ghn.num_nodes(cfg,
+                                                                   target)]
+  groups = plan_lib.make_plan(cfg, target).groups()
+  n_recipes = len({r for nodes in groups.values()
+                   for r in writeback.recipes(nodes)})
+  cache = jax.config.jax_enable_compilation_cache
+  jax.config.update('jax_enable_compilation_cache', False)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    got = ghn.decode(cfg, params, target, x)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+    jax.config.update('jax_enable_compilation_cache', cache)
+  on = lambda name: {t: n for (f, t), n in compiled.items() if f == name}
+  assert on('jit(group)') == {'logah-compile_0': len(groups)}
+  # leaf programs are keyed by shapes, which other tests may have compiled
+  assert set(on('jit(leaf)')) == {'logah-compile_0'}
+  assert 0 < on('jit(leaf)')['logah-compile_0'] <= n_recipes
+  assert set(on('jit(_block_of)')) == {'logah-compile_0'}
+  assert set(on('jit(hidden)')) == {'logah-compile_0'}
+  want = ghn.decode(cfg, params, target, x, per_shape=False)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_predicting_several_archs_compiles_on_one_thread():
+  cfg = dataclasses.replace(SMALL, hid=36, heads=4)  # new programs
+  targets = [arch.GPT2Config(depth=d, width=w, heads=4, vocab_size=300,
+                             n_positions=64) for d, w in ((2, 96), (3, 160))]
+  params = ghn.init(cfg, 'gpt2', seed=0)
+  threads = collections.defaultdict(set)
+
+  def listener(event, duration, **kw):
+    del duration
+    if event == '/jax/core/compile/backend_compile_duration':
+      threads[kw.get('fun_name')].add(threading.get_ident())
+
+  cache = jax.config.jax_enable_compilation_cache
+  jax.config.update('jax_enable_compilation_cache', False)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    got = ghn.predict(cfg, params, targets)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+    jax.config.update('jax_enable_compilation_cache', cache)
+  ahead = set().union(*(threads[f'jit({name})'] for name in
+                        ('hidden', 'group', '_block_of', 'leaf')))
+  assert len(ahead) == 1 and threading.get_ident() not in ahead
+  for target, params_of in zip(targets, got):
+    assert_same_structure(params_of, target)
+
+
+def test_a_failed_prediction_cancels_the_compiles_not_started(monkeypatch):
+  cfg = dataclasses.replace(SMALL, hid=44)  # programs no other test compiled
+  target = arch.GPT2Config(depth=4, width=96, heads=4, vocab_size=300,
+                           n_positions=64)
+  params = ghn.init(cfg, 'gpt2', seed=0)
+  plan = plan_lib.make_plan(cfg, target)
+  x = jax.ShapeDtypeStruct((ghn.num_nodes(cfg, target), cfg.hid), jnp.float32)
+  ahead = per_shape.compile_ahead(cfg, params['decoder'], plan, x)
+
+  def fail(*args):
+    raise RuntimeError('decode failed')
+  monkeypatch.setattr(per_shape, '_decode', fail)
+  with pytest.raises(RuntimeError, match='decode failed'):
+    per_shape.decode_arch_per_shape(cfg, params['decoder'],
+                                    jnp.zeros(x.shape), plan, {}, ahead)
+  concurrent.futures.wait(list(ahead.futures.values()))
+  assert sum(f.cancelled() for f in ahead.futures.values()) > 0
+
+
+def test_deeper_model_of_known_shapes_compiles_no_new_leaf_program():
+  params = ghn.init(SMALL, 'gpt2', seed=0)
+  shallow, deep = (arch.GPT2Config(depth=d, width=64, heads=4, vocab_size=300,
+                                   n_positions=64) for d in (2, 5))
+  ghn.predict(SMALL, params, shallow)
+  before = ghn.trace_counts()
+  ghn.predict(SMALL, params, deep)
+  after = ghn.trace_counts()
+  assert after['decode.leaf'] == before['decode.leaf']
+  # the decoder groups (their node count grew) and the body do compile
+  assert after['decode.group'] > before['decode.group']
