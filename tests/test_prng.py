@@ -168,8 +168,8 @@ def test_widen_noise_is_counter_normal_on_the_repeats_only():
   x = jax.random.normal(jax.random.key(1), (6, 8))
   slot = graph.Slot(path=('w',), role='w', ref_shape=(6, 8))
   # rows: decoded 3 of 6; columns: two chunks of 4, each decoded 2 of 4
-  sp = plan.SlotPlan(slot=slot, kind='matrix', period=(6, 8),
-                     widen=((3, 1), (4, 2)), noise=0.1)
+  sp = plan.SlotPlan(slot=slot, kind='matrix', widen=((3, 1), (4, 2)),
+                     noise=0.1)
   got = jax.jit(lambda x: writeback._add_noise(x, sp, 4))(x)  # pylint: disable=protected-access
   noise = 0.1 * jnp.std(x) * _numpy_counter_normal(
       writeback.FILL_NOISE_KEY, 4, 48).reshape(6, 8)
@@ -186,8 +186,8 @@ def test_transposed_lowrank_leaf_gets_the_reference_layout_noise():
   a = jax.random.normal(jax.random.key(2), (6, 3))
   b = jax.random.normal(jax.random.key(3), (3, 8))
   slot = graph.Slot(path=('w',), role='w', ref_shape=(6, 8), to_flax=(1, 0))
-  sp = plan.SlotPlan(slot=slot, kind='matrix', period=(6, 8),
-                     widen=((3, 1), (4, 2)), noise=0.1)
+  sp = plan.SlotPlan(slot=slot, kind='matrix', widen=((3, 1), (4, 2)),
+                     noise=0.1)
   got = jax.jit(lambda a, b: writeback._lowrank_matrix(a, b, sp, 5))(a, b)  # pylint: disable=protected-access
   # Reference: the same leaf in the reference layout (its noise is checked
   # against NumPy above), transposed with NumPy.
