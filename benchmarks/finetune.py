@@ -211,7 +211,8 @@ def run_one(name: str, dtype_arg: str, batch_size: int, seq_len: int,
     runs.append(time.perf_counter() - t0)
   run_1, run_2 = runs
   back_to_back = run_1 / steps
-  steady = (run_2 - run_1) / steps
+  # None where noise makes the longer run no longer than the shorter one
+  steady = (run_2 - run_1) / steps if run_2 > run_1 else None
   if profile_dir:  # a device trace of 3 back-to-back steps (op_profile.py)
     with jax.profiler.trace(profile_dir):
       for _ in range(3):
@@ -255,8 +256,10 @@ def run_one(name: str, dtype_arg: str, batch_size: int, seq_len: int,
       's_step_back_to_back': back_to_back,
       'items_s': batch_size * (t if is_gpt2 else 1) / s_step,
       'items_s_back_to_back': batch_size * (t if is_gpt2 else 1) / back_to_back,
-      's_step_steady': steady, 'startup_s': run_1 - steps * steady,
-      'items_s_steady': batch_size * (t if is_gpt2 else 1) / steady,
+      's_step_steady': steady,
+      'startup_s': run_1 - steps * steady if steady else None,
+      'items_s_steady': (batch_size * (t if is_gpt2 else 1) / steady
+                         if steady else None),
       'unit': 'tokens/s' if is_gpt2 else 'images/s',
       'first_call_s': first_call, 'compile_s': first_call - s_step,
       'xla_compile_s': compiled.seconds, 'compiles': compiled.count,
@@ -267,7 +270,8 @@ def run_one(name: str, dtype_arg: str, batch_size: int, seq_len: int,
                       if is_gpt2 else None),
       'tflops': achieved / 1e12, 'peak_tflops': peak,
       'mfu': achieved / (peak * 1e12) if peak else None,
-      'mfu_steady': analytic / steady / (peak * 1e12) if peak else None,
+      'mfu_steady': (analytic / steady / (peak * 1e12)
+                     if peak and steady else None),
       'matmul_f32_tflops': mm_f32 / 1e12,
       'frac_matmul_f32': frac_f32,
       'matmul_bf16_tflops': mm_bf16 / 1e12 if mm_bf16 else None,
@@ -304,9 +308,9 @@ def _table(rows) -> str:
         f"| {r['target']}{' remat' if r['remat'] else ''} | {r['dtype']} | "
         f"{r['batch']} | {r['seq_len']} | {r['s_step']:.4g} "
         f"[{r['min']:.3g}-{r['max']:.3g}] | {r['s_step_back_to_back']:.4g} | "
-        f"{r['s_step_steady']:.4g} | {r['startup_s']:.3g} | "
-        f"{r['items_s']:.4g} {r['unit']} | {r['items_s_steady']:.4g} | "
-        f"{r['compile_s']:.1f} | "
+        f"{_fmt(r['s_step_steady'], '.4g')} | "
+        f"{_fmt(r['startup_s'], '.3g')} | {r['items_s']:.4g} {r['unit']} | "
+        f"{_fmt(r['items_s_steady'], '.4g')} | {r['compile_s']:.1f} | "
         f"{r['tflops']:.3g} | {_fmt(r['mfu'], '.1%')} | "
         f"{_fmt(r['mfu_steady'], '.1%')} | "
         f"{r['frac_matmul_f32']:.1%} | {_fmt(r['frac_matmul_bf16'], '.1%')} | "
@@ -412,7 +416,8 @@ def main():
   print('s/step: median, each step blocked; b2b: mean of back-to-back steps, '
         'one block at the end; steady: (time of 2 x steps back to back - time '
         'of steps back to back) / steps, without the start-up of a run from '
-        'an idle device (start-up s). TFLOP/s: analytic matmul FLOPs (3 x forward) '
+        "an idle device (start-up s; '-' where noise made the longer run no "
+        "longer). TFLOP/s: analytic matmul FLOPs (3 x forward) "
         '/ median s/step; MFU against the dense peak of the dtype (MFU '
         'steady: at the steady s/step); x f32/bf16 '
         "matmul: each blocked step's TFLOP/s over a plain float32/bfloat16 "

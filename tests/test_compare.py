@@ -9,6 +9,7 @@ import pytest
 from configs_for_tests import finetune_smoke, load_config_file
 from logah_jax.train import compare
 from logah_jax.train import compare_report
+from logah_jax.validation import ConfigError
 
 
 def _rows(values, every=10):
@@ -201,6 +202,20 @@ def test_run_compare_writes_tables_and_resumes(tmp_path):
   # a second call finds every run finished and reproduces the summary
   again = compare.run_compare(c, str(tmp_path))
   assert again['methods_summary'] == summary['methods_summary']
+
+
+def test_compared_runs_keep_one_evaluation_grid(tmp_path):
+  """A fine-tuning run on its own may change its validation interval when
+  it resumes; runs compared with each other may not, since the summary
+  reads their curves step by step."""
+  from logah_jax import inits  # pylint: disable=g-import-not-at-top
+  ft = finetune_smoke()
+  methods = {'random': inits.make('random')}
+  compare.finetune_each(methods, [0], ft, str(tmp_path))
+  ft.eval.every_steps = 1
+  with pytest.raises(ConfigError, match="'eval.every_steps' is 2 there but "
+                     '1 now'):
+    compare.finetune_each(methods, [0], ft, str(tmp_path))
 
 
 def test_bad_comparison_fails_before_training(tmp_path):

@@ -4,9 +4,9 @@ Each expected value is computed here with NumPy from the published
 description (LoGAH, arXiv 2405.16287; GHN-3, arXiv 2303.04143;
 docs/algorithm.md §2, §3, §5), never with the Flax modules: those are only
 called for the actual values, and for LoGAH's factors A, B (whose own
-reference is in tests/test_ghn.py). The inputs are chosen so that the swaps
-these tests guard against (forward/backward distances, in/out degrees,
-c_out/c_in and h/w, the layout permutations) change the result.
+reference is in tests/test_ghn_decoders.py). The inputs are chosen so that
+the swaps these tests guard against (forward/backward distances, in/out
+degrees, c_out/c_in and h/w, the layout permutations) change the result.
 """
 
 import functools

@@ -282,7 +282,8 @@ def finetune_each(methods: dict, seeds, finetune_config, workdir: str,
 
   `methods` maps a label to an InitMethod; runs go to
   `<workdir>/runs/<label>/seed<k>` and resume (or are read back, the test
-  read included) there.
+  read included) there. All are evaluated at the same steps: a resumed run
+  may not change its validation interval (`COMPARED_RESUMABLE_KEYS`).
   """
   curves, tests = {}, {}
   for label, method in methods.items():
@@ -297,7 +298,8 @@ def finetune_each(methods: dict, seeds, finetune_config, workdir: str,
         c.compilation_cache = compilation_cache
       result = finetuning.finetune(
           c, os.path.join(workdir, 'runs', label, f'seed{seed}'),
-          init=method, export_params=False)
+          init=method, export_params=False,
+          resumable_keys=finetuning.COMPARED_RESUMABLE_KEYS)
       curves[label][seed] = result.evals
       tests[label][seed] = result.test
   return curves, tests

@@ -40,6 +40,10 @@ RESUMABLE_KEYS = (*ckpt_lib.DEFAULT_IGNORE_KEYS, 'compilation_cache',
                   'eval.every_steps',
                   # read after the last step: they never change the training
                   'eval.test_split', 'eval.test_max_batches')
+# Runs compared with each other (compare, extrapolate, the main job) must be
+# evaluated at the same steps: their validation interval may not change.
+COMPARED_RESUMABLE_KEYS = tuple(k for k in RESUMABLE_KEYS
+                                if k != 'eval.every_steps')
 EVAL_FILE = 'eval.jsonl'
 TEST_FILE = 'test.json'  # the one read of the test split, after the last step
 FINAL_PARAMS = 'final_params'  # a completed run's params (save_params layout)
@@ -165,21 +169,24 @@ def eval_options(ev, data) -> EvalOptions:
 
 
 def finetune(config, workdir: str, *, init: inits.InitMethod | None = None,
-             stop_after_steps: int | None = None,
-             export_params: bool = True) -> FinetuneResult:
+             stop_after_steps: int | None = None, export_params: bool = True,
+             resumable_keys=RESUMABLE_KEYS) -> FinetuneResult:
   """Fine-tunes (or resumes) a config's target: `train(build_run(...))`."""
   return train(build_run(config, init), workdir,
-               stop_after_steps=stop_after_steps, export_params=export_params)
+               stop_after_steps=stop_after_steps, export_params=export_params,
+               resumable_keys=resumable_keys)
 
 
 def train(run: FinetuneRun, workdir: str, *,
-          stop_after_steps: int | None = None,
-          export_params: bool = True) -> FinetuneResult:
+          stop_after_steps: int | None = None, export_params: bool = True,
+          resumable_keys=RESUMABLE_KEYS) -> FinetuneResult:
   """Fine-tunes (or resumes) `run.arch` from `run.init` in `workdir`.
 
   The init is called only when the run starts from step 0 (a resumed run
   restores its params). `stop_after_steps`: run at most this many steps in
   this call. `export_params`: a run that completes writes `final_params`.
+  `resumable_keys`: the config keys that may differ from the workdir's
+  (`COMPARED_RESUMABLE_KEYS` for runs compared with each other).
   """
   clock = loop.Clock()
   mesh = loop.make_mesh(run.mesh_axes, run.data.batch_size)
@@ -192,7 +199,7 @@ def train(run: FinetuneRun, workdir: str, *,
             else run.init(run.arch, run.seed))
   os.makedirs(workdir, exist_ok=True)
   with loop.open_checkpoints(workdir, run.checkpoint, run.config,
-                             RESUMABLE_KEYS) as mngr:
+                             resumable_keys) as mngr:
     stepper = finetune_step.FinetuneStep(
         run.arch, run.tx, mesh, param_rule=run.param_sharding,
         fsdp_min_mb=run.fsdp_min_mb,

@@ -211,8 +211,9 @@ class Task:
       'grad_norm' and 'finite'); it draws its own batch.
     schedule: the learning rate at a step (logged).
     num_steps: the run's length (the progress bar's total).
-    log_every: a metrics row every this many steps (and at each checkpoint
-      and the end).
+    log_every: a metrics row every this many steps (and at each periodic
+      checkpoint and the run's last step; a call that stops between two
+      rows keeps the open row in its checkpoint, `run_steps`).
     save_every: the checkpoint interval (the manager saves only there).
     units_per_step, rate_key: the throughput logged, e.g. m architectures
       per step as 'arch_per_s'.
