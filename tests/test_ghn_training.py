@@ -101,6 +101,25 @@ def test_step_equals_monolithic_gradient():
   assert int(state.step) == 1
 
 
+def test_init_state_is_one_program_and_a_copy():
+  """The fresh state (params and AdamW moments) comes from one compiled
+  program, not one per zero leaf of a new shape; it equals the eager state
+  and holds its own buffers (steps donate it)."""
+  from logah_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  mesh = parallel.make_mesh({'data': 1}, devices=jax.devices()[:1])
+  tx = _tx()
+  step = ghn_step.GHNStep(GHN, 'vit', tx, mesh, m=1, n_pad=64)
+  params = ghn_lib.init(GHN, 'vit', 0)
+  before = compiles.snapshot()
+  state = step.init_state(params)
+  jax.block_until_ready(state)
+  assert (compiles.snapshot() - before).count <= 1
+  assert _max_abs_diff(state, state_lib.fresh(tx, params)) == 0
+  for ours, theirs in zip(jax.tree.leaves(state.params),
+                          jax.tree.leaves(params)):
+    assert ours.unsafe_buffer_pointer() != theirs.unsafe_buffer_pointer()
+
+
 @pytest.mark.slow  # ~60 s: compiles once per architecture over a whole pool
 def test_compilations_stop_once_every_pool_arch_was_seen():
   space = _tiny_space(patches=(4, 7))

@@ -3,6 +3,7 @@ the host fetches a step's metrics only once the next step is queued, except
 at steps that log, save or evaluate, and a non-finite step is never saved."""
 
 import numpy as np
+import pytest
 
 from logah_jax.train import loop
 
@@ -227,3 +228,28 @@ def test_a_run_stopped_between_rows_keeps_the_open_row_for_its_resumption(
   assert loop.WINDOW_KEY not in mngr.extras[3]  # a periodic one closes a row
   run(tmp_path, 5, 6, window)
   assert _losses_by_step(tmp_path) == want
+
+
+def test_the_logged_learning_rate_is_one_compiled_program(tmp_path):
+  """Each metrics row logs the schedule's learning rate; the schedule runs as
+  one jitted program, not as one compiled program per eager operation."""
+  import optax  # pylint: disable=g-import-not-at-top
+  from logah_jax import compiles  # pylint: disable=g-import-not-at-top
+  schedule = optax.warmup_cosine_decay_schedule(0.0, 1.0, 2, 8, 0.1)
+  task = _fake_task([1.0] * 8, steps=8)
+  task.schedule = schedule
+  loader = _Loader()
+  original = task.step
+
+  def step(state, index):
+    loader.position += 1
+    return original(state, index)
+  task.step = step
+  before = compiles.snapshot()
+  loop.run_steps(task, 0, start=0, end=8, loader=loader, mngr=_Manager([]),
+                 workdir=str(tmp_path), clock=loop.Clock())
+  assert (compiles.snapshot() - before).count == 1
+  rows = loop.report.read_metrics(str(tmp_path / loop.report.METRICS_FILE))
+  assert [r['step'] for r in rows] == [2, 3, 4, 6, 8]
+  for r in rows:
+    assert r['lr'] == pytest.approx(float(schedule(r['step'] - 1)), rel=1e-6)

@@ -259,6 +259,7 @@ def run_steps(task: Task, state, *, start: int, end: int, loader, mngr,
   log = report.MetricsLog(workdir, resume_step=start)
   bar = report.Progress(task.num_steps, start, task.name)
   rate = _Rate(task.units_per_step)
+  lr_at = jax.jit(task.schedule)  # one program, not one per eager op
   window, last, pending = list(window), {}, None
 
   def settle(step, device_metrics):
@@ -302,7 +303,7 @@ def run_steps(task: Task, state, *, start: int, end: int, loader, mngr,
       settle(*pending)
       pending = None
       if logs:
-        last = _log_row(window, done, task, rate, clock)
+        last = _log_row(window, done, task, rate, clock, lr_at)
         log.write(last)
         window = []
       if hooks:
@@ -344,12 +345,13 @@ class _Rate:
     return self.steps * self.per_step / (time.perf_counter() - self.t0)
 
 
-def _log_row(window, done, task, rate, clock) -> dict:
-  """Means of the window's metrics, the lr, throughput and compilations."""
+def _log_row(window, done, task, rate, clock, lr_at) -> dict:
+  """Means of the window's metrics, the lr (`lr_at`, the jitted schedule),
+  throughput and compilations."""
   keys = [k for k in window[0] if k != 'finite']
   row = {k: float(np.mean([w[k] for w in window])) for k in keys}
   c = clock.compiles()
-  row.update(step=done, lr=float(task.schedule(done - 1)),
+  row.update(step=done, lr=float(lr_at(done - 1)),
              compiles=c.count, compile_s=round(c.seconds, 3))
   row[task.rate_key] = rate.value()
   return row
