@@ -80,8 +80,8 @@ class FinetuneStep:
 
   def init_state(self, params) -> TrainState:
     """A step-0 state on the mesh; `params` is copied, never donated."""
-    params = jax.device_put(params, self.param_shardings, may_alias=False)
-    return jax.jit(self._fresh, out_shardings=self._state_shardings)(params)
+    return state_lib.fresh_on(self.tx, params, self.param_shardings,
+                              self._state_shardings)
 
   def _update(self, state: TrainState, batch):
     compiles.count_trace(TRACE_NAME)

@@ -113,13 +113,10 @@ class GHNStep:
   def init_state(self, params) -> TrainState:
     """A fresh state (step 0) replicated on the mesh.
 
-    The state is a copy: steps donate it, and `params` stays usable. One
-    compiled program makes the optimizer state (eagerly, each of its zero
-    leaves of a new shape compiled a program of its own).
+    The state is a copy: steps donate it, and `params` stays usable.
     """
-    params = jax.device_put(params, self.replicated, may_alias=False)
-    return jax.jit(lambda p: state_lib.fresh(self.tx, p),
-                   out_shardings=self.replicated)(params)
+    return state_lib.fresh_on(self.tx, params, self.replicated,
+                              self.replicated)
 
   def abstract_state(self, params) -> TrainState:
     """ShapeDtypeStructs (with shardings) of a state: the restore target."""

@@ -132,8 +132,8 @@ class LigoStep:
         out_shardings=(rep, rep))
 
   def init_state(self, operator) -> state_lib.TrainState:
-    operator = jax.device_put(operator, parallel.replicated(self.mesh))
-    return jax.jit(lambda op: state_lib.fresh(self.run.tx, op))(operator)
+    rep = parallel.replicated(self.mesh)
+    return state_lib.fresh_on(self.run.tx, operator, rep, rep)
 
   def abstract_state(self) -> state_lib.TrainState:
     run = self.run

@@ -9,6 +9,7 @@ checkpoint intact (`loop.NonFiniteLossError`).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.struct
@@ -28,6 +29,16 @@ def fresh(tx, params) -> TrainState:
   """Step 0: `params` and a new optimizer state (traceable)."""
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=tx.init(params))
+
+
+def fresh_on(tx, params, param_shardings, state_shardings) -> TrainState:
+  """Step 0 on the mesh, made by one compiled program (made eagerly, every
+  zero leaf of a new shape compiles a program of its own). `params` is
+  copied, never donated: steps donate the state, and `params` stays usable.
+  """
+  params = jax.device_put(params, param_shardings, may_alias=False)
+  return jax.jit(functools.partial(fresh, tx),
+                 out_shardings=state_shardings)(params)
 
 
 def guarded_update(state: TrainState, grads, loss, tx):
