@@ -50,13 +50,18 @@ def block_names(cfg) -> list[str]:
   return [f'{prefix}{i}' for i in range(cfg.depth)]
 
 
-def stack_blocks(cfg, params: dict) -> dict:
+def stack_blocks(cfg, params: dict, stack=None) -> dict:
   """The params of `build(cfg, scan=True)`: block subtrees stacked on axis 0
-  under `layers.STACKED`, every other entry as it is."""
+  under `layers.STACKED`, every other entry as it is.
+
+  `stack(*leaves)` combines one leaf of every block (default `jnp.stack`);
+  another function lays out a tree shaped like the params, such as their
+  shardings (`parallel.stacked_shardings`).
+  """
+  stack = stack or (lambda *xs: jnp.stack(xs))
   names = block_names(cfg)
   out = {k: v for k, v in params.items() if k not in names}
-  out[layers.STACKED] = jax.tree.map(lambda *xs: jnp.stack(xs),
-                                     *[params[n] for n in names])
+  out[layers.STACKED] = jax.tree.map(stack, *[params[n] for n in names])
   return out
 
 

@@ -12,4 +12,5 @@ from logah_jax.parallel.mesh import param_shardings
 from logah_jax.parallel.mesh import regroup
 from logah_jax.parallel.mesh import replicated
 from logah_jax.parallel.mesh import shard_batch
+from logah_jax.parallel.mesh import stacked_sharding
 from logah_jax.parallel.mesh import with_shardings

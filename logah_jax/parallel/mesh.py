@@ -217,6 +217,25 @@ def param_shardings(mesh: Mesh, abstract_params, rule: str = 'replicate',
       abstract_params)
 
 
+def stacked_sharding(*block_shardings: NamedSharding) -> NamedSharding:
+  """The sharding of one leaf of every block stacked on a new leading axis
+  (`models.stack_blocks(..., stack=stacked_sharding)`).
+
+  The layer axis stays whole and each block keeps its own split: a scan
+  over the blocks slices one layer per iteration, which a split layer axis
+  would turn into a gather of the whole stack.
+
+  Raises:
+    ValueError: the blocks' shardings differ (the same shapes always get the
+      same sharding from `param_shardings`).
+  """
+  first = block_shardings[0]
+  if any(s != first for s in block_shardings[1:]):
+    raise ValueError(f'stacked leaves need one sharding; got '
+                     f'{sorted({str(s.spec) for s in block_shardings})}')
+  return NamedSharding(first.mesh, P(None, *first.spec))
+
+
 def with_shardings(abstract_tree, shardings):
   """ShapeDtypeStructs carrying `shardings` (a pytree or one Sharding).
 

@@ -108,6 +108,8 @@ def ligo_config(config):
     for key in ('test_split', 'test_max_batches'):  # it evaluates nothing:
       if key in c.eval:  # its config.json stays that of earlier versions
         del c.eval[key]
+    if 'scan_blocks' in c:  # fine-tuning's block layout; LiGO never reads it
+      del c['scan_blocks']
   return c
 
 

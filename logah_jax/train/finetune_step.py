@@ -4,9 +4,17 @@ The state (step, params, optimizer state) lives on the mesh with the params'
 shardings (replicated, or FSDP-split for targets too big to replicate); the
 batch is split over the 'data' axis. The update is `state.guarded_update`: a
 step whose loss or gradient norm is not finite leaves the state unchanged.
+
+With `scan_blocks` the state holds the blocks' params (and their optimizer
+state) stacked, and the forward runs them as one scan: XLA compiles one
+block instead of every block (docs/performance.md has the trade-off).
+`reference_params` gives the params back in the usual per-block layout, for
+evaluation and export.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 
@@ -32,18 +40,29 @@ class FinetuneStep:
     label_smoothing: for ViT cross-entropy.
     fsdp_min_mb: with 'fsdp', leaves smaller than this stay replicated.
     compute: the forward's dtype and remat (`compute.Compute`).
+    scan_blocks: keep the blocks stacked and run them as one scan.
   """
 
   def __init__(self, arch, tx, mesh, *, param_rule: str = 'replicate',
                label_smoothing: float = 0.0, fsdp_min_mb: float = 4,
-               compute: Compute = Compute()):
+               compute: Compute = Compute(), scan_blocks: bool = False):
     self.arch, self.tx, self.mesh = arch, tx, mesh
     self.compute = compute
+    self.scan_blocks = bool(scan_blocks)
     self.label_smoothing = float(label_smoothing)
     abstract = models.abstract_params(arch)
-    self._params_abstract = abstract
-    self.param_shardings = parallel.param_shardings(
+    # Shardings of the per-block layout (the init's and the export's); a
+    # stacked leaf keeps its blocks' split (`parallel.stacked_sharding`).
+    self.reference_shardings = parallel.param_shardings(
         mesh, abstract, param_rule, min_size_mb=fsdp_min_mb)
+    self._layout = None
+    self.param_shardings = self.reference_shardings
+    if self.scan_blocks:
+      self._layout = functools.partial(models.stack_blocks, arch)
+      abstract = jax.eval_shape(self._layout, abstract)
+      self.param_shardings = models.stack_blocks(
+          arch, self.reference_shardings, stack=parallel.stacked_sharding)
+    self._params_abstract = abstract
     self._state_shardings = jax.tree.map(
         lambda x: x.sharding, self.abstract_state())
     self._step = jax.jit(
@@ -79,9 +98,22 @@ class FinetuneStep:
     return state_lib.fresh(self.tx, params)
 
   def init_state(self, params) -> TrainState:
-    """A step-0 state on the mesh; `params` is copied, never donated."""
-    return state_lib.fresh_on(self.tx, params, self.param_shardings,
-                              self._state_shardings)
+    """A step-0 state on the mesh from per-block `params` (stacked here with
+    `scan_blocks`); `params` is copied, never donated."""
+    return state_lib.fresh_on(self.tx, params, self.reference_shardings,
+                              self._state_shardings, layout=self._layout)
+
+  def reference_params(self, params):
+    """A state's params in the per-block layout (`models.abstract_params`):
+    the same arrays without `scan_blocks`, an unstacked copy with it."""
+    if not self.scan_blocks:
+      return params
+    return self._unstack(params)
+
+  @functools.cached_property
+  def _unstack(self):
+    return jax.jit(functools.partial(models.unstack_blocks, self.arch),
+                   out_shardings=self.reference_shardings)
 
   def _update(self, state: TrainState, batch):
     compiles.count_trace(TRACE_NAME)
@@ -90,7 +122,7 @@ class FinetuneStep:
     def loss_fn(params):
       loss, logits, targets = objective.task_loss(
           arch, params, batch, smoothing, dtype=self.compute.dtype,
-          remat=self.compute.remat)
+          remat=self.compute.remat, scan=self.scan_blocks)
       return loss, objective.correct(logits, targets) / targets.size
 
     (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(

@@ -25,6 +25,7 @@ from logah_jax import arch as arch_lib
 from logah_jax import checkpoint as ckpt_lib
 from logah_jax import files
 from logah_jax import inits
+from logah_jax import models
 from logah_jax import parallel
 from logah_jax.train import evaluate as eval_lib
 from logah_jax.train import finetune_step
@@ -39,7 +40,10 @@ RESUMABLE_KEYS = (*ckpt_lib.DEFAULT_IGNORE_KEYS, 'compilation_cache',
                   # which steps the validation curve is taken at
                   'eval.every_steps',
                   # read after the last step: they never change the training
-                  'eval.test_split', 'eval.test_max_batches')
+                  'eval.test_split', 'eval.test_max_batches',
+                  # checked on its own (`_check_layout`): workdirs written
+                  # before the option have no such key
+                  'scan_blocks')
 # Runs compared with each other (compare, extrapolate, the main job) must be
 # evaluated at the same steps: their validation interval may not change.
 COMPARED_RESUMABLE_KEYS = tuple(k for k in RESUMABLE_KEYS
@@ -72,6 +76,7 @@ class FinetuneRun(loop.RunSettings):
   eval: EvalOptions
   param_sharding: str
   fsdp_min_mb: float
+  scan_blocks: bool = False  # blocks stacked, run as one scan
 
   @property
   def title(self) -> str:
@@ -130,10 +135,15 @@ def build_run(config, init: inits.InitMethod | None = None) -> FinetuneRun:
       isinstance(fsdp_min_mb, (int, float)) and fsdp_min_mb >= 0):
     raise ConfigError(f'config.fsdp_min_mb={fsdp_min_mb!r} must be a number '
                       '>= 0')
+  # The checkpoints hold the layout it picks, so it may not change on resume.
+  scan_blocks = config.get('scan_blocks', False)
+  if not isinstance(scan_blocks, bool):
+    raise ConfigError(f'config.scan_blocks={scan_blocks!r} must be true or '
+                      'false')
   return FinetuneRun(arch=arch, init=init or init_method(config),
                      optimizer=f'{config.optim.name} lr {config.optim.lr}',
                      eval=evaluation, param_sharding=config.param_sharding,
-                     fsdp_min_mb=float(fsdp_min_mb),
+                     fsdp_min_mb=float(fsdp_min_mb), scan_blocks=scan_blocks,
                      **settings)
 
 
@@ -189,6 +199,7 @@ def train(run: FinetuneRun, workdir: str, *,
   (`COMPARED_RESUMABLE_KEYS` for runs compared with each other).
   """
   clock = loop.Clock()
+  _check_layout(workdir, run.scan_blocks)
   mesh = loop.make_mesh(run.mesh_axes, run.data.batch_size)
   loader = run.data.loader(run.seed, jax.process_index(), jax.process_count())
   eval_source = run.data.source(run.eval.split)
@@ -203,21 +214,24 @@ def train(run: FinetuneRun, workdir: str, *,
     stepper = finetune_step.FinetuneStep(
         run.arch, run.tx, mesh, param_rule=run.param_sharding,
         fsdp_min_mb=run.fsdp_min_mb,
-        label_smoothing=run.label_smoothing, compute=run.compute)
+        label_smoothing=run.label_smoothing, compute=run.compute,
+        scan_blocks=run.scan_blocks)
     state, start, window = loop.restore(mngr, stepper.abstract_state(), loader)
     if state is None:
       state = stepper.init_state(run.init(run.arch, run.seed)
                                  if params is None else params)
     params = None  # the state holds them now
     report.say(
-        report.param_table(state.params, f'{run.arch.name} '
+        report.param_table(models.abstract_params(run.arch),
+                           f'{run.arch.name} '
                            f'({arch_lib.num_params(run.arch):,} params), '
                            f'init {run.init.name}'),
         f'{run.data.name}: batch {run.data.batch_size}, {run.num_steps} '
         f'steps, {run.optimizer}; eval on {run.eval.split} every '
         f'{run.eval.every_steps or "-"} steps' + (
             f'; {run.eval.test_split} read once after the last step'
-            if run.eval.test_split else ''), run.compute.describe(),
+            if run.eval.test_split else ''), run.compute.describe() + (
+                ', blocks scanned' if run.scan_blocks else ''),
         f'resuming at step {start}' if start else 'starting at step 0')
     # A fresh run drops every old eval row (an attempt that died before its
     # first checkpoint may have written the step-0 row already).
@@ -227,6 +241,7 @@ def train(run: FinetuneRun, workdir: str, *,
       _drop_test(workdir)
 
     def evaluate(done, params):
+      params = stepper.reference_params(params)
       row = eval_lib.evaluate(run.arch, params, eval_source,
                               batch_size=run.eval.batch_size,
                               max_batches=run.eval.max_batches)
@@ -255,9 +270,11 @@ def train(run: FinetuneRun, workdir: str, *,
                       _eval_line(evaluate(done, state.params)))),
         state, start=start, end=end, loader=loader, mngr=mngr,
         workdir=workdir, clock=clock, window=window)
+  params = stepper.reference_params(state.params)
+  del state
   if export_params and end == run.num_steps:
     ckpt_lib.save_params(
-        os.path.join(workdir, FINAL_PARAMS), state.params, overwrite=True,
+        os.path.join(workdir, FINAL_PARAMS), params, overwrite=True,
         metadata={'arch': arch_lib.to_dict(run.arch),
                   'arch_name': run.arch.name, 'family': run.arch.family,
                   'method': 'finetuned', 'init': run.init.name,
@@ -266,11 +283,30 @@ def train(run: FinetuneRun, workdir: str, *,
                   'block_size': run.data.block_size, 'seed': run.seed})
   test = None
   if run.eval.test_split and end == run.num_steps:
-    test = _test_once(run, workdir, state.params)
+    test = _test_once(run, workdir, params)
   evals = report.read_metrics(os.path.join(workdir, EVAL_FILE))
-  return FinetuneResult(step=end, params=state.params, evals=evals,
+  return FinetuneResult(step=end, params=params, evals=evals,
                         last=last, compiles=clock.compiles().count,
                         seconds=clock.seconds(), test=test)
+
+
+def _check_layout(workdir: str, scan_blocks: bool) -> None:
+  """Refuses to resume checkpoints of the other block layout, before any
+  work (a config.json without the key is from before the option: unrolled).
+  """
+  path = os.path.join(loop.checkpoint_dir(workdir), ckpt_lib.CONFIG_FILE)
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path) as f:
+      stored = json.load(f).get('scan_blocks', False)
+  except (ValueError, AttributeError):
+    return  # not a config's JSON: the checkpoint manager names the file
+  if stored != scan_blocks:
+    raise ConfigError(
+        f'config.scan_blocks={scan_blocks} but the checkpoints in {workdir} '
+        f'hold the {"stacked" if stored else "per-block"} layout of '
+        f'scan_blocks={stored}: set it back or use a new workdir')
 
 
 def read_test(workdir: str) -> dict | None:

@@ -9,7 +9,6 @@ checkpoint intact (`loop.NonFiniteLossError`).
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax.struct
@@ -31,13 +30,18 @@ def fresh(tx, params) -> TrainState:
                     opt_state=tx.init(params))
 
 
-def fresh_on(tx, params, param_shardings, state_shardings) -> TrainState:
+def fresh_on(tx, params, param_shardings, state_shardings,
+             layout=None) -> TrainState:
   """Step 0 on the mesh, made by one compiled program (made eagerly, every
   zero leaf of a new shape compiles a program of its own). `params` is
   copied, never donated: steps donate the state, and `params` stays usable.
+
+  `layout` (traceable) rearranges the params inside that program, e.g.
+  `models.stack_blocks`; `param_shardings` are those of `params` as given.
   """
   params = jax.device_put(params, param_shardings, may_alias=False)
-  return jax.jit(functools.partial(fresh, tx),
+  arrange = layout or (lambda p: p)
+  return jax.jit(lambda p: fresh(tx, arrange(p)),
                  out_shardings=state_shardings)(params)
 
 
