@@ -23,8 +23,9 @@ matmul-like work is counted (dense layers, the patch conv, attention's two
 batched matmuls over the full T x T matrix, the LM head), and a training step
 is 3 x the forward (backward = 2 x forward); the optimizer update and the
 elementwise ops are not counted, nor the recomputation that --remat adds.
-Also printed: XLA's own count of the compiled step (all ops, remat included)
-and its ratio to the analytic one, and for GPT-2 the per-token formula
+Also printed: XLA's own count of the lowered step (all ops, remat included;
+with --scan-blocks, that of the same step with its blocks unrolled, because
+XLA counts a loop's body once) and its ratio to the analytic one, and for GPT-2 the per-token formula
 6 (12 L d^2 + V d) + 12 L d T (L depth, d width, V vocabulary, T sequence).
 Model TFLOP/s = analytic FLOPs / median s/step; MFU = that / the dense peak
 of the device in the step's dtype (`PEAK_TFLOPS`, or --peak-tflops). Every
@@ -38,6 +39,9 @@ for MFU, steady on a machine whose speed drifts.
         --dtype float32 bfloat16 --batch gpt2-small=16
     .venv/bin/python benchmarks/finetune.py --targets gpt2-large --remat \\
         --json-out /tmp/finetune.json
+    # blocks stacked and scanned (config.scan_blocks) beside unrolled ones:
+    .venv/bin/python benchmarks/finetune.py --targets gpt2-medium \\
+        --scan-blocks both
     # a small smoke run on a CPU:
     .venv/bin/python benchmarks/finetune.py --targets gpt2-small \\
         --batch gpt2-small=1 --seq-len 64 --steps 2 --warmup 1
@@ -138,7 +142,7 @@ def per_token_formula_flops(arch, seq_len: int) -> float:
 
 def run_one(name: str, dtype_arg: str, batch_size: int, seq_len: int,
             remat: bool, steps: int, warmup: int, peak_arg,
-            profile_dir=None) -> dict:
+            profile_dir=None, scan_blocks: bool = False) -> dict:
   """One (target, dtype) in this process; returns the result row."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -155,6 +159,7 @@ def run_one(name: str, dtype_arg: str, batch_size: int, seq_len: int,
   is_gpt2 = cfg.family == 'gpt2'
   t = seq_len if is_gpt2 else cfg.seq_len
   row = {'target': name, 'dtype': dtype_name, 'remat': remat,
+         'scan_blocks': scan_blocks,
          'batch': batch_size, 'seq_len': t, 'params': arch_lib.num_params(cfg),
          'device': device_kind, 'backend': backend,
          'n_devices': jax.device_count(), 'jax': jax.__version__}
@@ -163,8 +168,9 @@ def run_one(name: str, dtype_arg: str, batch_size: int, seq_len: int,
       1e-4, warmup_steps=50, weight_decay=5e-2, clip_norm=1.0), 10**6,
                                prefix='finetune.optim')
   mesh = parallel.make_mesh({parallel.DATA: -1})
-  stepper = finetune_step.FinetuneStep(cfg, tx, mesh,
-                                       compute=Compute(dtype, remat))
+  compute = Compute(dtype, remat)
+  stepper = finetune_step.FinetuneStep(cfg, tx, mesh, compute=compute,
+                                       scan_blocks=scan_blocks)
   state = stepper.init_state(models.init_params(cfg, jax.random.key(0)))
   rng = np.random.default_rng(0)
   if is_gpt2:
@@ -224,8 +230,12 @@ def run_one(name: str, dtype_arg: str, batch_size: int, seq_len: int,
   # XLA's count of the step as lowered, before optimisation: on GPUs the
   # compiled program's count leaves out the matmuls that became cuBLAS or
   # cuDNN calls (an H100 reported 0.19-0.52 x the analytic FLOPs).
+  # XLA counts a loop's body once, so scanned blocks are counted in the same
+  # step with its blocks unrolled, lowered on abstract values (no compile).
+  counted = (finetune_step.FinetuneStep(cfg, tx, mesh, compute=compute)
+             if scan_blocks else stepper)
   # pylint: disable=protected-access
-  lowered = stepper._step.lower(state, batch)
+  lowered = counted._step.lower(counted.abstract_state(), batch)
   # pylint: enable=protected-access
   xla = flops.lowered_flops(lowered)
   mem = None
@@ -298,14 +308,17 @@ def _table(rows) -> str:
       '|' + '---|' * 19]
   for r in rows:
     if 'error' in r:
-      lines.append(f"| {r['target']} | {r['dtype']} | {r.get('batch', '-')} "
+      lines.append(f"| {r['target']}"
+                   f"{' scanned' if r.get('scan_blocks') else ''} | "
+                   f"{r['dtype']} | {r.get('batch', '-')} "
                    f"| {r.get('seq_len', '-')} | error: {r['error']} |"
                    + ' |' * 14)
       continue
     gib = r['peak_device_gib'] if r['peak_device_gib'] is not None else (
         r['peak_rss_gib'])
     lines.append(
-        f"| {r['target']}{' remat' if r['remat'] else ''} | {r['dtype']} | "
+        f"| {r['target']}{' remat' if r['remat'] else ''}"
+        f"{' scanned' if r.get('scan_blocks') else ''} | {r['dtype']} | "
         f"{r['batch']} | {r['seq_len']} | {r['s_step']:.4g} "
         f"[{r['min']:.3g}-{r['max']:.3g}] | {r['s_step_back_to_back']:.4g} | "
         f"{_fmt(r['s_step_steady'], '.4g')} | "
@@ -335,6 +348,9 @@ def main():
                  'bfloat16 on GPU/TPU, float32 on CPU')
   p.add_argument('--remat', action='store_true',
                  help='rematerialise each block')
+  p.add_argument('--scan-blocks', choices=('off', 'on', 'both'),
+                 default='off', help='blocks stacked and run as one scan '
+                 "(config.scan_blocks); 'both': a run each way")
   p.add_argument('--steps', type=int, default=8, help='timed steps')
   p.add_argument('--warmup', type=int, default=2,
                  help='untimed steps after the first call')
@@ -347,21 +363,26 @@ def main():
                  'benchmarks/op_profile.py)')
   p.add_argument('--timeout', type=float, default=None,
                  help='seconds per (target, dtype) process')
-  p.add_argument('--one', nargs=3, metavar=('TARGET', 'DTYPE', 'BATCH'),
+  p.add_argument('--one', nargs=4,
+                 metavar=('TARGET', 'DTYPE', 'BATCH', 'SCAN'),
                  help=argparse.SUPPRESS)
   args = p.parse_args()
   if args.one:
     from logah_jax import runtime  # pylint: disable=g-import-not-at-top
     runtime.set_xla_flag_defaults()  # as the entry point sets them
-    name, dtype, batch = args.one
+    name, dtype, batch, scan = args.one
+    scan = scan == 'on'
     try:
       profile = (os.path.join(args.profile_dir,
-                              f"{name.replace('/', '_')}-{dtype}")
+                              f"{name.replace('/', '_')}-{dtype}"
+                              + ('-scan' if scan else ''))
                  if args.profile_dir else None)
       row = run_one(name, dtype, int(batch), args.seq_len, args.remat,
-                    args.steps, args.warmup, args.peak_tflops, profile)
+                    args.steps, args.warmup, args.peak_tflops, profile,
+                    scan_blocks=scan)
     except Exception as e:  # pylint: disable=broad-except
       row = {'target': name, 'dtype': dtype, 'batch': int(batch),
+             'scan_blocks': scan,
              'error': (f'{type(e).__name__}: {str(e).splitlines()[0][:300]}'
                        if str(e) else type(e).__name__).replace('|', '/')}
     print('RESULT ' + json.dumps(row), flush=True)
@@ -375,8 +396,10 @@ def main():
   for name in args.targets:
     family = 'vit' if name.startswith('vit') else 'gpt2'
     b = per.get(name, default or DEFAULT_BATCH[family])
-    for dtype in args.dtype:
-      cmd = [sys.executable, __file__, '--one', name, dtype, str(b),
+    scans = ('off', 'on') if args.scan_blocks == 'both' else (
+        args.scan_blocks,)
+    for dtype, scan in [(d, s) for d in args.dtype for s in scans]:
+      cmd = [sys.executable, __file__, '--one', name, dtype, str(b), scan,
              '--seq-len', str(args.seq_len), '--steps', str(args.steps),
              '--warmup', str(args.warmup)]
       if args.remat:
@@ -394,12 +417,14 @@ def main():
         else:  # killed (the OOM killer, a crash in XLA): no row was printed
           tail = [l for l in out.stderr.splitlines() if l.strip()][-1:]
           row = {'target': name, 'dtype': dtype, 'batch': b,
+                 'scan_blocks': scan == 'on',
                  'error': (f'exit {out.returncode}: '
                            + (tail[0][:300] if tail else 'no output')
                            ).replace('|', '/')}
           print(out.stderr[-3000:], file=sys.stderr)
       except subprocess.TimeoutExpired:
         row = {'target': name, 'dtype': dtype, 'batch': b,
+               'scan_blocks': scan == 'on',
                'error': f'timed out after {args.timeout} s'}
       print(json.dumps(row), flush=True)
       rows.append(row)
