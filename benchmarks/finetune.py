@@ -362,7 +362,7 @@ def main():
                  'steps per run under DIR/TARGET-DTYPE (read it with '
                  'benchmarks/op_profile.py)')
   p.add_argument('--timeout', type=float, default=None,
-                 help='seconds per (target, dtype) process')
+                 help='seconds per (target, dtype, scan) process')
   p.add_argument('--one', nargs=4,
                  metavar=('TARGET', 'DTYPE', 'BATCH', 'SCAN'),
                  help=argparse.SUPPRESS)

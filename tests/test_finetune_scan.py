@@ -6,6 +6,7 @@ import os
 import jax
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from configs_for_tests import finetune_smoke
@@ -125,8 +126,9 @@ def test_scanned_run_resumes_exports_per_block_and_keeps_its_layout(tmp_path):
                   jax.tree.leaves(full.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   c.scan_blocks = False  # the checkpoints hold the stacked layout
-  with pytest.raises(ConfigError, match=r'config\.scan_blocks=False but the '
-                     r'checkpoints in .* hold the stacked layout'):
+  with pytest.raises(ConfigError, match=r'config\.scan_blocks=False but .* '
+                     r'was started with scan_blocks=True, and its checkpoints '
+                     r'hold the stacked layout'):
     finetuning.finetune(c, part)
   # a workdir from before the option (no such key) holds per-block blocks
   old = str(tmp_path / 'old')
@@ -153,3 +155,26 @@ def test_the_ligo_run_of_a_comparison_leaves_the_block_layout_out():
   c = load_config_file('compare_vits', 'smoke')
   c.finetune.scan_blocks = True
   assert 'scan_blocks' not in compare.ligo_config(c)  # LiGO never reads it
+
+
+def test_optimizer_moments_take_their_params_shardings_not_a_shapes():
+  """depth = n_positions = 16: the stacked LayerNorm scales have wpe's shape
+  (16, 32), but are replicated (each block's is below fsdp_min_mb) while wpe
+  is split. Each AdamW moment must take its own param's sharding."""
+  arch = arch_lib.parse('gpt2:depth=16,width=32,heads=4,vocab_size=61,'
+                        'n_positions=16')
+  tx, _ = optim.make_optimizer(finetune_smoke().optim, 10)
+  step = finetune_step.FinetuneStep(
+      arch, tx, parallel.make_mesh({'data': 8}), param_rule='fsdp',
+      fsdp_min_mb=1 / 1024, scan_blocks=True)
+  state = step.abstract_state()
+  wpe = state.params['wpe']['embedding']
+  scale = state.params[layers.STACKED]['ln_1']['scale']
+  assert wpe.shape == scale.shape
+  assert tuple(wpe.sharding.spec) == (None, parallel.DATA)
+  assert parallel.DATA not in tuple(scale.sharding.spec)
+  for moment in ('mu', 'nu'):
+    tree = optax.tree_utils.tree_get(state.opt_state, moment)
+    assert jax.tree.structure(tree) == jax.tree.structure(state.params)
+    for m, p in zip(jax.tree.leaves(tree), jax.tree.leaves(state.params)):
+      assert m.shape == p.shape and m.sharding == p.sharding

@@ -56,7 +56,7 @@ def stack_blocks(cfg, params: dict, stack=None) -> dict:
 
   `stack(*leaves)` combines one leaf of every block (default `jnp.stack`);
   another function lays out a tree shaped like the params, such as their
-  shardings (`parallel.stacked_shardings`).
+  shardings (`parallel.stacked_sharding`).
   """
   stack = stack or (lambda *xs: jnp.stack(xs))
   names = block_names(cfg)

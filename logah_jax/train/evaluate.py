@@ -21,10 +21,10 @@ from logah_jax.validation import ConfigError
 
 
 @functools.lru_cache(maxsize=64)
-def _eval_fn(arch):
+def _eval_fn(arch, scan: bool):
   def sums(params, batch, mask):
     x, targets = objective.inputs_and_targets(arch, batch)
-    logits = models.build(arch).apply({'params': params}, x)
+    logits = models.build(arch, scan=scan).apply({'params': params}, x)
     logits = logits.astype(jnp.float32)
     ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None],
                               -1)[..., 0]
@@ -57,15 +57,17 @@ def eval_loader(source, batch_size: int) -> data_lib.Loader:
 
 
 def evaluate(arch, params, source, *, batch_size: int = 500,
-             max_batches: int = 0) -> dict[str, float]:
+             max_batches: int = 0, scan: bool = False) -> dict[str, float]:
   """Mean loss and accuracy (ViT) or loss and perplexity (GPT-2) of `params`.
 
   Args:
     source: a data source (e.g. `data.get_dataset(name, 'test')`).
     max_batches: evaluate only the first this many batches (0 = all).
+    scan: `params` hold the blocks stacked (`models.stack_blocks`); they run
+      as one scan.
   """
   loader = eval_loader(source, batch_size)
-  fn = _eval_fn(arch)
+  fn = _eval_fn(arch, bool(scan))
   loss = hits = count = 0.0
   for i, batch in enumerate(loader):
     if max_batches and i >= max_batches:

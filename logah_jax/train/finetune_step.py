@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 
 import jax
+import optax
 
 from logah_jax import compiles
 from logah_jax import models
@@ -73,26 +74,20 @@ class FinetuneStep:
   def abstract_state(self) -> TrainState:
     """ShapeDtypeStructs with shardings: the init and restore target.
 
-    Optimizer-state leaves shaped like a parameter take that parameter's
-    sharding; the rest (counts, scalars) are replicated.
+    Optimizer-state leaves that mirror a parameter (moments, traces) take
+    that parameter's sharding, matched by position in the tree, not by shape
+    (a stacked leaf and another leaf may share a shape but not a sharding);
+    the rest (counts, scalars) are replicated.
     """
     abstract = jax.eval_shape(self._fresh, self._params_abstract)
     rep = parallel.replicated(self.mesh)
-    by_shape = {}
-    for leaf, sharding in zip(jax.tree.leaves(self._params_abstract),
-                              jax.tree.leaves(self.param_shardings)):
-      by_shape.setdefault((leaf.shape, leaf.dtype), sharding)
-
-    def sharding_of(x):
-      if x.ndim == 0:
-        return rep
-      return by_shape.get((x.shape, x.dtype), rep)
-    params = parallel.with_shardings(abstract.params, self.param_shardings)
-    rest = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                       sharding=sharding_of(x)),
-        (abstract.step, abstract.opt_state))
-    return TrainState(step=rest[0], params=params, opt_state=rest[1])
+    opt_shardings = optax.tree_map_params(
+        self.tx, lambda _, sharding: sharding, abstract.opt_state,
+        self.param_shardings, transform_non_params=lambda _: rep)
+    return TrainState(
+        step=jax.ShapeDtypeStruct((), abstract.step.dtype, sharding=rep),
+        params=parallel.with_shardings(abstract.params, self.param_shardings),
+        opt_state=parallel.with_shardings(abstract.opt_state, opt_shardings))
 
   def _fresh(self, params) -> TrainState:
     return state_lib.fresh(self.tx, params)
@@ -105,7 +100,8 @@ class FinetuneStep:
 
   def reference_params(self, params):
     """A state's params in the per-block layout (`models.abstract_params`):
-    the same arrays without `scan_blocks`, an unstacked copy with it."""
+    the same arrays without `scan_blocks`; with it, an unstacked copy (one
+    more copy of the params in device memory while it is held)."""
     if not self.scan_blocks:
       return params
     return self._unstack(params)

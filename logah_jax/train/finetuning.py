@@ -240,11 +240,11 @@ def train(run: FinetuneRun, workdir: str, *,
     if start < run.num_steps:  # a test read belongs to a finished run only
       _drop_test(workdir)
 
-    def evaluate(done, params):
-      params = stepper.reference_params(params)
+    def evaluate(done, params):  # the state's layout, stacked or not
       row = eval_lib.evaluate(run.arch, params, eval_source,
                               batch_size=run.eval.batch_size,
-                              max_batches=run.eval.max_batches)
+                              max_batches=run.eval.max_batches,
+                              scan=run.scan_blocks)
       row = {'step': done, **{f'eval_{k}': v for k, v in row.items()}}
       eval_log.write(row)
       return row
@@ -270,8 +270,7 @@ def train(run: FinetuneRun, workdir: str, *,
                       _eval_line(evaluate(done, state.params)))),
         state, start=start, end=end, loader=loader, mngr=mngr,
         workdir=workdir, clock=clock, window=window)
-  params = stepper.reference_params(state.params)
-  del state
+  params = stepper.reference_params(state.params)  # per-block, for export
   if export_params and end == run.num_steps:
     ckpt_lib.save_params(
         os.path.join(workdir, FINAL_PARAMS), params, overwrite=True,
@@ -283,7 +282,7 @@ def train(run: FinetuneRun, workdir: str, *,
                   'block_size': run.data.block_size, 'seed': run.seed})
   test = None
   if run.eval.test_split and end == run.num_steps:
-    test = _test_once(run, workdir, params)
+    test = _test_once(run, workdir, state.params)
   evals = report.read_metrics(os.path.join(workdir, EVAL_FILE))
   return FinetuneResult(step=end, params=params, evals=evals,
                         last=last, compiles=clock.compiles().count,
@@ -291,9 +290,9 @@ def train(run: FinetuneRun, workdir: str, *,
 
 
 def _check_layout(workdir: str, scan_blocks: bool) -> None:
-  """Refuses to resume checkpoints of the other block layout, before any
-  work (a config.json without the key is from before the option: unrolled).
-  """
+  """Refuses a workdir started with the other block layout, before any work,
+  as the checkpoint manager refuses any other changed key (a config.json
+  without the key is from before the option: per-block)."""
   path = os.path.join(loop.checkpoint_dir(workdir), ckpt_lib.CONFIG_FILE)
   if not os.path.exists(path):
     return
@@ -304,9 +303,10 @@ def _check_layout(workdir: str, scan_blocks: bool) -> None:
     return  # not a config's JSON: the checkpoint manager names the file
   if stored != scan_blocks:
     raise ConfigError(
-        f'config.scan_blocks={scan_blocks} but the checkpoints in {workdir} '
-        f'hold the {"stacked" if stored else "per-block"} layout of '
-        f'scan_blocks={stored}: set it back or use a new workdir')
+        f'config.scan_blocks={scan_blocks} but {workdir} was started with '
+        f'scan_blocks={stored}, and its checkpoints hold the '
+        f'{"stacked" if stored else "per-block"} layout: set it back or use '
+        'a new workdir')
 
 
 def read_test(workdir: str) -> dict | None:
@@ -329,8 +329,9 @@ def _drop_test(workdir: str) -> None:
 
 
 def _test_once(run: FinetuneRun, workdir: str, params) -> dict:
-  """The test split scored once with the final params, or read back from
-  test.json when this finished run already scored the same split."""
+  """The test split scored once with the final params (the state's layout),
+  or read back from test.json when this finished run already scored the
+  same split."""
   ev = run.eval
   stored = read_test(workdir)
   if stored and (stored.get('split'), stored.get('max_batches'),
@@ -339,7 +340,8 @@ def _test_once(run: FinetuneRun, workdir: str, params) -> dict:
     return stored
   row = eval_lib.evaluate(run.arch, params, run.data.source(ev.test_split),
                           batch_size=ev.batch_size,
-                          max_batches=ev.test_max_batches)
+                          max_batches=ev.test_max_batches,
+                          scan=run.scan_blocks)
   test = {'split': ev.test_split, 'step': run.num_steps,
           'max_batches': ev.test_max_batches, **row}
   if parallel.is_main_process():
