@@ -100,6 +100,8 @@ def gpt2_rows(args, n: int):
                for k in fits[0][0]}
       state = _line_at(args.depths, [f[1] for f in fits], arch.depth)
       how = 'depths ' + ','.join(map(str, args.depths))
+    if args.scan_blocks:
+      how += ', blocks scanned'
     _emit(dict(stats, devices=n, per_device=per_device, batch=per_device * n,
                state=state, what=args.arch, how=how,
                compile_s=time.perf_counter() - t0))
@@ -123,7 +125,8 @@ def _gpt2_stats(args, arch, n: int, per_device: int):
   tx, _ = optim.make_optimizer(config_base.optim_section(
       1e-4, warmup_steps=10, weight_decay=5e-2, clip_norm=1.0), 1000)
   mesh = parallel.make_mesh({parallel.DATA: -1})
-  stepper = finetune_step.FinetuneStep(arch, tx, mesh, param_rule=args.rule)
+  stepper = finetune_step.FinetuneStep(arch, tx, mesh, param_rule=args.rule,
+                                       scan_blocks=args.scan_blocks)
   state = stepper.abstract_state()
   batch = {'tokens': jax.ShapeDtypeStruct(
       (per_device * n, args.seq_len + 1), jnp.int32,
@@ -343,6 +346,8 @@ def main():
   g.add_argument('--seq_len', type=int, default=1024)
   g.add_argument('--per_device', type=int, nargs='+', default=[1, 2, 4, 8])
   g.add_argument('--rule', default='fsdp', choices=('fsdp', 'replicate'))
+  g.add_argument('--scan_blocks', action='store_true',
+                 help='blocks stacked and run as one scan (config.scan_blocks)')
   g.add_argument('--depths', type=int, nargs='*', default=[],
                  help='compile these depths and extrapolate to the full one')
   g = p.add_argument_group('ghn')
