@@ -4,6 +4,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -20,6 +21,7 @@ from logah_jax.models import layers
 from logah_jax.train import compare
 from logah_jax.train import finetune_step
 from logah_jax.train import finetuning
+from logah_jax.train import objective
 from logah_jax.train import optim
 from logah_jax.validation import ConfigError
 
@@ -178,3 +180,39 @@ def test_optimizer_moments_take_their_params_shardings_not_a_shapes():
     assert jax.tree.structure(tree) == jax.tree.structure(state.params)
     for m, p in zip(jax.tree.leaves(tree), jax.tree.leaves(state.params)):
       assert m.shape == p.shape and m.sharding == p.sharding
+
+
+@pytest.mark.parametrize('spec', [GPT3, VIT3], ids=['gpt2', 'vit'])
+def test_scanned_blocks_keep_only_matmul_outputs_for_the_backward(spec):
+  """A scan stores every residual of its body's derivative; with
+  `REMAT_DOTS` only the matmul outputs are kept (XLA's memory analysis of
+  the compiled loss and gradient), for the same values."""
+  arch = arch_lib.parse(spec)
+  params = models.stack_blocks(arch, random_params(arch, seed=3, std=0.1))
+  batch = _batches(arch, 1)[0]
+  temp, out = {}, {}
+  for remat in (False, layers.REMAT_DOTS, True):
+    f = jax.jit(jax.value_and_grad(lambda p, remat=remat: objective.task_loss(
+        arch, p, batch, scan=True, remat=remat)[0]))
+    temp[remat] = f.lower(params).compile().memory_analysis(
+        ).temp_size_in_bytes
+    out[remat] = f(params)
+  assert temp[True] < temp[layers.REMAT_DOTS] < 0.75 * temp[False]
+  for a, b in zip(jax.tree.leaves(out[layers.REMAT_DOTS]),
+                  jax.tree.leaves(out[False])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
+                               atol=1e-7)
+  tx, _ = optim.make_optimizer(finetune_smoke().optim, 10)
+  mesh = parallel.make_mesh({'data': 1}, devices=jax.devices()[:1])
+  assert finetune_step.FinetuneStep(
+      arch, tx, mesh, scan_blocks=True).block_remat == layers.REMAT_DOTS
+  assert not finetune_step.FinetuneStep(arch, tx, mesh).block_remat
+
+
+def test_cudnn_attention_keeps_its_blocks_unrematerialised(monkeypatch):
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  dots = layers.REMAT_DOTS
+  assert layers.block_remat(dots, jnp.bfloat16, 64, 1024) is False  # cuDNN
+  assert layers.block_remat(dots, jnp.float32, 64, 1024) == dots
+  assert layers.block_remat(dots, jnp.bfloat16, 64, 197) == dots  # odd T
+  assert layers.block_remat(True, jnp.bfloat16, 64, 1024) is True

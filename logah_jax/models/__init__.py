@@ -29,13 +29,15 @@ def _check(cfg, fn: str):
                      'nor a GPT2Config.')
 
 
-def build(cfg, dtype=jnp.float32, remat: bool = False,
+def build(cfg, dtype=jnp.float32, remat: bool | str = False,
           scan: bool = False) -> nn.Module:
   """The Flax module of `cfg`; `dtype` is the compute dtype, params are fp32.
 
   `remat` rematerialises each block (less activation memory, about one more
-  forward pass of compute) and keeps the params tree. `scan` runs the blocks
-  as one `nn.scan`: its params are `stack_blocks` of the usual tree.
+  forward pass of compute) and keeps the params tree; `layers.REMAT_DOTS`
+  recomputes only a block's elementwise work (`layers.block_class`). `scan`
+  runs the blocks as one `nn.scan`: its params are `stack_blocks` of the
+  usual tree.
   """
   _check(cfg, 'build')
   if isinstance(cfg, ViTConfig):

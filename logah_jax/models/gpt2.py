@@ -87,7 +87,7 @@ class GPT2(nn.Module):
 
   cfg: GPT2Config
   dtype: jnp.dtype = jnp.float32
-  remat: bool = False
+  remat: bool | str = False  # or layers.REMAT_DOTS
   scan: bool = False
 
   @nn.compact

@@ -106,11 +106,36 @@ def attention_implementation(dtype, head_dim: int,
 STACKED = 'blocks'  # the params key of scanned blocks, stacked on axis 0
 
 
-def block_class(block: type[nn.Module], remat: bool) -> type[nn.Module]:
-  """`block`, or its rematerialised version: activations inside a block are
-  recomputed in the backward pass instead of stored (same params, same
-  values; memory per block drops to its input)."""
+REMAT_DOTS = 'dots'  # `remat` value: keep matmul outputs, recompute the rest
+
+
+def block_class(block: type[nn.Module], remat) -> type[nn.Module]:
+  """`block`, or its rematerialised version (same params, same values).
+
+  `remat` True: everything inside a block is recomputed in the backward
+  pass (memory per block drops to its input). `REMAT_DOTS`: the matmul
+  outputs are kept and only the elementwise work (softmax, GELU, LayerNorm)
+  is recomputed. A scan stores every residual its body's derivative asks
+  for, softmax and GELU intermediates included, where XLA fuses them away in
+  unrolled blocks; keeping only the matmuls brings a scanned GPT-2-L below
+  the unrolled one's memory (docs/performance.md). False: no remat.
+  `block_remat` turns `REMAT_DOTS` off where attention runs in cuDNN's
+  kernel: its outputs are no matmuls, so the policy would run that kernel's
+  forward again in the backward pass, and it stores no T x T matrices.
+  """
+  if remat == REMAT_DOTS:
+    return nn.remat(block, policy=jax.checkpoint_policies.dots_saveable,
+                    prevent_cse=False)
   return nn.remat(block) if remat else block
+
+
+def block_remat(remat, dtype, head_dim: int, seq_len: int):
+  """`remat` as the blocks apply it: `REMAT_DOTS` becomes False where
+  attention runs in cuDNN's kernel (`block_class` says why)."""
+  if remat == REMAT_DOTS and attention_implementation(
+      dtype, head_dim, seq_len) == 'cudnn':
+    return False
+  return remat
 
 
 def _carried(block: type[nn.Module]) -> type[nn.Module]:
@@ -152,6 +177,7 @@ def run_blocks(block: type[nn.Module], cfg, x, *, dtype, remat: bool,
   blocks, the rest being the identity. One program then serves every depth
   up to `cfg.depth` (GHN training shares programs across depths this way).
   """
+  remat = block_remat(remat, dtype, cfg.width // cfg.heads, x.shape[1])
   if scan:
     if depth is None:
       blocks = nn.scan(block_class(_carried(block), remat),

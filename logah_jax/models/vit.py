@@ -90,7 +90,7 @@ class ViT(nn.Module):
 
   cfg: ViTConfig
   dtype: jnp.dtype = jnp.float32
-  remat: bool = False
+  remat: bool | str = False  # or layers.REMAT_DOTS
   scan: bool = False
 
   @nn.compact

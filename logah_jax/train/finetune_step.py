@@ -22,6 +22,7 @@ import optax
 from logah_jax import compiles
 from logah_jax import models
 from logah_jax import parallel
+from logah_jax.models import layers
 from logah_jax.train import objective
 from logah_jax.train import state as state_lib
 from logah_jax.train.compute import Compute
@@ -118,13 +119,22 @@ class FinetuneStep:
     def loss_fn(params):
       loss, logits, targets = objective.task_loss(
           arch, params, batch, smoothing, dtype=self.compute.dtype,
-          remat=self.compute.remat, scan=self.scan_blocks)
+          remat=self.block_remat, scan=self.scan_blocks)
       return loss, objective.correct(logits, targets) / targets.size
 
     (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
     state, metrics = state_lib.guarded_update(state, grads, loss, self.tx)
     return state, dict(metrics, acc=acc)
+
+  @property
+  def block_remat(self):
+    """`compute.remat`, or for scanned blocks keep only their matmul outputs
+    (`layers.REMAT_DOTS`: a scan otherwise stores the elementwise residuals
+    that XLA fuses away in unrolled blocks)."""
+    if self.compute.remat or not self.scan_blocks:
+      return self.compute.remat
+    return layers.REMAT_DOTS
 
   def __call__(self, state: TrainState, batch):
     return self._step(state, parallel.shard_batch(self.mesh, batch))
