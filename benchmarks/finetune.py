@@ -25,8 +25,9 @@ is 3 x the forward (backward = 2 x forward); the optimizer update and the
 elementwise ops are not counted, nor the recomputation that --remat adds.
 Also printed: XLA's own count of the lowered step (all ops, remat included;
 with --scan-blocks, that of the same step with its blocks unrolled, because
-XLA counts a loop's body once) and its ratio to the analytic one, and for GPT-2 the per-token formula
-6 (12 L d^2 + V d) + 12 L d T (L depth, d width, V vocabulary, T sequence).
+XLA counts a loop's body once) and its ratio to the analytic one, and for
+GPT-2 the per-token formula 6 (12 L d^2 + V d) + 12 L d T (L depth, d width,
+V vocabulary, T sequence).
 Model TFLOP/s = analytic FLOPs / median s/step; MFU = that / the dense peak
 of the device in the step's dtype (`PEAK_TFLOPS`, or --peak-tflops). Every
 device also times a plain matmul right after each blocked step (float32

@@ -163,7 +163,7 @@ def _skippable(block: type[nn.Module]) -> type[nn.Module]:
   return Skippable
 
 
-def run_blocks(block: type[nn.Module], cfg, x, *, dtype, remat: bool,
+def run_blocks(block: type[nn.Module], cfg, x, *, dtype, remat: bool | str,
                scan: bool, prefix: str, depth=None):
   """The residual blocks of a model, inside its compact `__call__`.
 
@@ -176,6 +176,7 @@ def run_blocks(block: type[nn.Module], cfg, x, *, dtype, remat: bool,
   `depth` (scan only; a traced int32 scalar): run only the first `depth`
   blocks, the rest being the identity. One program then serves every depth
   up to `cfg.depth` (GHN training shares programs across depths this way).
+  `remat`: see `block_class`.
   """
   remat = block_remat(remat, dtype, cfg.width // cfg.heads, x.shape[1])
   if scan:

@@ -7,9 +7,10 @@ step whose loss or gradient norm is not finite leaves the state unchanged.
 
 With `scan_blocks` the state holds the blocks' params (and their optimizer
 state) stacked, and the forward runs them as one scan: XLA compiles one
-block instead of every block (docs/performance.md has the trade-off).
-`reference_params` gives the params back in the usual per-block layout, for
-evaluation and export.
+block instead of every block, and the blocks keep only their matmul outputs
+for the backward pass (`block_remat`; docs/performance.md has the
+trade-off). `reference_params` gives the params back in the usual per-block
+layout, for export.
 """
 
 from __future__ import annotations
