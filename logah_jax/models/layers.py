@@ -129,6 +129,14 @@ def block_class(block: type[nn.Module], remat) -> type[nn.Module]:
   return nn.remat(block) if remat else block
 
 
+def scanned_remat(remat: bool):
+  """The `remat` of a training step's scanned blocks: everything recomputed
+  where asked (True), else `REMAT_DOTS`, so that a scan stores no more than
+  unrolled blocks would (`block_class`). Training steps use it; forward-only
+  programs need no remat."""
+  return True if remat else REMAT_DOTS
+
+
 def block_remat(remat, dtype, head_dim: int, seq_len: int):
   """`remat` as the blocks apply it: `REMAT_DOTS` becomes False where
   attention runs in cuDNN's kernel (`block_class` says why)."""

@@ -130,12 +130,11 @@ class FinetuneStep:
 
   @property
   def block_remat(self):
-    """`compute.remat`, or for scanned blocks keep only their matmul outputs
-    (`layers.REMAT_DOTS`: a scan otherwise stores the elementwise residuals
-    that XLA fuses away in unrolled blocks)."""
-    if self.compute.remat or not self.scan_blocks:
-      return self.compute.remat
-    return layers.REMAT_DOTS
+    """`compute.remat`; scanned blocks keep at most their matmul outputs
+    (`layers.scanned_remat`)."""
+    if self.scan_blocks:
+      return layers.scanned_remat(self.compute.remat)
+    return self.compute.remat
 
   def __call__(self, state: TrainState, batch):
     return self._step(state, parallel.shard_batch(self.mesh, batch))

@@ -49,6 +49,7 @@ from logah_jax import ghn as ghn_lib
 from logah_jax import parallel
 from logah_jax.ghn import depth_sharing
 from logah_jax.ghn.config import GHNConfig
+from logah_jax.models import layers
 from logah_jax.train import objective
 from logah_jax.train import state as state_lib
 from logah_jax.train.compute import Compute
@@ -178,6 +179,12 @@ class GHNStep:
           depth_sharing.layout(self.cfg, arch, arch)),)
     return self._compile_arch(arch, group).lower(*signature).compile()
 
+  def block_remat(self, scan: bool = True):
+    """`compute.remat` of the target's blocks; scanned ones keep at most their
+    matmul outputs (`layers.scanned_remat`)."""
+    return layers.scanned_remat(self.compute.remat) if scan else (
+        self.compute.remat)
+
   def _compile_arch(self, arch, group: int, scan: bool = True):
     """The program of `arch` on arch group `group`.
 
@@ -200,7 +207,7 @@ class GHNStep:
         depth, predicted = None, decode(decoder_params, x_ND[:n])
       ce, logits, targets = objective.task_loss(
           arch, predicted, batch, smoothing, dtype=compute.dtype,
-          remat=compute.remat, scan=scan, depth=depth)
+          remat=self.block_remat(scan), scan=scan, depth=depth)
       reg = objective.frobenius_sum(predicted, depth)
       acc = objective.correct(logits, targets) / targets.size
       return ce + gamma * reg, {'ce': ce, 'reg': reg, 'acc': acc}
