@@ -32,6 +32,7 @@ from logah_jax import ghn
 from logah_jax import models
 from logah_jax import parallel
 from logah_jax.arch import batching
+from logah_jax.models import layers
 from logah_jax.train import ghn_step
 from logah_jax.train import objective
 from logah_jax.train import optim
@@ -116,8 +117,9 @@ def main():
   def decode_loss(p, xx):
     return sum(jnp.sum(jnp.square(v)) for v in jax.tree.leaves(decode(p, xx)))
 
-  def target_loss(tp):
-    return objective.task_loss(arch, tp, batch, scan=True)[0]
+  def target_loss(tp):  # remat as in the program (`layers.scanned_remat`)
+    return objective.task_loss(arch, tp, batch, scan=True,
+                               remat=layers.scanned_remat(False))[0]
 
   def target_loss_unrolled(tp):
     return objective.task_loss(arch, tp, batch)[0]
