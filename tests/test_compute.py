@@ -44,6 +44,10 @@ def test_auto_is_float32_on_cpu_and_bad_values_name_the_field():
       ml_collections.ConfigDict(dict(compute_dtype='auto', remat=True)))
   assert got == Compute(jnp.float32, True)
   assert 'float32 on cpu' in got.describe() and 'remat on' in got.describe()
+  scanned = Compute(jnp.float32, False).describe(scan=True)
+  assert 'blocks scanned, remat keeping matmul outputs' in scanned
+  assert 'remat off' in Compute(jnp.float32, False).describe()
+  assert 'blocks scanned, remat on' in got.describe(scan=True)
 
 
 def test_cudnn_attention_only_for_16_bit_inputs_on_gpus(monkeypatch):

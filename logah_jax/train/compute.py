@@ -14,6 +14,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from logah_jax.models import layers
 from logah_jax.validation import ConfigError
 
 DTYPES = ('auto', 'float32', 'bfloat16')
@@ -30,11 +31,16 @@ class Compute:
   def dtype_name(self) -> str:
     return jnp.dtype(self.dtype).name
 
-  def describe(self) -> str:
-    """The start-up line: what was chosen, on which backend."""
+  def describe(self, scan: bool = False) -> str:
+    """The start-up line: what was chosen, on which backend. `scan`: the
+    step runs its target's blocks as one scan, with their remat from
+    `layers.scanned_remat`."""
+    remat = layers.scanned_remat(self.remat) if scan else self.remat
+    what = {True: 'remat on', False: 'remat off',
+            layers.REMAT_DOTS: 'remat keeping matmul outputs'}[remat]
     return (f'compute dtype {self.dtype_name} on {jax.default_backend()} '
-            f'(params and optimizer state float32), remat '
-            f'{"on" if self.remat else "off"}')
+            f'(params and optimizer state float32), '
+            f'{"blocks scanned, " if scan else ""}{what}')
 
 
 def resolve_dtype(name: str, prefix: str = 'config.compute_dtype') -> jnp.dtype:

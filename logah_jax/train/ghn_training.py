@@ -263,7 +263,7 @@ def train(run: GHNRun, workdir: str, *,
         f'{run.compile_workers} threads compiling ahead; '
         f'{run.num_steps * run.sampler.m / programs:.0f} visits per program'
         f'{", quick compile" if stepper.compiler_options else ""}',
-        f'targets: {run.compute.describe()}; Graphormer '
+        f'targets: {run.compute.describe(scan=True)}; Graphormer '
         f'{run.ghn_cfg.dtype}',
         f'resuming at step {start}' if start else 'starting at step 0')
     end = run.num_steps
