@@ -4,8 +4,9 @@ Used by the checkpoint package to refuse a restore into a mismatching target
 and a resume under a different config, before any data is read or written.
 """
 
+import copy
 import json
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import numpy as np
@@ -69,6 +70,21 @@ def jsonable(obj, what: str) -> Any:
     return json.loads(json.dumps(obj, default=_json_default))
   except (TypeError, ValueError) as e:
     raise TypeError(f'{what} must be JSON-serialisable: {e}') from e
+
+
+def with_defaults(tree: dict, defaults: Mapping[str, Any]) -> dict:
+  """`tree` with each dotted key of `defaults` that it lacks set to its
+  default (a copy; `tree` is not changed). For configs written before a key
+  existed: the default is the value that means what its absence meant."""
+  tree = copy.deepcopy(tree)
+  for dotted, value in defaults.items():
+    *parents, leaf = dotted.split('.')
+    node = tree
+    for name in parents:
+      node = node.get(name) if isinstance(node, dict) else None
+    if isinstance(node, dict) and leaf not in node:
+      node[leaf] = value
+  return tree
 
 
 def first_diff(old, new, ignore, prefix=''):

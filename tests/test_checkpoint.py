@@ -156,6 +156,19 @@ def test_config_mismatch_names_key_and_touches_nothing(tmp_path):
     assert mngr.latest_step() == 1
   with pytest.raises(ValueError, match="'extra_key' is '<missing>'"):
     checkpoint.CheckpointManager(tmp_path, config={**config, 'extra_key': (1,)})
+  # A key newer than the workdir compares as its default, top level or nested.
+  newer = {**config, 'scan': False, 'model': {**config['model'], 'bias': 1}}
+  later = {'scan': False, 'model.bias': 1}
+  with checkpoint.CheckpointManager(tmp_path, config=newer,
+                                    later_keys=later) as mngr:
+    assert mngr.latest_step() == 1
+  for changed in ({**newer, 'scan': True},
+                  {**newer, 'model': {**newer['model'], 'bias': 2}}):
+    with pytest.raises(ValueError, match=r"'(scan|model\.bias)' is (False|1) "
+                       r'there but (True|2) now'):
+      checkpoint.CheckpointManager(tmp_path, config=changed,
+                                   later_keys=later)
+  assert json.loads((tmp_path / 'config.json').read_text()) == config
 
 
 def test_corrupt_training_checkpoint(tmp_path):

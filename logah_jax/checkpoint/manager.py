@@ -31,7 +31,8 @@ class CheckpointManager:
   def __init__(self, directory, *, max_to_keep: int | None = 3,
                save_interval_steps: int = 1, async_save: bool = True,
                config: Mapping[str, Any] | None = None,
-               ignore_keys=DEFAULT_IGNORE_KEYS):
+               ignore_keys=DEFAULT_IGNORE_KEYS,
+               later_keys: Mapping[str, Any] | None = None):
     """Opens or creates `directory`.
 
     Args:
@@ -43,13 +44,16 @@ class CheckpointManager:
         on first use; a differing stored one raises ValueError before anything
         is written, so a resumed run can't mix configs.
       ignore_keys: config keys (names or dotted paths) allowed to differ.
+      later_keys: {dotted key: default} for keys added to the config after
+        some workdirs were written; a stored config without one is compared
+        as if it held the default, the value that means the old behaviour.
     """
     self.directory = epath.Path(directory)
     self.restored_step = None  # the step the last `restore` read
     self._config = None
     if config is not None:
       self._config = tree_compare.jsonable(config, 'config')
-      self._check_config(set(ignore_keys))
+      self._check_config(set(ignore_keys), later_keys or {})
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=save_interval_steps,
         preservation_policy=ocp.checkpoint_managers.LatestN(n=max_to_keep),
@@ -62,7 +66,7 @@ class CheckpointManager:
     if self._config is not None:
       self._write_config()
 
-  def _check_config(self, ignore) -> None:
+  def _check_config(self, ignore, later_keys) -> None:
     path = self.directory / CONFIG_FILE
     if not path.exists():
       return
@@ -70,6 +74,8 @@ class CheckpointManager:
       stored = json.loads(path.read_text())
     except ValueError as e:
       raise ConfigError(f'{path} is not valid JSON: {e}') from e
+    if isinstance(stored, dict):
+      stored = tree_compare.with_defaults(stored, later_keys)
     diff = tree_compare.first_diff(stored, self._config, ignore)
     if diff:
       key, old, new = diff

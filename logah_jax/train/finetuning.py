@@ -40,10 +40,10 @@ RESUMABLE_KEYS = (*ckpt_lib.DEFAULT_IGNORE_KEYS, 'compilation_cache',
                   # which steps the validation curve is taken at
                   'eval.every_steps',
                   # read after the last step: they never change the training
-                  'eval.test_split', 'eval.test_max_batches',
-                  # checked on its own (`_check_layout`): workdirs written
-                  # before the option have no such key
-                  'scan_blocks')
+                  'eval.test_split', 'eval.test_max_batches')
+# Keys newer than some workdirs, with the value their absence meant: the
+# checkpoints of a workdir from before `scan_blocks` hold per-block params.
+LATER_KEYS = {'scan_blocks': False}
 # Runs compared with each other (compare, extrapolate, the main job) must be
 # evaluated at the same steps: their validation interval may not change.
 COMPARED_RESUMABLE_KEYS = tuple(k for k in RESUMABLE_KEYS
@@ -199,7 +199,6 @@ def train(run: FinetuneRun, workdir: str, *,
   (`COMPARED_RESUMABLE_KEYS` for runs compared with each other).
   """
   clock = loop.Clock()
-  _check_layout(workdir, run.scan_blocks)
   mesh = loop.make_mesh(run.mesh_axes, run.data.batch_size)
   loader = run.data.loader(run.seed, jax.process_index(), jax.process_count())
   eval_source = run.data.source(run.eval.split)
@@ -210,7 +209,7 @@ def train(run: FinetuneRun, workdir: str, *,
             else run.init(run.arch, run.seed))
   os.makedirs(workdir, exist_ok=True)
   with loop.open_checkpoints(workdir, run.checkpoint, run.config,
-                             resumable_keys) as mngr:
+                             resumable_keys, LATER_KEYS) as mngr:
     stepper = finetune_step.FinetuneStep(
         run.arch, run.tx, mesh, param_rule=run.param_sharding,
         fsdp_min_mb=run.fsdp_min_mb,
@@ -286,26 +285,6 @@ def train(run: FinetuneRun, workdir: str, *,
   return FinetuneResult(step=end, params=params, evals=evals,
                         last=last, compiles=clock.compiles().count,
                         seconds=clock.seconds(), test=test)
-
-
-def _check_layout(workdir: str, scan_blocks: bool) -> None:
-  """Refuses a workdir started with the other block layout, before any work,
-  as the checkpoint manager refuses any other changed key (a config.json
-  without the key is from before the option: per-block)."""
-  path = os.path.join(loop.checkpoint_dir(workdir), ckpt_lib.CONFIG_FILE)
-  if not os.path.exists(path):
-    return
-  try:
-    with open(path) as f:
-      stored = json.load(f).get('scan_blocks', False)
-  except (ValueError, AttributeError):
-    return  # not a config's JSON: the checkpoint manager names the file
-  if stored != scan_blocks:
-    raise ConfigError(
-        f'config.scan_blocks={scan_blocks} but {workdir} was started with '
-        f'scan_blocks={stored}, and its checkpoints hold the '
-        f'{"stacked" if stored else "per-block"} layout: set it back or use '
-        'a new workdir')
 
 
 def read_test(workdir: str) -> dict | None:

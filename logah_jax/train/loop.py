@@ -131,12 +131,15 @@ def checkpoint_dir(workdir: str) -> str:
 
 
 def open_checkpoints(workdir: str, options: CheckpointOptions, config: dict,
-                     resumable_keys) -> ckpt_lib.CheckpointManager:
-  """The run's checkpoint manager; refuses a workdir of another config."""
+                     resumable_keys, later_keys=None
+                     ) -> ckpt_lib.CheckpointManager:
+  """The run's checkpoint manager; refuses a workdir of another config
+  (`later_keys`: `ckpt_lib.CheckpointManager`'s defaults of keys newer than
+  some workdirs)."""
   return ckpt_lib.CheckpointManager(
       checkpoint_dir(workdir), max_to_keep=options.keep,
       save_interval_steps=options.every_steps, async_save=options.async_save,
-      config=config, ignore_keys=resumable_keys)
+      config=config, ignore_keys=resumable_keys, later_keys=later_keys)
 
 
 def make_mesh(axes: dict, batch_size: int, data_axis_size=None):
