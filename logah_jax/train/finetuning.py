@@ -229,7 +229,8 @@ def train(run: FinetuneRun, workdir: str, *,
         f'steps, {run.optimizer}; eval on {run.eval.split} every '
         f'{run.eval.every_steps or "-"} steps' + (
             f'; {run.eval.test_split} read once after the last step'
-            if run.eval.test_split else ''), run.compute.describe(scan=run.scan_blocks),
+            if run.eval.test_split else ''),
+        run.compute.describe(scan=run.scan_blocks),
         f'resuming at step {start}' if start else 'starting at step 0')
     # A fresh run drops every old eval row (an attempt that died before its
     # first checkpoint may have written the step-0 row already).
