@@ -31,13 +31,18 @@ class Compute:
   def dtype_name(self) -> str:
     return jnp.dtype(self.dtype).name
 
+  def block_remat(self, scan: bool):
+    """The `remat` of a training step's target blocks: `remat`, and for
+    scanned blocks at most their matmul outputs kept
+    (`layers.scanned_remat`)."""
+    return layers.scanned_remat(self.remat) if scan else self.remat
+
   def describe(self, scan: bool = False) -> str:
     """The start-up line: what was chosen, on which backend. `scan`: the
-    step runs its target's blocks as one scan, with their remat from
-    `layers.scanned_remat`."""
-    remat = layers.scanned_remat(self.remat) if scan else self.remat
+    step runs its target's blocks as one scan (`block_remat`)."""
     what = {True: 'remat on', False: 'remat off',
-            layers.REMAT_DOTS: 'remat keeping matmul outputs'}[remat]
+            layers.REMAT_DOTS: 'remat keeping matmul outputs'}[
+                self.block_remat(scan)]
     return (f'compute dtype {self.dtype_name} on {jax.default_backend()} '
             f'(params and optimizer state float32), '
             f'{"blocks scanned, " if scan else ""}{what}')

@@ -23,7 +23,6 @@ import optax
 from logah_jax import compiles
 from logah_jax import models
 from logah_jax import parallel
-from logah_jax.models import layers
 from logah_jax.train import objective
 from logah_jax.train import state as state_lib
 from logah_jax.train.compute import Compute
@@ -130,11 +129,8 @@ class FinetuneStep:
 
   @property
   def block_remat(self):
-    """`compute.remat`; scanned blocks keep at most their matmul outputs
-    (`layers.scanned_remat`)."""
-    if self.scan_blocks:
-      return layers.scanned_remat(self.compute.remat)
-    return self.compute.remat
+    """The blocks' remat (`Compute.block_remat`)."""
+    return self.compute.block_remat(self.scan_blocks)
 
   def __call__(self, state: TrainState, batch):
     return self._step(state, parallel.shard_batch(self.mesh, batch))

@@ -49,7 +49,6 @@ from logah_jax import ghn as ghn_lib
 from logah_jax import parallel
 from logah_jax.ghn import depth_sharing
 from logah_jax.ghn.config import GHNConfig
-from logah_jax.models import layers
 from logah_jax.train import objective
 from logah_jax.train import state as state_lib
 from logah_jax.train.compute import Compute
@@ -180,10 +179,8 @@ class GHNStep:
     return self._compile_arch(arch, group).lower(*signature).compile()
 
   def block_remat(self, scan: bool = True):
-    """`compute.remat` of the target's blocks; scanned ones keep at most their
-    matmul outputs (`layers.scanned_remat`)."""
-    return layers.scanned_remat(self.compute.remat) if scan else (
-        self.compute.remat)
+    """The target blocks' remat (`Compute.block_remat`)."""
+    return self.compute.block_remat(scan)
 
   def _compile_arch(self, arch, group: int, scan: bool = True):
     """The program of `arch` on arch group `group`.
