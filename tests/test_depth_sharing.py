@@ -20,6 +20,11 @@ from logah_jax.train import objective
 from logah_jax.validation import ConfigError
 
 GHN = ghn_lib.named('logah-tiny')
+# XLA's own values of the quick CPU options: the test run sets the quick ones
+# for the whole process (conftest.py), a program given these compiles as a
+# user's would.
+XLA_DEFAULT_CPU = {'xla_cpu_use_fusion_emitters': True,
+                   'xla_backend_optimization_level': 3}
 
 
 def _gpt(depth, width=32):
@@ -130,15 +135,17 @@ def test_shared_program_gives_each_depth_its_own_gradients(make):
   does) and gets the loss and gradients of its own program. (GHN training
   runs shared programs end to end on CPUs, where they are the default.)
   The own program is compiled with the quick CPU options
-  (`train.quick_compile`) and the shared one without: those options must
-  not change the results either."""
+  (`train.quick_compile`) and the shared one with XLA's defaults: those
+  options must not change the results either."""
+  assert XLA_DEFAULT_CPU.keys() == compiles.QUICK_CPU_COMPILE.keys()
   short, deep = make(2), make(3)
   family = short.family
   batch = _batch(short)
   mesh = parallel.make_mesh({'data': 1}, devices=jax.devices()[:1])
   n_pad = batching.bucket_size(ghn_lib.num_nodes(GHN, deep))
   step = ghn_step.GHNStep(GHN, family, optax.sgd(0.1), mesh, m=2,
-                          n_pad=n_pad, share_depths=[deep, short])
+                          n_pad=n_pad, share_depths=[deep, short],
+                          compiler_options=XLA_DEFAULT_CPU)
   assert step.program_arch(short) == step.program_arch(deep) == deep
   params = ghn_lib.init(GHN, family, 0)
   # pylint: disable=protected-access
