@@ -19,8 +19,10 @@ import json
 import pathlib
 import re
 
-MATMUL = re.compile(r'gemm|cublas|cutlass|xmma|sm\d+_|dot|matmul|nvjet',
-                    re.I)
+# On CPUs XLA hands dots to YNNPACK/XNNPACK as library fusions (a dot with
+# the elementwise work fused around it), named ynn_fusion.N / xnn_fusion.N.
+MATMUL = re.compile(
+    r'gemm|cublas|cutlass|xmma|sm\d+_|dot|matmul|nvjet|[xy]nn_fusion', re.I)
 ATTENTION = re.compile(r'cudnn|fmha|flash|attention', re.I)
 
 
@@ -46,7 +48,8 @@ def busy_us(intervals) -> float:
 
 
 def device_events(trace: dict):
-  """(place, [(name, ts, dur)]) of the device kernels, else the host XLA ops."""
+  """(place, [(name, ts, dur, is_call)]) of the device kernels, else of the
+  host's XLA ops (is_call: False for an op's tail, counted in time only)."""
   events = trace['traceEvents']
   procs = {e['pid']: e['args']['name'] for e in events
            if e.get('ph') == 'M' and e.get('name') == 'process_name'}
@@ -62,10 +65,14 @@ def device_events(trace: dict):
         threads.get((e['pid'], e['tid']), '')))
     place = procs[pid]
   else:
-    keep = lambda e: 'XLAEigen' in threads.get((e['pid'], e['tid']), '')
+    # The XLA ops of the host's threads, without the thunk executor's event
+    # that encloses them; an op's 'end: NAME' tail counts as NAME.
+    keep = lambda e: ('XLAEigen' in threads.get((e['pid'], e['tid']), '')
+                      and e['name'] != 'ThunkExecutor::Execute')
     place = 'host XLA threads'
-  return place, [(e['name'], e['ts'], e.get('dur', 0.0)) for e in events
-                 if e.get('ph') == 'X' and keep(e)]
+  return place, [(e['name'].removeprefix('end: '), e['ts'], e.get('dur', 0.0),
+                  not e['name'].startswith('end: '))
+                 for e in events if e.get('ph') == 'X' and keep(e)]
 
 
 def report(path: pathlib.Path, steps: int, top: int) -> str:
@@ -74,20 +81,21 @@ def report(path: pathlib.Path, steps: int, top: int) -> str:
   place, ev = device_events(trace)
   if not ev:
     return f'{path}: no device events'
-  start = min(t for _, t, _ in ev)
-  end = max(t + d for _, t, d in ev)
-  busy = busy_us([(t, t + d) for _, t, d in ev])
+  start = min(t for _, t, _, _ in ev)
+  end = max(t + d for _, t, d, _ in ev)
+  busy = busy_us([(t, t + d) for _, t, d, _ in ev])
   by_name = collections.defaultdict(lambda: [0, 0.0])
   by_kind = collections.Counter()
-  for name, _, dur in ev:
-    by_name[name][0] += 1
+  for name, _, dur, is_call in ev:
+    by_name[name][0] += is_call
     by_name[name][1] += dur
     by_kind[kind_of(name)] += dur
   summed = sum(by_kind.values())
   run = next((q.parent.name for q in path.parents if q.name == 'plugins'),
              path.name)
   lines = [f'## {run}',
-           f'{place}: {len(ev)} events; per step ({steps} steps): wall span '
+           f'{place}: {sum(c for *_, c in ev)} events; per step ({steps} '
+           f'steps): wall span '
            f'{(end - start) / steps / 1e3:.2f} ms, busy {busy / steps / 1e3:.2f}'
            f' ms ({busy / (end - start):.1%} of the span)',
            'by kind (summed kernel time): ' + ', '.join(
