@@ -111,7 +111,7 @@ class GPT2(nn.Module):
                           scan=self.scan, prefix='h_', depth=depth)
     x = layers.layer_norm(_LN_EPS, dtype=self.dtype, name='ln_f')(x)
     if cfg.tie_embeddings:
-      logits = wte.attend(x)  # h @ wte.embedding.T
+      logits = layers.rows_apply(wte.attend, x)  # h @ wte.embedding.T
     else:
       logits = layers.dense(cfg.vocab_size, layers.normal(_STD), None,
                             dtype=self.dtype, name='lm_head')(x)

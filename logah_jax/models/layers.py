@@ -8,6 +8,7 @@ rather than Flax's near-equivalents.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -209,13 +210,27 @@ def run_blocks(block: type[nn.Module], cfg, x, *, dtype, remat: bool | str,
 
 
 def dense(features: int, kernel_init, bias_init=None, *, dtype,
-          name: str) -> nn.Dense:
-  """A Dense with float32 params; `bias_init=None` means no bias (lm_head)."""
+          name: str) -> Callable[[jax.Array], jax.Array]:
+  """A Dense with float32 params; `bias_init=None` means no bias (lm_head).
+
+  An input (..., d_in) is multiplied as one (rows, d_in) matrix: the
+  kernel's gradient then contracts a single dimension, where over (batch,
+  tokens) XLA's CPU backend first copies the output's gradient transposed
+  (docs/performance.md). Same params, same values.
+  """
   if bias_init is None:
-    return nn.Dense(features, use_bias=False, kernel_init=kernel_init,
-                    dtype=dtype, param_dtype=jnp.float32, name=name)
-  return nn.Dense(features, kernel_init=kernel_init, bias_init=bias_init,
-                  dtype=dtype, param_dtype=jnp.float32, name=name)
+    module = nn.Dense(features, use_bias=False, kernel_init=kernel_init,
+                      dtype=dtype, param_dtype=jnp.float32, name=name)
+  else:
+    module = nn.Dense(features, kernel_init=kernel_init, bias_init=bias_init,
+                      dtype=dtype, param_dtype=jnp.float32, name=name)
+  return lambda x: rows_apply(module, x)
+
+
+def rows_apply(fn, x: jax.Array) -> jax.Array:
+  """`fn` of a (rows, d) matrix applied to x (..., d) as one matrix."""
+  y = fn(x.reshape(-1, x.shape[-1]))
+  return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
 def layer_norm(eps: float, *, dtype, name: str) -> nn.LayerNorm:
