@@ -51,9 +51,9 @@ def test_gpu_quick_compile_options_are_known_to_xla():
 
 
 def test_quick_compile_setting(monkeypatch):
-  # 'auto' on CPUs: quick below 20 visits per GPT-2 program, 450 per ViT one
-  assert ghn_training.quick_compile('auto', 19.5, 'gpt2') is True
-  assert ghn_training.quick_compile('auto', 20, 'gpt2') is False
+  # 'auto' on CPUs: quick below 60 visits per GPT-2 program, 450 per ViT one
+  assert ghn_training.quick_compile('auto', 59.5, 'gpt2') is True
+  assert ghn_training.quick_compile('auto', 60, 'gpt2') is False
   assert ghn_training.quick_compile('auto', 449, 'vit') is True
   assert ghn_training.quick_compile('auto', 450, 'vit') is False
   for visits in (1, 10**6):  # an explicit value ignores the visits

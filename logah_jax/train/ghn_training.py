@@ -132,7 +132,7 @@ def quick_compile(value, visits_per_program: float, family: str) -> bool:
   up to 5%). 'auto' is true where that pays: when the run visits each
   program fewer times (`visits_per_program`: steps x m / programs) than
   `compiles.QUICK_COMPILE_PAYS_BELOW` gives for the backend and the
-  targets' `family` (CPU: 20 for GPT-2, 450 for ViTs; GPU 1,400; never on
+  targets' `family` (CPU: 60 for GPT-2, 450 for ViTs; GPU 1,400; never on
   TPUs). docs/performance.md.
   """
   return _auto_bool(value, 'quick_compile',
