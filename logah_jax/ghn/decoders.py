@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from logah_jax.ghn import graphormer
 from logah_jax.ghn.graphormer import TorchDense, torch_linear_init
 
 
@@ -34,7 +35,7 @@ class SliceableDense(nn.Module):
     kernel = self.param('kernel', init, (x.shape[-1], self.features))
     bias = self.param('bias', init, (self.features,))
     cols = self.features if cols is None else cols
-    return x @ kernel[:, :cols] + bias[:cols]
+    return graphormer.matmul_rows(x, kernel[:, :cols]) + bias[:cols]
 
 
 class LowRankDecoder(nn.Module):

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from logah_jax.arch.graph import OP_TYPES
 from logah_jax.ghn.config import MAX_CUTOFF
+from logah_jax.models import layers
 
 MASK_VALUE = -2.0**15  # the original's fp16-safe mask constant
 EDGE_VOCAB = MAX_CUTOFF + 3  # distances 0..MAX_CUTOFF, shifted by 2
@@ -37,6 +38,12 @@ def embed_init(width: int):
       key, -2.0 / std, 2.0 / std, shape, dtype)
 
 
+def matmul_rows(x, kernel):
+  """x (..., d_in) @ kernel as one (rows, d_in) matrix: the kernel's
+  gradient then contracts one dimension (`layers.rows_apply`)."""
+  return layers.rows_apply(lambda rows: rows @ kernel, x)
+
+
 class TorchDense(nn.Module):
   """A linear layer with PyTorch's default init for kernel and bias."""
 
@@ -48,7 +55,7 @@ class TorchDense(nn.Module):
   def __call__(self, x):
     init = torch_linear_init(x.shape[-1])
     kernel = self.param('kernel', init, (x.shape[-1], self.features))
-    y = x.astype(self.dtype) @ kernel.astype(self.dtype)
+    y = matmul_rows(x.astype(self.dtype), kernel.astype(self.dtype))
     if self.use_bias:
       y = y + self.param('bias', init, (self.features,)).astype(self.dtype)
     return y
