@@ -42,10 +42,11 @@ QUICK_GPU_COMPILE = {'xla_gpu_autotune_level': 0}
 # per visit (benchmarks/quick_compile.py, two runs, after Dense layers began
 # multiplying row matrices: the older emitters had run the transposed copy
 # of the logits' gradient slowly; before that, 1.2-1.4 s and 0.06-0.07 s,
-# and earlier 2.2 and 0.04 s). CPU, ViT: the main job's 12 programs compiled in 3.0 s less each,
-# and its 800 steps, run from a warm cache, took 6 ms longer each (about
-# 5%): even at about 475 visits; its program alone later: 2.55 s saved,
-# 6 ms lost, about 430. GPU: 2.1 s saved, 1.5 ms lost (H200, GPT-2, m = 2),
+# and earlier 2.2 and 0.04 s). CPU, ViT: the main job's 12 programs
+# compiled in 3.0 s less each, and its 800 steps, run from a warm cache,
+# took 6 ms longer each (about 5%): even at about 475 visits; its program
+# alone later: 2.55 s saved, 6 ms lost, about 430; later still 2.03 s and
+# 4.4 ms, about 460. GPU: 2.1 s saved, 1.5 ms lost (H200, GPT-2, m = 2),
 # also used for ViTs. TPUs have no quick options.
 QUICK_COMPILE_PAYS_BELOW = {('cpu', 'gpt2'): 60, ('cpu', 'vit'): 450,
                             ('gpu', 'gpt2'): 1400, ('gpu', 'vit'): 1400}
