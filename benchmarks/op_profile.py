@@ -95,9 +95,9 @@ def report(path: pathlib.Path, steps: int, top: int) -> str:
              path.name)
   lines = [f'## {run}',
            f'{place}: {sum(c for *_, c in ev)} events; per step ({steps} '
-           f'steps): wall span '
-           f'{(end - start) / steps / 1e3:.2f} ms, busy {busy / steps / 1e3:.2f}'
-           f' ms ({busy / (end - start):.1%} of the span)',
+           f'steps): wall span {(end - start) / steps / 1e3:.2f} ms, busy '
+           f'{busy / steps / 1e3:.2f} ms ({busy / (end - start):.1%} of the '
+           'span)',
            'by kind (summed kernel time): ' + ', '.join(
                f'{k} {v / steps / 1e3:.2f} ms ({v / summed:.1%})'
                for k, v in by_kind.most_common()),
