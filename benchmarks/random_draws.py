@@ -1,10 +1,12 @@
 """jax.random's draws from plain threefry keys and from `prng.fused_threefry`.
 
 Both give the same values (tests/test_prng.py); this prints what each costs,
-side by side in one process: compile seconds and the median of the timed
-runs, for a batch of normal draws and for a target's full random init
-(`models.init_params`; the plain row is the same flax init with the key as
-given).
+side by side in one process: the first call (compile and run) and the median
+of the timed runs, for a batch of normal draws and for a target's full random
+init. The init rows: Flax's init of the whole model as one program with the
+key as given (`plain`) and with the fused key (`fused`), and
+`models.init_params` (`per block`: the same values, one program per distinct
+block, tests/test_block_init.py).
 
     .venv/bin/python benchmarks/random_draws.py
     .venv/bin/python benchmarks/random_draws.py --target gpt2-large-untied
@@ -53,14 +55,15 @@ def main():
     cfg = arch.named(args.target)
     model, x = models.build(cfg), models.dummy_input(cfg)
     plain = jax.jit(lambda k: model.init(k, x)['params'])
-    for name, init in (('plain', plain),
-                       ('fused', lambda k: models.init_params(cfg, k))):
+    fused = jax.jit(lambda k: model.init(prng.fused_threefry(k), x)['params'])
+    for name, init in (('plain', plain), ('fused', fused),
+                       ('per block', lambda k: models.init_params(cfg, k))):
       rows.append((f'init {cfg.name} ({arch.num_params(cfg) / 1e6:.0f}M)',
                    name, *_timed(lambda i, init=init: init(key(i)),
                                  args.repeats)))
-  print(f'{"what":<52}{"keys":>7}{"first s":>9}{"median s":>10}')
+  print(f'{"what":<52}{"how":>10}{"first s":>9}{"median s":>10}')
   for what, name, first, median in rows:
-    print(f'{what:<52}{name:>7}{first:>9.2f}{median:>10.3f}')
+    print(f'{what:<52}{name:>10}{first:>9.2f}{median:>10.3f}')
   print('first: compile + run; median: of the runs after it. Same values '
         'either way.')
 

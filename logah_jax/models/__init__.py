@@ -13,9 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from logah_jax import prng
 from logah_jax.arch.configs import GPT2Config, ViTConfig
-from logah_jax.models import layers
+from logah_jax.models import block_init, layers
 from logah_jax.models.gpt2 import GPT2
 from logah_jax.models.vit import ViT
 
@@ -114,11 +113,8 @@ def abstract_params(cfg):
 
 
 @functools.lru_cache(maxsize=64)
-def _jitted_init(cfg):
-  model = build(cfg)
-  x = dummy_input(cfg)
-  return jax.jit(
-      lambda key: model.init(prng.fused_threefry(key), x)['params'])
+def _init_plan(cfg, key: jax.ShapeDtypeStruct) -> block_init.Plan:
+  return block_init.Plan(build(cfg), dummy_input(cfg), block_names(cfg), key)
 
 
 def init_params(cfg, key: jax.Array):
@@ -128,4 +124,5 @@ def init_params(cfg, key: jax.Array):
   threefry implementation (`prng`): the same values, 3-4x faster on CPUs.
   """
   _check(cfg, 'init_params')
-  return _jitted_init(cfg)(key)
+  plan = _init_plan(cfg, jax.ShapeDtypeStruct(key.shape, key.dtype))
+  return block_init.run(plan, key)

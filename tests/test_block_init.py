@@ -1,0 +1,124 @@
+"""`models.init_params` compiles one program per distinct block, and its
+values are those of Flax's init of the whole model in one program."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from logah_jax import compiles, models, prng
+from logah_jax.arch import GPT2Config, ViTConfig
+from logah_jax.models import block_init
+
+GPT_UNTIED = GPT2Config(depth=11, width=24, heads=2, vocab_size=41,
+                        n_positions=12, tie_embeddings=False)
+GPT_TIED = GPT2Config(depth=3, width=24, heads=2, vocab_size=41,
+                      n_positions=12, tie_embeddings=True)
+VIT = ViTConfig(depth=3, width=24, heads=3, mlp_dim=40, patch=4,
+                image_size=8, channels=3, num_classes=7)
+
+
+def _whole_model_init(cfg, key):
+  """The reference: Flax's init of the whole model, one jitted program
+  (keys sorted: h_10 before h_2)."""
+  model, x = models.build(cfg), models.dummy_input(cfg)
+  return jax.jit(lambda k: model.init(prng.fused_threefry(k), x)['params'])(
+      key)
+
+
+def _assert_same(got, want):
+  assert list(got) == list(want)  # top-level key order too
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
+@pytest.mark.parametrize('cfg', [GPT_UNTIED, GPT_TIED, VIT],
+                         ids=['gpt-untied', 'gpt-tied', 'vit'])
+@pytest.mark.parametrize('key', [jax.random.key(7), jax.random.PRNGKey(3)],
+                         ids=['typed-key', 'raw-key'])
+def test_equals_the_whole_model_init(cfg, key):
+  got = models.init_params(cfg, key)
+  _assert_same(got, _whole_model_init(cfg, key))
+  first, second = (jax.tree.leaves(got[name])
+                    for name in models.block_names(cfg)[:2])
+  assert any(not np.array_equal(a, b) for a, b in zip(first, second))
+
+
+def test_inside_jit_and_eval_shape():
+  key = jax.random.key(2)
+  want = models.init_params(GPT_UNTIED, key)
+  _assert_same(jax.jit(lambda k: models.init_params(GPT_UNTIED, k))(key),
+               want)
+  shapes = jax.eval_shape(lambda k: models.init_params(GPT_UNTIED, k), key)
+  assert jax.tree.map(lambda s: (s.shape, s.dtype), shapes) == jax.tree.map(
+      lambda s: (s.shape, s.dtype), models.abstract_params(GPT_UNTIED))
+
+
+def _block_traces(cfg, seed):
+  """Block programs traced by `init_params(cfg)`, and its params."""
+  before = compiles.trace_counts('block_init').get('block', 0)
+  params = models.init_params(cfg, jax.random.key(seed))
+  return compiles.trace_counts('block_init').get('block', 0) - before, params
+
+
+def test_models_with_the_same_blocks_share_one_program():
+  untied = GPT2Config(depth=4, width=20, heads=2, vocab_size=29,
+                      n_positions=10, tie_embeddings=False)
+  tied = GPT2Config(depth=4, width=20, heads=2, vocab_size=31,
+                    n_positions=10, tie_embeddings=True)
+  shallow = ViTConfig(depth=2, width=20, heads=2, mlp_dim=36, patch=4,
+                      image_size=8, channels=3, num_classes=3)
+  deep = ViTConfig(depth=5, width=20, heads=2, mlp_dim=36, patch=4,
+                   image_size=8, channels=3, num_classes=3)
+  assert _block_traces(untied, 0)[0] == 1  # four blocks, one program
+  traces, params = _block_traces(tied, 1)
+  assert traces == 0
+  _assert_same(params, _whole_model_init(tied, jax.random.key(1)))
+  assert _block_traces(shallow, 2)[0] == 1
+  traces, params = _block_traces(deep, 3)  # GPT-2's init depends on depth
+  assert traces == 0
+  _assert_same(params, _whole_model_init(deep, jax.random.key(3)))
+  plan = models._init_plan(  # pylint: disable=protected-access
+      tied, jax.ShapeDtypeStruct((), jax.random.key(0).dtype))
+  outside = jax.eval_shape(plan.outside, jax.random.key(0))
+  assert sorted(outside) == ['ln_f', 'wpe', 'wte']  # blocks skipped there
+
+
+class _Block(nn.Module):
+  std: float
+
+  @nn.compact
+  def __call__(self, x):
+    return x + nn.Dense(x.shape[-1], kernel_init=nn.initializers.normal(
+        self.std))(x)
+
+
+class _Stack(nn.Module):
+  """Blocks b_0..b_3 whose init differs past b_1: two block programs."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Dense(6, name='embed')(x)
+    for i in range(4):
+      x = _Block(0.02 if i < 2 else 0.5, name=f'b_{i}')(x)
+    return nn.Dense(3, name='head')(x)
+
+
+def test_blocks_that_init_differently_get_their_own_program():
+  model, x, names = _Stack(), jnp.zeros((2, 5)), [f'b_{i}' for i in range(4)]
+  key = jax.random.key(4)
+  plan = block_init.Plan(model, x, names, jax.ShapeDtypeStruct(key.shape,
+                                                               key.dtype))
+  structures = [structure for _, structure, _ in plan.blocks]
+  assert structures[0] == structures[1] != structures[2] == structures[3]
+  got = block_init.run(plan, key)
+  want = jax.jit(lambda k: model.init(prng.fused_threefry(k), x)['params'])(
+      key)
+  _assert_same(got, want)
+
+
+def test_a_block_the_model_never_calls_is_named():
+  with pytest.raises(ValueError, match=r"\['b_9'\]"):
+    block_init.Plan(_Stack(), jnp.zeros((2, 5)), ['b_0', 'b_9'],
+                    jax.ShapeDtypeStruct((), jax.random.key(0).dtype))
