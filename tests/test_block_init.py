@@ -1,5 +1,8 @@
-"""`models.init_params` compiles one program per distinct block, and its
-values are those of Flax's init of the whole model in one program."""
+"""`models.init_params` and `ghn.init` compile one program per distinct
+block, and their values are those of Flax's init of the whole model in one
+program."""
+
+import dataclasses
 
 import flax.linen as nn
 import jax
@@ -7,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from logah_jax import compiles, models, prng
+from logah_jax import compiles, ghn, models, prng
 from logah_jax.arch import GPT2Config, ViTConfig
+from logah_jax.ghn import api as ghn_api
 from logah_jax.models import block_init
 
 GPT_UNTIED = GPT2Config(depth=11, width=24, heads=2, vocab_size=41,
@@ -89,26 +93,28 @@ class _Block(nn.Module):
   std: float
 
   @nn.compact
-  def __call__(self, x):
-    return x + nn.Dense(x.shape[-1], kernel_init=nn.initializers.normal(
-        self.std))(x)
+  def __call__(self, x, gate, *, shift):
+    kernel_init = nn.initializers.normal(self.std)
+    return x + nn.Dense(x.shape[-1], kernel_init=kernel_init)(x) * gate + shift
 
 
 class _Stack(nn.Module):
-  """Blocks b_0..b_3 whose init differs past b_1: two block programs."""
+  """Blocks b_0..b_3 of several inputs, whose init differs past b_1: two
+  block programs."""
 
   @nn.compact
   def __call__(self, x):
     x = nn.Dense(6, name='embed')(x)
+    gate = jax.nn.sigmoid(nn.Dense(1, name='gate')(x))
     for i in range(4):
-      x = _Block(0.02 if i < 2 else 0.5, name=f'b_{i}')(x)
+      x = _Block(0.02 if i < 2 else 0.5, name=f'b_{i}')(x, gate, shift=1.0)
     return nn.Dense(3, name='head')(x)
 
 
 def test_blocks_that_init_differently_get_their_own_program():
   model, x, names = _Stack(), jnp.zeros((2, 5)), [f'b_{i}' for i in range(4)]
   key = jax.random.key(4)
-  plan = block_init.Plan(model, x, names, jax.ShapeDtypeStruct(key.shape,
+  plan = block_init.Plan(model, (x,), names, jax.ShapeDtypeStruct(key.shape,
                                                                key.dtype))
   structures = [structure for _, structure, _ in plan.blocks]
   assert structures[0] == structures[1] != structures[2] == structures[3]
@@ -120,5 +126,36 @@ def test_blocks_that_init_differently_get_their_own_program():
 
 def test_a_block_the_model_never_calls_is_named():
   with pytest.raises(ValueError, match=r"\['b_9'\]"):
-    block_init.Plan(_Stack(), jnp.zeros((2, 5)), ['b_0', 'b_9'],
+    block_init.Plan(_Stack(), (jnp.zeros((2, 5)),), ['b_0', 'b_9'],
                     jax.ShapeDtypeStruct((), jax.random.key(0).dtype))
+
+
+@pytest.mark.parametrize('decoder', ['logah-tiny', 'ghn3-tiny'])
+def test_ghn_init_equals_one_program(decoder):
+  small = (dict(rank=4) if decoder.startswith('logah')
+           else dict(max_shape=(16, 16, 16, 16)))
+  cfg = dataclasses.replace(ghn.named(decoder), hid=16, layers=3, heads=2,
+                            **small)
+  # pylint: disable=protected-access
+  body = ghn_api._body_module(cfg, 'gpt2')
+  dummy = ghn_api.make_inputs(cfg, 'gpt2', [ghn_api._dummy_arch('gpt2')])
+
+  @jax.jit
+  def reference(key):
+    k_body, k_dec, k_1d, k_cls = jax.random.split(prng.fused_threefry(key), 4)
+    params = {'body': body.init(k_body, dummy)['params'],
+              'decoder': ghn_api.decoder_module(cfg).init(
+                  k_dec, *ghn_api._decoder_init_args(cfg))['params']}
+    if cfg.decoder == 'lowrank':
+      one = jnp.zeros((1, 1))
+      params['decoder_1d'] = ghn_api.TorchDense(1).init(k_1d, one)['params']
+      params['bias_class'] = ghn_api.TorchDense(1).init(k_cls, one)['params']
+    return params
+
+  got = ghn.init(cfg, 'gpt2', seed=6)
+  want = reference(jax.random.key(6))
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  jax.tree.map(np.testing.assert_array_equal, got, want)
+  layers = [got['body'][f'layer_{i}']['fc1']['kernel'] for i in range(3)]
+  assert not np.array_equal(layers[0], layers[1])
+  assert not np.array_equal(layers[1], layers[2])

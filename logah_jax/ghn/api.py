@@ -32,6 +32,7 @@ from logah_jax.ghn import vocab
 from logah_jax.ghn.config import GHNConfig
 from logah_jax.ghn.graphormer import GHNBody, TorchDense
 from logah_jax.ghn.writeback import decode_arch, decoder_module
+from logah_jax.models import block_init
 from logah_jax.validation import ConfigError
 
 
@@ -90,16 +91,22 @@ def _check_family(family: str):
 
 @functools.lru_cache(maxsize=None)
 def _init_fn(cfg: GHNConfig, family: str):
-  def init(key):
+  """key -> fresh GHN params. The Graphormer layers, which differ only in
+  their params' paths, share one compiled init program
+  (`models.block_init`): a 12-layer body otherwise compiled 12 copies."""
+  split = lambda key: jax.random.split(prng.fused_threefry(key), 4)
+  body = _body_module(cfg, family)
+  dummy = make_inputs(cfg, family, [_dummy_arch(family)])
+  k_body = jax.eval_shape(lambda k: split(k)[0], jax.random.key(0))
+  body_plan = block_init.Plan(body, (dummy,),
+                              [f'layer_{i}' for i in range(cfg.layers)],
+                              jax.ShapeDtypeStruct(k_body.shape, k_body.dtype))
+
+  @jax.jit
+  def rest(k_dec, k_1d, k_cls):
     compiles.count_trace('ghn.init')
-    # jax.random's draws from `key`, one fused pass each (`prng`)
-    k_body, k_dec, k_1d, k_cls = jax.random.split(prng.fused_threefry(key), 4)
-    dummy = make_inputs(cfg, family, [_dummy_arch(family)])
-    params = {
-        'body': _body_module(cfg, family).init(k_body, dummy)['params'],
-        'decoder': decoder_module(cfg).init(
-            k_dec, *_decoder_init_args(cfg))['params'],
-    }
+    params = {'decoder': decoder_module(cfg).init(
+        k_dec, *_decoder_init_args(cfg))['params']}
     if cfg.decoder == 'lowrank':
       # The original allocates these two Linear(1, 1) placeholders and never
       # uses them; the paper's counts include their 4 parameters.
@@ -107,7 +114,13 @@ def _init_fn(cfg: GHNConfig, family: str):
       params['decoder_1d'] = TorchDense(1).init(k_1d, one)['params']
       params['bias_class'] = TorchDense(1).init(k_cls, one)['params']
     return params
-  return jax.jit(init)
+
+  def init(key):
+    # jax.random's draws from `key`, one fused pass each (`prng`)
+    k_body, k_dec, k_1d, k_cls = split(key)
+    return {'body': block_init.run(body_plan, k_body),
+            **rest(k_dec, k_1d, k_cls)}
+  return init
 
 
 def _decoder_init_args(cfg: GHNConfig):

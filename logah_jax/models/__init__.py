@@ -114,7 +114,8 @@ def abstract_params(cfg):
 
 @functools.lru_cache(maxsize=64)
 def _init_plan(cfg, key: jax.ShapeDtypeStruct) -> block_init.Plan:
-  return block_init.Plan(build(cfg), dummy_input(cfg), block_names(cfg), key)
+  return block_init.Plan(build(cfg), (dummy_input(cfg),), block_names(cfg),
+                         key)
 
 
 def init_params(cfg, key: jax.Array):

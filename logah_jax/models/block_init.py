@@ -104,13 +104,26 @@ def _block_program(structure: str, closed: jcore.ClosedJaxpr, treedef):
   return program
 
 
-def _trace_block(module: nn.Module, x: jax.ShapeDtypeStruct, name: str,
+def _abstract(leaf):
+  return (jax.ShapeDtypeStruct(leaf.shape, leaf.dtype)
+          if isinstance(leaf, (jax.Array, np.ndarray)) else leaf)
+
+
+def _zeros(leaf):
+  return (jnp.zeros(leaf.shape, leaf.dtype)
+          if isinstance(leaf, jax.ShapeDtypeStruct) else leaf)
+
+
+def _trace_block(module: nn.Module, inputs, name: str,
                  key: jax.ShapeDtypeStruct):
   """(structure, hashes, trace, output treedef) of block `name`'s init, with
-  the key split as in the whole model's init: Flax's path (`name`, ...)."""
+  the key split as in the whole model's init: Flax's path (`name`, ...).
+  `inputs`: the block call's (args, kwargs), arrays as shapes."""
+  args, kwargs = jax.tree.map(_zeros, inputs)
+
   def init(k):
     rng = LazyRng.create(prng.fused_threefry(k), name)
-    return module.init({'params': rng}, jnp.zeros(x.shape, x.dtype))['params']
+    return module.init({'params': rng}, *args, **kwargs)['params']
   closed, out = jax.make_jaxpr(init, return_shape=True)(key)
   return _structure(closed), _hashes(closed), closed, jax.tree.structure(out)
 
@@ -119,11 +132,14 @@ class Plan:
   """How to init one model: a program for the params outside its blocks,
   and for each block its structure (which program) and path hashes.
 
-  `names`: the blocks, direct children of `model` called in its
-  `__call__`; `key`: the shape and dtype of the keys `run` will get.
+  `names`: the blocks, direct children of `model` that its `__call__`
+  calls, each returning an array shaped like its first argument (a
+  residual block; the init skips them by returning that argument);
+  `inputs`: `model`'s positional arguments; `key`: the shape and dtype of
+  the keys `run` will get.
   """
 
-  def __init__(self, model: nn.Module, x: jax.Array, names: list[str],
+  def __init__(self, model: nn.Module, inputs: tuple, names: list[str],
                key: jax.ShapeDtypeStruct):
     wanted = set(names)
     seen = {}
@@ -132,14 +148,14 @@ class Plan:
       module = context.module
       if (context.method_name == '__call__' and module.name in wanted
           and module.scope.path == (module.name,)):
-        x_in = jax.ShapeDtypeStruct(args[0].shape, args[0].dtype)
-        seen[module.name] = (module.clone(parent=None, name=None), x_in)
+        seen[module.name] = (module.clone(parent=None, name=None),
+                             jax.tree.map(_abstract, (args, kwargs)))
         return args[0]
       return next_fun(*args, **kwargs)
 
     def outside(k):
       with nn.intercept_methods(skip_blocks):
-        return model.init(prng.fused_threefry(k), x)['params']
+        return model.init(prng.fused_threefry(k), *inputs)['params']
 
     jax.eval_shape(outside, key)  # finds the blocks and their inputs
     if set(seen) != wanted:
