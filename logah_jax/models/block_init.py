@@ -119,10 +119,9 @@ def _trace_block(module: nn.Module, inputs, name: str,
   """(structure, hashes, trace, output treedef) of block `name`'s init, with
   the key split as in the whole model's init: Flax's path (`name`, ...).
   `inputs`: the block call's (args, kwargs), arrays as shapes."""
-  args, kwargs = jax.tree.map(_zeros, inputs)
-
   def init(k):
     rng = LazyRng.create(prng.fused_threefry(k), name)
+    args, kwargs = jax.tree.map(_zeros, inputs)
     return module.init({'params': rng}, *args, **kwargs)['params']
   closed, out = jax.make_jaxpr(init, return_shape=True)(key)
   return _structure(closed), _hashes(closed), closed, jax.tree.structure(out)
@@ -143,6 +142,8 @@ class Plan:
                key: jax.ShapeDtypeStruct):
     wanted = set(names)
     seen = {}
+    # shapes only: a plan made under a trace keeps none of its tracers
+    inputs = jax.tree.map(_abstract, inputs)
 
     def skip_blocks(next_fun, args, kwargs, context):
       module = context.module
@@ -155,7 +156,8 @@ class Plan:
 
     def outside(k):
       with nn.intercept_methods(skip_blocks):
-        return model.init(prng.fused_threefry(k), *inputs)['params']
+        return model.init(prng.fused_threefry(k),
+                          *jax.tree.map(_zeros, inputs))['params']
 
     jax.eval_shape(outside, key)  # finds the blocks and their inputs
     if set(seen) != wanted:
