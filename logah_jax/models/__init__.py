@@ -123,6 +123,8 @@ def init_params(cfg, key: jax.Array):
 
   The draws are jax.random's from `key`, computed through the fused
   threefry implementation (`prng`): the same values, 3-4x faster on CPUs.
+  The blocks' init compiles once per distinct block (`block_init`), with
+  the values of Flax's init of the whole model.
   """
   _check(cfg, 'init_params')
   plan = _init_plan(cfg, jax.ShapeDtypeStruct(key.shape, key.dtype))
