@@ -15,6 +15,7 @@ from configs_for_tests import load_config_file
 from configs_for_tests import random_params
 from logah_jax import arch as arch_lib
 from logah_jax import checkpoint as ckpt_lib
+from logah_jax import compiles
 from logah_jax import models
 from logah_jax import parallel
 from logah_jax.models import layers
@@ -38,6 +39,31 @@ def _batches(arch, n=2):
   return [{'image': rng.random((8, 28, 28, 1), np.float32),
            'label': rng.integers(0, 10, 8).astype(np.int32)}
           for _ in range(n)]
+
+
+def test_unstacking_compiles_one_program_per_leaf_shape():
+  """reference_params runs one program per leaf shape and sharding, block i
+  an argument, however deep the model; each leaf is a copy of its block."""
+  tx = optax.sgd(0.1)
+  mesh = parallel.make_mesh({'data': 1}, devices=jax.devices()[:1])
+  for depth in (2, 7):  # widths of no other test: nothing compiled before
+    arch = arch_lib.parse(f'gpt2:depth={depth},width=24,heads=2,'
+                          'vocab_size=43,n_positions=8')
+    step = finetune_step.FinetuneStep(arch, tx, mesh, scan_blocks=True)
+    params = random_params(arch, seed=depth)
+    state = step.init_state(params)
+    before = compiles.snapshot()
+    back = step.reference_params(state.params)
+    compiled = (compiles.snapshot() - before).count
+    assert list(back) == sorted(params)
+    jax.tree.map(np.testing.assert_array_equal, back, params)
+    assert not {x.unsafe_buffer_pointer() for x in jax.tree.leaves(back)} & {
+        x.unsafe_buffer_pointer() for x in jax.tree.leaves(state.params)}
+    stacked = {x.shape for x in jax.tree.leaves(state.params[layers.STACKED])}
+    others = {x.shape for k, v in state.params.items()
+              if k != layers.STACKED for x in jax.tree.leaves(v)}
+    # the others' copies were compiled for the 2-block model already
+    assert compiled == len(stacked) + (len(others) if depth == 2 else 0)
 
 
 @pytest.mark.parametrize('spec,rule,n_dev', [(VIT3, 'fsdp', 8),
