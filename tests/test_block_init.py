@@ -77,18 +77,17 @@ def _block_traces(cfg, seed):
 def test_models_with_the_same_blocks_share_one_program():
   untied = GPT2Config(depth=4, width=20, heads=2, vocab_size=29,
                       n_positions=10, tie_embeddings=False)
-  tied = GPT2Config(depth=4, width=20, heads=2, vocab_size=31,
-                    n_positions=10, tie_embeddings=True)
+  tied = dataclasses.replace(untied, vocab_size=31, tie_embeddings=True)
   shallow = ViTConfig(depth=2, width=20, heads=2, mlp_dim=36, patch=4,
                       image_size=8, channels=3, num_classes=3)
-  deep = ViTConfig(depth=5, width=20, heads=2, mlp_dim=36, patch=4,
-                   image_size=8, channels=3, num_classes=3)
+  # depth varies for ViTs only: a GPT-2's init depends on its depth
+  deep = dataclasses.replace(shallow, depth=5)
   assert _block_traces(untied, 0)[0] == 1  # four blocks, one program
   traces, params = _block_traces(tied, 1)
   assert traces == 0
   _assert_same(params, _whole_model_init(tied, jax.random.key(1)))
   assert _block_traces(shallow, 2)[0] == 1
-  traces, params = _block_traces(deep, 3)  # GPT-2's init depends on depth
+  traces, params = _block_traces(deep, 3)
   assert traces == 0
   _assert_same(params, _whole_model_init(deep, jax.random.key(3)))
   plan = models._init_plan(  # pylint: disable=protected-access
