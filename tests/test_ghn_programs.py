@@ -1,5 +1,6 @@
 """How a prediction is compiled: per-shape programs equal the traced decoder,
-are compiled once each on their own thread, and are reused across depths."""
+are compiled once each on their own thread, and are reused across depths;
+the traced decoder reads its nodes with slices, not gathers."""
 
 import collections
 import concurrent.futures
@@ -40,19 +41,20 @@ def test_per_shape_prediction_equals_the_traced_decoder(ghn_cfg):
 
 
 def _m4_products(cfg, target):
-  """How many times the traced decoder of `target` multiplies by all of
-  M4's kernel, and the plan's request groups."""
+  """How many times the traced decoder of `target` multiplies by M4's
+  kernel (or its leading columns), and the plan's request groups."""
   params = ghn.init(cfg, target.family, seed=0)
   x = jnp.zeros((ghn.num_nodes(cfg, target), cfg.hid))
   jaxpr = jax.make_jaxpr(ghn.decode_function(cfg, target))(
       params['decoder'], x)
-  m4 = params['decoder']['m4']['kernel'].shape  # [r, K]
+  rank = params['decoder']['m4']['kernel'].shape[0]  # M4's kernel: [r, K]
 
-  def count(jaxpr):
+  def count(jaxpr):  # M4's products: the only ones by an r-row matrix
     n = 0
     for eqn in jaxpr.eqns:
       n += (eqn.primitive.name == 'dot_general'
-            and eqn.invars[1].aval.shape == m4)
+            and eqn.invars[1].aval.ndim == 2
+            and eqn.invars[1].aval.shape[0] == rank)
       for sub in jax_core.jaxprs_in_params(eqn.params):
         n += count(sub)
     return n
@@ -71,6 +73,58 @@ def test_traced_decoder_multiplies_by_m4_once_for_all_small_requests(
   assert groups > 2 and products == 1
   monkeypatch.setattr(writeback, '_leading_rows', lambda *_: {})
   assert _m4_products(SMALL, target) == (2 * groups, groups)
+
+
+@pytest.mark.parametrize('rows', [
+    [3], [0, 2, 4, 6], [1, 7, 12, 17, 22], [0, 5, 20, 21], [2, 1, 0],
+    [5, 5, 5], [1, 3, 7, 8, 12, 13], list(range(9)), list(range(27))])
+def test_take_rows_equals_numpy_indexing_with_its_gradient(rows):
+  x = np.arange(27.0 * 2).reshape(27, 2)
+  np.testing.assert_array_equal(writeback.take_rows(jnp.asarray(x), rows),
+                                x[rows])
+  w = np.arange(2.0 * len(rows)).reshape(-1, 2) + 1
+  got = jax.grad(lambda x: jnp.sum(writeback.take_rows(x, rows) * w))(
+      jnp.asarray(x))
+  want = np.zeros_like(x)
+  np.add.at(want, rows, w)
+  np.testing.assert_array_equal(got, want)
+
+
+def _gathered(jaxpr, out=None) -> list:
+  """The shapes of the arrays `jaxpr` gathers from or scatters into."""
+  out = [] if out is None else out
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name in ('gather', 'scatter-add'):
+      out.append((eqn.primitive.name, eqn.invars[0].aval.shape))
+    for sub in jax_core.jaxprs_in_params(eqn.params):
+      _gathered(sub, out)
+  return out
+
+
+@pytest.mark.parametrize('target', [
+    arch.GPT2Config(depth=4, width=64, heads=4, vocab_size=300,
+                    n_positions=64, tie_embeddings=False),
+    arch.ViTConfig(depth=4, width=48, heads=3, mlp_dim=96, patch=7,
+                   image_size=28, channels=1, num_classes=10)],
+                         ids=['gpt2', 'vit'])
+def test_traced_decoder_reads_recipes_with_slices(target):
+  """A recipe's nodes are one per block (and at most a few others), evenly
+  spaced in plan order, and its leaves are rows of its group's output: the
+  decoder reads both with slices, whose gradients are pads. The gradient
+  of the traced decoder, as GHN training takes it, gathers and scatters
+  only the node embeddings of the plan's nodes and their small hidden
+  rows, once each: never the decoder's wide outputs or the leaves."""
+  params = ghn.init(SMALL, target.family, seed=0)
+  x = jnp.zeros((ghn.num_nodes(SMALL, target), SMALL.hid))
+  decode = ghn.decode_function(SMALL, target, stacked=True)
+  loss = lambda p, x: sum(jnp.sum(v) for v in jax.tree.leaves(decode(p, x)))
+  got = _gathered(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(
+      params['decoder'], x).jaxpr)
+  n_params = len(plan_lib.make_plan(SMALL, target).nodes)
+  hidden = (n_params, 2 * SMALL.rank, SMALL.rank)
+  assert sorted(got) == sorted([('gather', x.shape), ('scatter-add', x.shape),
+                                ('gather', hidden),
+                                ('scatter-add', hidden)]), got
 
 
 @pytest.mark.parametrize('committed', [False, True])

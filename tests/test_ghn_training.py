@@ -384,6 +384,26 @@ def test_frobenius_sum_and_its_gradient_at_zero():
                              rtol=1e-6)
 
 
+def test_frobenius_sum_of_stacked_blocks_takes_one_square_root():
+  # One norm per leaf and per stacked block, the first `depth` blocks
+  # counted; the square roots of all of them in one operation.
+  rng = np.random.default_rng(0)
+  tree = {'wte': rng.normal(size=(5, 3)), 'ln': {'b': rng.normal(size=4)},
+          layers.STACKED: {'k': rng.normal(size=(3, 4, 2)),
+                           'v': rng.normal(size=(3, 6))}}
+  tree = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), tree)
+  blocks = tree[layers.STACKED]
+  for depth in (None, 2):
+    d = 3 if depth is None else depth
+    want = (np.linalg.norm(tree['wte']) + np.linalg.norm(tree['ln']['b'])
+            + sum(np.linalg.norm(np.asarray(blocks[k][i]))
+                  for k in 'kv' for i in range(d)))
+    np.testing.assert_allclose(float(objective.frobenius_sum(tree, depth)),
+                               want, rtol=1e-6)
+  jaxpr = jax.make_jaxpr(jax.value_and_grad(objective.frobenius_sum))(tree)
+  assert str(jaxpr).count(' sqrt ') == 1
+
+
 def test_cross_entropy_matches_numpy_with_label_smoothing():
   rng = np.random.default_rng(0)
   logits = rng.normal(size=(5, 7)).astype(np.float32)

@@ -65,14 +65,14 @@ class LowRankDecoder(nn.Module):
     y = self.m4(jax.nn.relu(h[:, start:start + n_rows]))  # [n, n_rows, K]
     return y.reshape(h.shape[0], -1)[:, :size * r].reshape(-1, size, r)
 
-  def leading_rows(self, h):
-    """[n, 2, K]: rows 0 and r of Y, all that the 'paper' factors of a
+  def leading_rows(self, h, cols: int | None = None):
+    """[n, 2, cols]: rows 0 and r of Y, all that the 'paper' factors of a
     request read when it has at most K / r rows and columns
-    (`reads_leading_rows`). Decoding many request groups, computing these
-    once for all their nodes makes one product (and one gradient) instead
-    of two per group."""
+    (`reads_leading_rows`), cut to their first `cols` (default K) columns.
+    Decoding many request groups, computing these once for all their nodes
+    makes one product (and one gradient) instead of two per group."""
     r = self.rank
-    return self.m4(jax.nn.relu(h[:, 0:2 * r:r]))
+    return self.m4(jax.nn.relu(h[:, 0:2 * r:r]), cols)
 
   def reads_leading_rows(self, rows: int, cols: int) -> bool:
     return (self.factorization == 'paper' and rows * self.rank <= self.max_ck

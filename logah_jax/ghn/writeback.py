@@ -240,6 +240,42 @@ def set_path(tree: dict, path, value):
   tree[path[-1]] = value
 
 
+def _runs(rows: list[int]) -> list[tuple[int, int, int]]:
+  """`rows` as (start, stop, step) runs of evenly spaced, increasing rows,
+  each as long as it goes, left to right."""
+  runs, i = [], 0
+  while i < len(rows):
+    step = rows[i + 1] - rows[i] if i + 1 < len(rows) else 1
+    j = i + 1
+    while step > 0 and j < len(rows) and rows[j] - rows[j - 1] == step:
+      j += 1
+    runs.append((rows[i], rows[j - 1] + 1, step if j > i + 1 else 1))
+    i = j
+  return runs
+
+
+# At most this many runs of evenly spaced rows read a request group's nodes
+# as slices (rather than a gather): one per recipe, and a node of its own.
+_GROUP_RUNS = 6
+
+
+def take_rows(x, rows, max_runs: int = 3):
+  """`x[rows]` for static `rows`: slices, strided if need be, where they are
+  at most `max_runs` runs of evenly spaced rows (a recipe's nodes and
+  leaves are one per block, evenly spaced), else a gather. A slice's
+  gradient is a pad; a gather's is a scatter, which XLA's CPU backend
+  compiles and runs as a loop of its own."""
+  rows = [int(r) for r in rows]
+  if rows == list(range(x.shape[0])):
+    return x
+  runs = _runs(rows)
+  if len(runs) > max_runs:
+    return x[np.asarray(rows, np.int32)]
+  parts = [jax.lax.slice_in_dim(x, start, stop, stride=step)
+           for start, stop, step in runs]
+  return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+
+
 def decode_arch(cfg: GHNConfig, decoder_params, x_ND, plan: ArchPlan,
                 abstract_params, stack: tuple[str, ...] = (),
                 layout=None) -> dict:
@@ -254,51 +290,56 @@ def decode_arch(cfg: GHNConfig, decoder_params, x_ND, plan: ArchPlan,
   the plan's node rows (of `x_ND`) and fan-in scales, per node and per slot
   in plan order (`ghn.depth_sharing`): one traced program then decodes
   every architecture whose plan differs from `plan` only in those numbers.
+
+  A group's nodes are read recipe by recipe with `take_rows`: a recipe's
+  nodes are one per block, evenly spaced, so that the reads are slices.
   """
   x_ND = x_ND.astype(jnp.float32)
   groups = plan.groups()
   param_nodes = [p.node for p in plan.nodes]
   position = {node: i for i, node in enumerate(param_nodes)}
   if layout is None:
-    rows_of = lambda positions: jnp.array([param_nodes[i] for i in positions],
-                                          jnp.int32)
+    node_rows = np.asarray(param_nodes, np.int32)
   else:
     node_rows, slot_scales = layout
-    rows_of = lambda positions: node_rows[jnp.array(positions, jnp.int32)]
     slot_index = {sp.slot.path: k for k, sp in enumerate(
         sp for p in plan.nodes for sp in p.slots)}
+  x_P = x_ND[node_rows]  # the param nodes' embeddings, in plan order
+  # Each group's nodes, read recipe by recipe: runs of evenly spaced rows.
+  by_recipe = {req: recipes(nodes) for req, nodes in groups.items()}
+  order = {req: list(dict.fromkeys(j for members in by_recipe[req].values()
+                                   for j, _ in members)) for req in groups}
+  sels = {req: [position[groups[req][j].node] for j in order[req]]
+          for req in groups}
   hidden, leading_of = None, {}
   if cfg.decoder == 'lowrank':
-    hidden = decoder_module(cfg).apply(
-        {'params': decoder_params}, x_ND[rows_of(range(len(param_nodes)))],
-        method=LowRankDecoder.hidden)
-    leading_of = _leading_rows(cfg, decoder_params, hidden, groups, position)
+    hidden = decoder_module(cfg).apply({'params': decoder_params}, x_P,
+                                       method=LowRankDecoder.hidden)
+    leading_of = _leading_rows(cfg, decoder_params, hidden, sels)
   tree: dict = {}
   block_of = {name: i for i, name in enumerate(stack)}
   stacked: dict = {}  # path inside a block -> {block index: (output, row)}
   for req, nodes in groups.items():
-    positions = [position[n.node] for n in nodes]
-    idx = rows_of(positions)
-    leading = leading_of.get(req)
-    hid = (None if hidden is None or leading is not None
-           else hidden[jnp.array(positions)])  # what the factors read
-    blocks = decode_group(cfg, decoder_params, x_ND[idx], hid, req, leading)
-    for recipe, members in recipes(nodes).items():
-      rows = [j for j, _ in members]
-      if rows != list(range(len(nodes))):
-        blocks_of = jax.tree.map(lambda b, r=jnp.array(rows): b[r], blocks)
-      else:
-        blocks_of = blocks
-      node_ids = idx[jnp.array(rows)]
+    sel, leading = sels[req], leading_of.get(req)
+    group_blocks = decode_group(
+        cfg, decoder_params, take_rows(x_P, sel, _GROUP_RUNS),
+        None if hidden is None or leading is not None
+        else take_rows(hidden, sel, _GROUP_RUNS), req, leading)
+    for recipe, members in by_recipe[req].items():
+      rows = [order[req].index(j) for j, _ in members]
+      blocks = jax.tree.map(lambda b, rows=rows: take_rows(b, rows),
+                            group_blocks)
+      sel = [position[nodes[j].node] for j, _ in members]
+      node_ids = take_rows(node_rows, sel)
       if layout is not None and recipe.norm == 'fan_in':
-        scales = slot_scales[jnp.array([slot_index[path]
-                                        for _, path in members])]
+        scales = take_rows(slot_scales, [slot_index[path]
+                                         for _, path in members])
         leaves = jax.vmap(lambda block, nid, scale, sp=recipe: write_leaf(
             block, dataclasses.replace(sp, scale=scale), nid))(
-                blocks_of, node_ids, scales)
+                blocks, node_ids, scales)
       else:
         leaves = jax.vmap(lambda block, nid, sp=recipe: write_leaf(
-            block, sp, nid))(blocks_of, node_ids)
+            block, sp, nid))(blocks, node_ids)
       for k, (_, path) in enumerate(members):
         if path[0] in block_of:
           stacked.setdefault(path[1:], {})[block_of[path[0]]] = (leaves, k)
@@ -318,35 +359,36 @@ def decode_arch(cfg: GHNConfig, decoder_params, x_ND, plan: ArchPlan,
   return tree
 
 
-def _leading_rows(cfg: GHNConfig, decoder_params, hidden, groups,
-                  position) -> dict:
-  """{request: its nodes' `LowRankDecoder.leading_rows`}, computed in one
-  product for every group whose factors read only those rows."""
+def _leading_rows(cfg: GHNConfig, decoder_params, hidden, sels) -> dict:
+  """{request: its nodes' `LowRankDecoder.leading_rows`}, in one product
+  for every group whose factors read only those rows, and only as many
+  columns as the widest of them reads. `sels`: each group's rows of
+  `hidden`. The groups' nodes are gathered from `hidden` (small) so that
+  each group reads a contiguous part of the (large) product."""
   dec = decoder_module(cfg)
-  reading = [req for req in groups
+  reading = [req for req in sels
              if dec.reads_leading_rows(*_factor_shape(req))]
   if len(reading) < 2:
     return {}  # nothing to share
-  positions = [[position[n.node] for n in groups[req]] for req in reading]
+  rows = sum((sels[req] for req in reading), [])
+  cols = max(n * cfg.rank for req in reading for n in _factor_shape(req))
   leading = dec.apply({'params': decoder_params},
-                      hidden[jnp.array(sum(positions, []))],
+                      take_rows(hidden, rows, _GROUP_RUNS), cols,
                       method=LowRankDecoder.leading_rows)
   out, start = {}, 0
-  for req, pos in zip(reading, positions):
-    out[req] = leading[start:start + len(pos)]
-    start += len(pos)
+  for req in reading:
+    out[req] = leading[start:start + len(sels[req])]
+    start += len(sels[req])
   return out
 
 
 def _gather_stacked(by_block: dict, depth: int):
   """[depth, ...] from {block: (batched output, row)}: the output itself
-  when it holds exactly the blocks in order, else one gather (or a stack)."""
+  when it holds exactly the blocks in order, else one `take_rows` (or a
+  stack)."""
   sources = [by_block[i] for i in range(depth)]
   outputs = {id(out) for out, _ in sources}
   if len(outputs) == 1:
     out = sources[0][0]
-    rows = [k for _, k in sources]
-    if rows == list(range(out.shape[0])):
-      return out
-    return out[jnp.array(rows)]
+    return take_rows(out, [k for _, k in sources])
   return jnp.stack([out[k] for out, k in sources])

@@ -77,9 +77,8 @@ def correct(logits, targets):
   return jnp.sum(hits(logits, targets)).astype(jnp.float32)
 
 
-def _safe_norm(x):
-  """Frobenius norm whose gradient at 0 is 0 instead of NaN."""
-  sq = jnp.sum(jnp.square(x.astype(jnp.float32)))
+def _safe_sqrt(sq):
+  """sqrt whose gradient at 0 is 0 instead of NaN."""
   positive = sq > 0
   return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
 
@@ -89,13 +88,22 @@ def frobenius_sum(params, depth=None):
 
   The regulariser of LoGAH's objective (docs/algorithm.md §6.1). Stacked
   block params (`models.stack_blocks`) count one norm per block; with a
-  (traced) `depth`, only the first `depth` blocks count.
+  (traced) `depth`, only the first `depth` blocks count. The squared norms
+  are gathered into one vector before the square roots, so that the program
+  holds one reduction per leaf and one small tail, not a tail per leaf.
   """
-  total = sum(_safe_norm(leaf) for key, sub in params.items()
-              if key != STACKED for leaf in jax.tree.leaves(sub))
-  for leaf in jax.tree.leaves(params.get(STACKED, {})):
-    norms = jax.vmap(_safe_norm)(leaf)
-    if depth is not None:
-      norms = jnp.where(jnp.arange(leaf.shape[0]) < depth, norms, 0.0)
-    total = total + jnp.sum(norms)
-  return total
+  squares, counted = [], []
+  for key, sub in params.items():
+    for leaf in jax.tree.leaves(sub):
+      stacked = key == STACKED
+      x = leaf.astype(jnp.float32)
+      x = x.reshape(x.shape[0], -1) if stacked else x.reshape(1, -1)
+      # x * x, not jnp.square: the latter's derivative keeps 2x as a tensor.
+      squares.append(jnp.sum(x * x, axis=1))
+      counted.append(jnp.arange(x.shape[0]) < depth
+                     if stacked and depth is not None
+                     else jnp.ones(squares[-1].shape, bool))
+  if not squares:
+    return jnp.zeros((), jnp.float32)
+  norms = _safe_sqrt(jnp.concatenate(squares))
+  return jnp.sum(jnp.where(jnp.concatenate(counted), norms, 0.0))
