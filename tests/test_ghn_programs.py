@@ -41,38 +41,44 @@ def test_per_shape_prediction_equals_the_traced_decoder(ghn_cfg):
 
 
 def _m4_products(cfg, target):
-  """How many times the traced decoder of `target` multiplies by M4's
-  kernel (or its leading columns), and the plan's request groups."""
+  """The widths of the traced decoder's products by M4's kernel (or its
+  leading columns), and the plan's request groups."""
   params = ghn.init(cfg, target.family, seed=0)
   x = jnp.zeros((ghn.num_nodes(cfg, target), cfg.hid))
   jaxpr = jax.make_jaxpr(ghn.decode_function(cfg, target))(
       params['decoder'], x)
   rank = params['decoder']['m4']['kernel'].shape[0]  # M4's kernel: [r, K]
 
-  def count(jaxpr):  # M4's products: the only ones by an r-row matrix
-    n = 0
+  def widths(jaxpr):  # M4's products: the only ones by an r-row matrix
+    out = []
     for eqn in jaxpr.eqns:
-      n += (eqn.primitive.name == 'dot_general'
-            and eqn.invars[1].aval.ndim == 2
-            and eqn.invars[1].aval.shape[0] == rank)
+      if (eqn.primitive.name == 'dot_general' and eqn.invars[1].aval.ndim == 2
+          and eqn.invars[1].aval.shape[0] == rank):
+        out.append(eqn.invars[1].aval.shape[1])
       for sub in jax_core.jaxprs_in_params(eqn.params):
-        n += count(sub)
-    return n
-  return count(jaxpr.jaxpr), len(plan_lib.make_plan(cfg, target).groups())
+        out += widths(sub)
+    return out
+  return widths(jaxpr.jaxpr), len(plan_lib.make_plan(cfg, target).groups())
 
 
 def test_traced_decoder_multiplies_by_m4_once_for_all_small_requests(
     monkeypatch):
   """The 'paper' factors of every request of at most K / r rows and
   columns read two rows of Y; the traced decoder computes those for all
-  its nodes in one product, not two per request group (the values: the
-  per-shape test above and the NumPy references)."""
+  its nodes in one product, not two per request group, and only the
+  columns they read (the values: the per-shape test above and the NumPy
+  references)."""
   target = arch.GPT2Config(depth=3, width=64, heads=4, vocab_size=300,
                            n_positions=64, tie_embeddings=False)
   products, groups = _m4_products(SMALL, target)
-  assert groups > 2 and products == 1
+  # one product, as wide as the widest request reads: a vector group's
+  # [2 x 128] blocks (the GHN's largest) come from a 256 x 1 product, whose
+  # factors read 256 x r columns of K
+  assert groups > 2 and products == [256 * SMALL.rank]
+  assert products[0] < SMALL.max_ck
   monkeypatch.setattr(writeback, '_leading_rows', lambda *_: {})
-  assert _m4_products(SMALL, target) == (2 * groups, groups)
+  products, _ = _m4_products(SMALL, target)
+  assert len(products) == 2 * groups
 
 
 @pytest.mark.parametrize('rows', [
