@@ -18,6 +18,7 @@ A plain float32 matmul measured in the same process gives the scale.
 """
 
 import argparse
+import re
 import statistics
 import time
 
@@ -65,7 +66,9 @@ def _batch(family: str):
 
 
 def _measure(fn, *args, repeats: int = 3) -> dict:
-  """trace+lower s, compile s, min and median run s, XLA FLOPs, HLO lines."""
+  """trace+lower s, compile s, min and median run s, XLA FLOPs, HLO lines,
+  and the compiled program's fusions (the kernels XLA emits, each compiled
+  on its own: compile time grows with their number)."""
   t0 = time.perf_counter()
   lowered = (fn if hasattr(fn, 'lower') else jax.jit(fn)).lower(*args)
   t1 = time.perf_counter()
@@ -80,13 +83,16 @@ def _measure(fn, *args, repeats: int = 3) -> dict:
   return {'lower': t1 - t0, 'compile': t2 - t1, 'run': min(runs),
           'median': statistics.median(runs),
           'flops': lowered.cost_analysis().get('flops', 0.0),
-          'lines': lowered.as_text().count('\n')}
+          'lines': lowered.as_text().count('\n'),
+          'fusions': len(re.findall(r'^\s*(?:ROOT )?%\S+ = .*? fusion\(',
+                                    compiled.as_text(), re.M))}
 
 
 def _row(name: str, m: dict, flops: float | None = None) -> str:
   flops = m['flops'] if flops is None else flops
   return (f"| {name} | {m['lower']:.2f} | {m['compile']:.2f} | "
           f"{m['run']:.3f} | {m['median']:.3f} | {m['lines']} | "
+          f"{m['fusions']} | "
           f"{flops / m['run'] / 1e9:.1f} |")
 
 
@@ -153,8 +159,8 @@ def main():
   matmul = matmul_flops_per_s()
   print(f'{arch.name}, LoGAH-Tiny, {jax.devices()[0].device_kind}')
   print('| part | trace+lower s | compile s | run s (min) | run s (median) | '
-        'HLO lines | GFLOP/s |')
-  print('|---|---|---|---|---|---|---|')
+        'HLO lines | fusions | GFLOP/s |')
+  print('|---|---|---|---|---|---|---|---|')
   for name, m in parts:
     # A scan's body is counted once: scanned programs get unrolled counts.
     flops = {'t': target_flops, 'w': unrolled['flops']}.get(name[0])

@@ -96,10 +96,11 @@ def frobenius_sum(params, depth=None):
   for key, sub in params.items():
     for leaf in jax.tree.leaves(sub):
       stacked = key == STACKED
-      x = leaf.astype(jnp.float32)
-      x = x.reshape(x.shape[0], -1) if stacked else x.reshape(1, -1)
-      # x * x, not jnp.square: the latter's derivative keeps 2x as a tensor.
-      squares.append(jnp.sum(x * x, axis=1))
+      x = jnp.square(leaf.astype(jnp.float32))
+      # Reduced in place, not reshaped to rows: XLA's CPU backend runs a
+      # single long row's reduction on one thread.
+      squares.append(jnp.sum(x, axis=tuple(range(1, x.ndim))) if stacked
+                     else jnp.sum(x)[None])
       counted.append(jnp.arange(x.shape[0]) < depth
                      if stacked and depth is not None
                      else jnp.ones(squares[-1].shape, bool))
