@@ -254,8 +254,9 @@ def _runs(rows: list[int]) -> list[tuple[int, int, int]]:
   return runs
 
 
-# At most this many runs of evenly spaced rows read a request group's nodes
-# as slices (rather than a gather): one per recipe, and a node of its own.
+# A request group's nodes, in recipe order, are a run per recipe (and a lone
+# node where a recipe starts with a leaf outside the blocks): read as slices
+# up to this many runs, gathered beyond.
 _GROUP_RUNS = 6
 
 
@@ -320,17 +321,18 @@ def decode_arch(cfg: GHNConfig, decoder_params, x_ND, plan: ArchPlan,
   block_of = {name: i for i, name in enumerate(stack)}
   stacked: dict = {}  # path inside a block -> {block index: (output, row)}
   for req, nodes in groups.items():
-    sel, leading = sels[req], leading_of.get(req)
+    group_sel, leading = sels[req], leading_of.get(req)
     group_blocks = decode_group(
-        cfg, decoder_params, take_rows(x_P, sel, _GROUP_RUNS),
+        cfg, decoder_params, take_rows(x_P, group_sel, _GROUP_RUNS),
         None if hidden is None or leading is not None
-        else take_rows(hidden, sel, _GROUP_RUNS), req, leading)
+        else take_rows(hidden, group_sel, _GROUP_RUNS), req, leading)
+    row_of = {j: k for k, j in enumerate(order[req])}  # in group_blocks
     for recipe, members in by_recipe[req].items():
-      rows = [order[req].index(j) for j, _ in members]
+      rows = [row_of[j] for j, _ in members]
       blocks = jax.tree.map(lambda b, rows=rows: take_rows(b, rows),
                             group_blocks)
-      sel = [position[nodes[j].node] for j, _ in members]
-      node_ids = take_rows(node_rows, sel)
+      node_ids = take_rows(node_rows,
+                           [position[nodes[j].node] for j, _ in members])
       if layout is not None and recipe.norm == 'fan_in':
         scales = take_rows(slot_scales, [slot_index[path]
                                          for _, path in members])
@@ -363,8 +365,9 @@ def _leading_rows(cfg: GHNConfig, decoder_params, hidden, sels) -> dict:
   """{request: its nodes' `LowRankDecoder.leading_rows`}, in one product
   for every group whose factors read only those rows, and only as many
   columns as the widest of them reads. `sels`: each group's rows of
-  `hidden`. The groups' nodes are gathered from `hidden` (small) so that
-  each group reads a contiguous part of the (large) product."""
+  `hidden`. The groups' nodes are read from `hidden` (small) in group
+  order, so that each group reads a contiguous part of the (large)
+  product and their gradients join without padded copies of it."""
   dec = decoder_module(cfg)
   reading = [req for req in sels
              if dec.reads_leading_rows(*_factor_shape(req))]
