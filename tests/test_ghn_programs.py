@@ -5,6 +5,7 @@ the traced decoder reads its nodes with slices, not gathers."""
 import collections
 import concurrent.futures
 import dataclasses
+import itertools
 import threading
 
 import jax
@@ -17,7 +18,7 @@ from configs_for_tests import SMALL_GHN as SMALL, SMALL_GHN3
 from ghn_checks import assert_same_structure
 from logah_jax import arch, ghn
 from logah_jax.ghn import plan as plan_lib
-from logah_jax.ghn import per_shape, writeback
+from logah_jax.ghn import per_shape, rows, writeback
 
 
 @pytest.mark.parametrize('ghn_cfg', [
@@ -41,58 +42,103 @@ def test_per_shape_prediction_equals_the_traced_decoder(ghn_cfg):
 
 
 def _m4_products(cfg, target):
-  """The widths of the traced decoder's products by M4's kernel (or its
-  leading columns), and the plan's request groups."""
+  """The traced decoder's products by M4's kernel (or its leading columns),
+  as (width, input rows) pairs, and the plan's request groups."""
   params = ghn.init(cfg, target.family, seed=0)
   x = jnp.zeros((ghn.num_nodes(cfg, target), cfg.hid))
   jaxpr = jax.make_jaxpr(ghn.decode_function(cfg, target))(
       params['decoder'], x)
   rank = params['decoder']['m4']['kernel'].shape[0]  # M4's kernel: [r, K]
 
-  def widths(jaxpr):  # M4's products: the only ones by an r-row matrix
+  def products(jaxpr):  # M4's products: the only ones by an r-row matrix
     out = []
     for eqn in jaxpr.eqns:
       if (eqn.primitive.name == 'dot_general' and eqn.invars[1].aval.ndim == 2
           and eqn.invars[1].aval.shape[0] == rank):
-        out.append(eqn.invars[1].aval.shape[1])
+        out.append((eqn.invars[1].aval.shape[1], eqn.invars[0].aval.shape[0]))
       for sub in jax_core.jaxprs_in_params(eqn.params):
-        out += widths(sub)
+        out += products(sub)
     return out
-  return widths(jaxpr.jaxpr), len(plan_lib.make_plan(cfg, target).groups())
+  return products(jaxpr.jaxpr), len(plan_lib.make_plan(cfg, target).groups())
 
 
-def test_traced_decoder_multiplies_by_m4_once_for_all_small_requests(
+def test_traced_decoder_multiplies_by_m4_in_a_few_products_for_all_small_requests(
     monkeypatch):
   """The 'paper' factors of every request of at most K / r rows and
   columns read two rows of Y; the traced decoder computes those for all
-  its nodes in one product, not two per request group, and only the
-  columns they read (the values: the per-shape test above and the NumPy
-  references)."""
+  its nodes in at most `LEADING_PRODUCTS` products (not two per request
+  group), each only as wide as the widest of its requests reads (not all
+  K columns)."""
   target = arch.GPT2Config(depth=3, width=64, heads=4, vocab_size=300,
                            n_positions=64, tie_embeddings=False)
-  products, groups = _m4_products(SMALL, target)
+  monkeypatch.setattr(writeback, 'LEADING_PRODUCTS', 1)
+  one, groups = _m4_products(SMALL, target)
   # one product, as wide as the widest request reads: a vector group's
   # [2 x 128] blocks (the GHN's largest) come from a 256 x 1 product, whose
   # factors read 256 x r columns of K
-  assert groups > 2 and products == [256 * SMALL.rank]
-  assert products[0] < SMALL.max_ck
+  assert groups > 2 and [w for w, _ in one] == [256 * SMALL.rank]
+  assert one[0][0] < SMALL.max_ck
+  monkeypatch.setattr(writeback, 'LEADING_PRODUCTS', 3)
+  few, _ = _m4_products(SMALL, target)
+  assert len(few) == 3 and max(w for w, _ in few) == 256 * SMALL.rank
+  # the same nodes' rows, in fewer columns: the cheapest split into three
+  # classes by width of the requests that read the leading rows
+  dec = writeback.decoder_module(SMALL)
+  items = []
+  for req, nodes in plan_lib.make_plan(SMALL, target).groups().items():
+    shape = writeback._factor_shape(req)  # pylint: disable=protected-access
+    if dec.reads_leading_rows(*shape):
+      items.append((max(shape) * SMALL.rank, 2 * len(nodes)))
+  assert sum(n for _, n in few) == one[0][1] == sum(n for _, n in items)
+  assert sum(w * n for w, n in few) == _brute_force_split(items, 3)
+  assert sum(w * n for w, n in few) < 0.8 * one[0][0] * one[0][1]
   monkeypatch.setattr(writeback, '_leading_rows', lambda *_: {})
-  products, _ = _m4_products(SMALL, target)
-  assert len(products) == 2 * groups
+  per_group, _ = _m4_products(SMALL, target)
+  assert len(per_group) == 2 * groups
 
 
-@pytest.mark.parametrize('rows', [
+def _brute_force_split(items, max_classes):
+  """The least total cost of any split of `items` into at most
+  `max_classes` classes, each costing its rows x its widest width."""
+  best = float('inf')
+  for labels in itertools.product(range(max_classes), repeat=len(items)):
+    cost = 0
+    for c in set(labels):
+      members = [items[i] for i, l in enumerate(labels) if l == c]
+      cost += max(w for w, _ in members) * sum(n for _, n in members)
+    best = min(best, cost)
+  return best
+
+
+@pytest.mark.parametrize('seed', range(6))
+@pytest.mark.parametrize('max_classes', [1, 2, 3])
+def test_width_classes_is_the_cheapest_split(seed, max_classes):
+  rng = np.random.default_rng(seed)
+  items = [(int(w), int(n)) for w, n in zip(rng.choice([64, 128, 320, 512,
+                                                        1024], 6),
+                                            rng.integers(1, 30, 6))]
+  classes = rows.width_classes(items, max_classes)
+  assert sorted(i for c in classes for i in c) == list(range(len(items)))
+  assert 1 <= len(classes) <= max_classes
+  widest = [items[c[0]][0] for c in classes]
+  assert widest == sorted(widest, reverse=True)
+  assert all(items[c[0]][0] == max(items[i][0] for i in c) for c in classes)
+  cost = sum(items[c[0]][0] * sum(items[i][1] for i in c) for c in classes)
+  assert cost == _brute_force_split(items, max_classes)
+
+
+@pytest.mark.parametrize('sel', [
     [3], [0, 2, 4, 6], [1, 7, 12, 17, 22], [0, 5, 20, 21], [2, 1, 0],
     [5, 5, 5], [1, 3, 7, 8, 12, 13], list(range(9)), list(range(27))])
-def test_take_rows_equals_numpy_indexing_with_its_gradient(rows):
+def test_take_rows_equals_numpy_indexing_with_its_gradient(sel):
   x = np.arange(27.0 * 2).reshape(27, 2)
-  np.testing.assert_array_equal(writeback.take_rows(jnp.asarray(x), rows),
-                                x[rows])
-  w = np.arange(2.0 * len(rows)).reshape(-1, 2) + 1
-  got = jax.grad(lambda x: jnp.sum(writeback.take_rows(x, rows) * w))(
+  np.testing.assert_array_equal(rows.take_rows(jnp.asarray(x), sel),
+                                x[sel])
+  w = np.arange(2.0 * len(sel)).reshape(-1, 2) + 1
+  got = jax.grad(lambda x: jnp.sum(rows.take_rows(x, sel) * w))(
       jnp.asarray(x))
   want = np.zeros_like(x)
-  np.add.at(want, rows, w)
+  np.add.at(want, sel, w)
   np.testing.assert_array_equal(got, want)
 
 

@@ -2,8 +2,9 @@
 
 `decode_arch` runs the decoder once per request group of an ArchPlan (the
 two rows of the low-rank decoder's output that most groups read are
-computed once for all of them) and turns each node's block into its Flax
-leaves: tile (docs/algorithm.md §5.1), normalise (§5.2), change layout.
+computed for all of them in a few products, by width) and turns each
+node's block into its Flax leaves: tile (docs/algorithm.md §5.1),
+normalise (§5.2), change layout.
 Leaves made the same way (the same tensor of every block) are written by
 one batched computation, so the traced program grows with the number of
 distinct tensor shapes, not with depth. The result has exactly the
@@ -24,6 +25,7 @@ from logah_jax import prng
 from logah_jax.ghn.config import GHNConfig
 from logah_jax.ghn.decoders import FullRankDecoder, LowRankDecoder
 from logah_jax.ghn.plan import ArchPlan, Request, SlotPlan
+from logah_jax.ghn.rows import take_rows, width_classes
 from logah_jax.models.layers import STACKED
 
 # The class-token row of a ViT position embedding has no node of its own. It
@@ -240,41 +242,15 @@ def set_path(tree: dict, path, value):
   tree[path[-1]] = value
 
 
-def _runs(rows: list[int]) -> list[tuple[int, int, int]]:
-  """`rows` as (start, stop, step) runs of evenly spaced, increasing rows,
-  each as long as it goes, left to right."""
-  runs, i = [], 0
-  while i < len(rows):
-    step = rows[i + 1] - rows[i] if i + 1 < len(rows) else 1
-    j = i + 1
-    while step > 0 and j < len(rows) and rows[j] - rows[j - 1] == step:
-      j += 1
-    runs.append((rows[i], rows[j - 1] + 1, step if j > i + 1 else 1))
-    i = j
-  return runs
-
-
 # A request group's nodes, in recipe order, are a run per recipe (and a lone
 # node where a recipe starts with a leaf outside the blocks): read as slices
 # up to this many runs, gathered beyond.
 _GROUP_RUNS = 6
-
-
-def take_rows(x, rows, max_runs: int = 3):
-  """`x[rows]` for static `rows`: slices, strided if need be, where they are
-  at most `max_runs` runs of evenly spaced rows (a recipe's nodes and
-  leaves are one per block, evenly spaced), else a gather. A slice's
-  gradient is a pad; a gather's is a scatter, which XLA's CPU backend
-  compiles and runs as a loop of its own."""
-  rows = [int(r) for r in rows]
-  if rows == list(range(x.shape[0])):
-    return x
-  runs = _runs(rows)
-  if len(runs) > max_runs:
-    return x[np.asarray(rows, np.int32)]
-  parts = [jax.lax.slice_in_dim(x, start, stop, stride=step)
-           for start, stop, step in runs]
-  return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+# The leading rows that most request groups read are computed in at most
+# this many products of M4, each as wide as its widest request
+# (`rows.width_classes`). Each product adds a few kernels to compile; the
+# columns it saves pay for them within a few steps of a program.
+LEADING_PRODUCTS = 3
 
 
 def decode_arch(cfg: GHNConfig, decoder_params, x_ND, plan: ArchPlan,
@@ -362,26 +338,33 @@ def decode_arch(cfg: GHNConfig, decoder_params, x_ND, plan: ArchPlan,
 
 
 def _leading_rows(cfg: GHNConfig, decoder_params, hidden, sels) -> dict:
-  """{request: its nodes' `LowRankDecoder.leading_rows`}, in one product
-  for every group whose factors read only those rows, and only as many
-  columns as the widest of them reads. `sels`: each group's rows of
-  `hidden`. The groups' nodes are read from `hidden` (small) in group
-  order, so that each group reads a contiguous part of the (large)
-  product and their gradients join without padded copies of it."""
+  """{request: its nodes' `LowRankDecoder.leading_rows`} for every group
+  whose factors read only those rows, in a few products (one per width
+  class), each only as wide as the widest of its groups reads. `sels`:
+  each group's rows of `hidden`. The groups' nodes are read from `hidden`
+  (small) once, class by class and group by group, so that each class and
+  each group reads a contiguous part and their gradients join without
+  padded copies."""
   dec = decoder_module(cfg)
   reading = [req for req in sels
              if dec.reads_leading_rows(*_factor_shape(req))]
   if len(reading) < 2:
     return {}  # nothing to share
-  rows = sum((sels[req] for req in reading), [])
-  cols = max(n * cfg.rank for req in reading for n in _factor_shape(req))
-  leading = dec.apply({'params': decoder_params},
-                      take_rows(hidden, rows, _GROUP_RUNS), cols,
-                      method=LowRankDecoder.leading_rows)
+  width = [max(_factor_shape(req)) * cfg.rank for req in reading]
+  classes = width_classes([(w, len(sels[req])) for w, req in
+                           zip(width, reading)], LEADING_PRODUCTS)
+  h = take_rows(hidden, [row for members in classes for i in members
+                         for row in sels[reading[i]]], _GROUP_RUNS)
   out, start = {}, 0
-  for req in reading:
-    out[req] = leading[start:start + len(sels[req])]
-    start += len(sels[req])
+  for members in classes:
+    size = sum(len(sels[reading[i]]) for i in members)
+    leading = dec.apply({'params': decoder_params}, h[start:start + size],
+                        width[members[0]], method=LowRankDecoder.leading_rows)
+    start += size
+    at = 0
+    for i in members:
+      out[reading[i]] = leading[at:at + len(sels[reading[i]])]
+      at += len(sels[reading[i]])
   return out
 
 
