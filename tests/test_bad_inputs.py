@@ -19,28 +19,25 @@ writes fails (a full disk, a truncated init), the exit code and the error
 line are right, but orbax's threads also log the error and its unfinished
 tasks print tracebacks at interpreter exit.
 
-The fixtures (a saved init, one with a NaN, an untrained GHN saved the way
-GHN training saves it) are built once per test run, in-process, shared
-between xdist workers under a file lock, and copied into each case's folder
-before use.
+The subprocess, the setup functions and the runners of the cases that need
+more than one plain run are in bad_input_runners.py. The fixtures (a saved
+init, one with a NaN, an untrained GHN saved the way GHN training saves it)
+are built once per test run, in-process, shared between xdist workers under
+a file lock, and copied into each case's folder before use.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fcntl
-import hashlib
 import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from typing import Callable
 
 import pytest
 
+import bad_input_runners as runners
 import configs_for_tests as cft
 
 ROOT = cft.ROOT
@@ -49,7 +46,6 @@ TINY = cft.TINY_VIT  # 15K params
 OTHER = TINY.replace('width=32', 'width=16').replace('heads=4', 'heads=2')
 BIGGER = ('vit:depth=2,width=64,heads=8,patch=7,image_size=28,channels=1,'
           'num_classes=10')  # 105K params: its init is ~400 KB on disk
-FULL_DISK_BYTES = 64 * 1024  # RLIMIT_FSIZE of the full-disk case
 
 DEFAULT = ['--config=configs/default.py:smoke']
 FT = ['--config=configs/finetune.py:smoke', f'--config.arch={TINY}',
@@ -95,133 +91,6 @@ class Case:
   env: dict | None = None         # extra environment variables
   run: Callable | None = None     # run(argv, env, paths) -> CompletedProcess
   unchanged: bool = True          # False: the runner checks what may change
-
-
-# --------------------------------------------------------------------------
-# Setup functions and special runners.
-
-
-def _workdir_is_a_file(paths):
-  with open(paths['file'], 'w') as f:
-    f.write('not a directory\n')
-
-
-# Run before main in the child (no preexec_fn: JAX threads make fork unsafe
-# here), then exec main, which keeps the limits and ignored signals.
-_EXEC_MAIN = ('import os, sys; os.execv(sys.executable, [sys.executable, '
-              "'-m', 'logah_jax.main', *sys.argv[1:]])")
-# As root: lose the capabilities to ignore file modes (from the bounding set;
-# exec then leaves them out of the permitted set).
-_DROP_DAC = ('import ctypes; prctl = ctypes.CDLL(None, use_errno=True).prctl\n'
-             'for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH\n'
-             '  if prctl(24, cap, 0, 0, 0):  # PR_CAPBSET_DROP\n'
-             '    raise OSError(ctypes.get_errno(), "PR_CAPBSET_DROP")\n')
-# A full disk: write() beyond the limit fails with EFBIG instead of SIGXFSZ.
-_FILE_LIMIT = ('import resource, signal\n'
-               'resource.setrlimit(resource.RLIMIT_FSIZE, ({0}, {0}))\n'
-               'signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n')
-
-
-def _locked_parent(paths):
-  os.makedirs(paths['locked'])
-  os.chmod(paths['locked'], 0o555)
-
-
-def _run_not_writable(argv, env, paths):
-  """Writes under a 0o555 directory fail for a user; root ignores modes, so
-  as root the child first drops CAP_DAC_OVERRIDE (and DAC_READ_SEARCH)."""
-  prelude = ''
-  if os.geteuid() == 0:
-    probe = subprocess.run([sys.executable, '-c', _DROP_DAC],
-                           capture_output=True, text=True)
-    if probe.returncode:  # this container does not let root drop them
-      pytest.skip('root ignores the 0o555 mode and cannot drop '
-                  f'CAP_DAC_OVERRIDE here: {probe.stderr.strip()[-200:]}')
-    prelude = _DROP_DAC
-  try:
-    return _main(argv, env, prelude=prelude)
-  finally:
-    os.chmod(paths['locked'], 0o755)  # so that pytest can clean up
-
-
-def _run_full_disk(argv, env, paths):
-  del paths
-  return _main(argv, env, prelude=_FILE_LIMIT.format(FULL_DISK_BYTES))
-
-
-def _step_dirs(workdir):
-  root = os.path.join(workdir, 'runs', 'random', 'seed0', 'checkpoints')
-  if not os.path.isdir(root):
-    return []
-  return sorted(int(d) for d in os.listdir(root) if d.isdigit())
-
-
-def _run_until(argv, env, sig, ready, out_path, timeout=300):
-  """Starts the command, sends `sig` once ready(stdout so far) holds."""
-  with open(out_path, 'w') as out:
-    proc = subprocess.Popen([sys.executable, '-m', 'logah_jax.main', *argv],
-                            stdout=out, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT, env=env)
-    start = time.time()
-    while proc.poll() is None:
-      if ready(open(out_path).read()):
-        proc.send_signal(sig)
-        break
-      if time.time() - start > timeout:
-        proc.kill()  # never got there: the asserts on its output fail
-        break
-      time.sleep(0.2)
-    _, err = proc.communicate(timeout=timeout)
-  return subprocess.CompletedProcess(argv, proc.returncode,
-                                     open(out_path).read(), err)
-
-
-def _run_interrupted(argv, env, paths):
-  """SIGINT once the comparison's run has a checkpoint; the same command
-  then resumes from it (SIGTERM once it says so). Returns the second run;
-  the first must also end with one line and exit code 2."""
-  workdir = paths['tmp'] + '/compare'
-  first = _run_until(argv, env, signal.SIGINT,
-                     lambda out: bool(_step_dirs(workdir)),
-                     paths['tmp'] + '/first.out')
-  lines = first.stderr.splitlines()
-  assert first.returncode == 2, first.stderr[-3000:]
-  assert len(lines) == 1 and re.fullmatch(
-      rf'error: interrupted \(SIGINT\); run the same command again to '
-      rf'resume from {re.escape(workdir)}', lines[0]), first.stderr[-3000:]
-  steps = _step_dirs(workdir)
-  assert steps, 'the first run was stopped before its first checkpoint'
-  saved = _tree_hash(os.path.join(workdir, 'runs', 'random', 'seed0',
-                                  'checkpoints', str(steps[-1])))
-  second = _run_until(argv, env, signal.SIGTERM,
-                      lambda out: 'resuming at step' in out,
-                      paths['tmp'] + '/second.out')
-  assert f'resuming at step {steps[-1]}' in second.stdout, second.stdout[-2000:]
-  assert saved == _tree_hash(os.path.join(
-      workdir, 'runs', 'random', 'seed0', 'checkpoints', str(steps[-1])))
-  return second
-
-
-def _run_non_finite(argv, env, paths):
-  """The run stops at step 2; step 1 is its last checkpoint, restorable
-  with its checksums and finite; nothing after it was written."""
-  from logah_jax import checkpoint, checksums  # pylint: disable=g-import-not-at-top
-  proc = _main(argv, env)
-  directory = os.path.join(paths['tmp'], 'run', 'checkpoints')
-  assert os.path.isdir(directory), proc.stderr[-3000:]
-  assert sorted(os.listdir(directory)) == ['1', 'config.json']
-  with checkpoint.CheckpointManager(directory, async_save=False) as mngr:
-    state, extra = mngr.restore(1)  # verifies every leaf's checksum
-  assert extra['step'] == 1 and not checksums.nonfinite_leaves(state)
-  return proc
-
-
-def _damage(paths):
-  """Truncates the largest array file of a copy of the saved init."""
-  data = os.path.join(paths['damaged'], 'params', 'ocdbt.process_0', 'd')
-  largest = max((os.path.join(data, f) for f in os.listdir(data)),
-                key=os.path.getsize)
-  os.truncate(largest, 100)
 
 
 # --------------------------------------------------------------------------
@@ -284,10 +153,10 @@ CASES = [
          r'{tmp}/no_data \(no '),
     Case('workdir_is_a_file', FT + ['--workdir={file}'],
          r'^error: --workdir={file} is a file, not a directory$',
-         setup=_workdir_is_a_file),
+         setup=runners.workdir_is_a_file),
     Case('workdir_not_writable', FT + ['--workdir={locked}/run'],
          r'^error: --workdir={locked}/run: {locked} is not writable$',
-         setup=_locked_parent, run=_run_not_writable),
+         setup=runners.locked_parent, run=runners.run_not_writable),
     Case('missing_saved_init', FT + [
         '--config.init.method=checkpoint:{tmp}/no_init',
         '--workdir={tmp}/run'],
@@ -295,7 +164,7 @@ CASES = [
     Case('damaged_saved_init', FT + [
         '--config.init.method=checkpoint:{damaged}', '--workdir={tmp}/run'],
          r'^error: {damaged} is not a readable checkpoint',
-         fixtures=('damaged',), setup=_damage),
+         fixtures=('damaged',), setup=runners.damage),
     Case('nan_in_saved_init', FT + [
         '--config.init.method=checkpoint:{nan_init}', '--workdir={tmp}/run'],
          r'^error: {nan_init}: parameter \S+ holds NaN or Inf values',
@@ -351,17 +220,17 @@ CASES = [
          r'^error: fine-tuning step 2: loss nan, gradient norm nan; stopped '
          r'without applying it\. The last good checkpoint \(step 1\) is '
          r'intact\.$',
-         run=_run_non_finite, unchanged=False),
+         run=runners.run_non_finite, unchanged=False),
     Case('full_disk_during_save', GROW + [
         '--config.method=stack', f'--config.arch={BIGGER}',
         '--config.overwrite=True', '--workdir={output}'],
          r'^error: cannot write {output}\S*: File too large; the last '
          r'complete checkpoint and outputs are intact$',
-         fixtures=('init', 'output'), run=_run_full_disk),
+         fixtures=('init', 'output'), run=runners.run_full_disk),
     Case('interrupted_comparison', INTERRUPTED + ['--workdir={tmp}/compare'],
          r'^error: interrupted \(SIGTERM\); run the same command again to '
          r'resume from {tmp}/compare$',
-         run=_run_interrupted, unchanged=False),
+         run=runners.run_interrupted, unchanged=False),
 ]
 
 
@@ -421,39 +290,6 @@ def shared(tmp_path_factory):
   return get
 
 
-# --------------------------------------------------------------------------
-# Running and checking.
-
-
-def _env(extra=None):
-  env = {k: v for k, v in os.environ.items()
-         if k != 'XLA_FLAGS' and not (k.startswith('LOGAH_') and k not in (
-             'LOGAH_DATA_DIR', 'LOGAH_JAX_CACHE_DIR'))}
-  env.update(JAX_PLATFORMS='cpu', PYTHONPATH=ROOT, **(extra or {}))
-  return env
-
-
-def _main(argv, env, prelude=''):
-  """`python -m logah_jax.main ARGV`; `prelude` runs first in the child."""
-  cmd = ([sys.executable, '-c', prelude + _EXEC_MAIN] if prelude
-         else [sys.executable, '-m', 'logah_jax.main'])
-  return subprocess.run([*cmd, *argv], capture_output=True, text=True,
-                        cwd=ROOT, env=env, timeout=300)
-
-
-def _tree_hash(top) -> dict:
-  """Every path under `top` -> sha256 of its contents ('dir' for folders)."""
-  out = {}
-  for root, dirs, files in os.walk(top):
-    for d in dirs:
-      out[os.path.relpath(os.path.join(root, d), top)] = 'dir'
-    for f in files:
-      path = os.path.join(root, f)
-      with open(path, 'rb') as fh:
-        out[os.path.relpath(path, top)] = hashlib.sha256(fh.read()).hexdigest()
-  return out
-
-
 _SLOW_CASES = ('interrupted_comparison',)  # trains GHNs before the signal
 
 
@@ -471,10 +307,10 @@ def test_bad_input_is_one_line_and_exit_code_2(case, shared, tmp_path):
     case.setup(paths)
   argv = [a.format(**paths) for a in case.argv]
   expect = case.expect.format(**{k: re.escape(v) for k, v in paths.items()})
-  env = _env(case.env)
-  before = _tree_hash(tmp)
-  proc = case.run(argv, env, paths) if case.run else _main(argv, env)
-  after = _tree_hash(tmp)
+  env = runners.env_for(case.env)
+  before = runners.tree_hash(tmp)
+  proc = case.run(argv, env, paths) if case.run else runners.main(argv, env)
+  after = runners.tree_hash(tmp)
   if case.unchanged:
     assert after == before, (
         f'files changed: {sorted(set(after.items()) ^ set(before.items()))}')
