@@ -5,6 +5,7 @@ import os
 
 from logah_jax import config_base
 from logah_jax import ghn
+from logah_jax.arch import GPT2Config, ViTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -94,3 +95,11 @@ SMALL_GHN = ghn.GHNConfig(hid=32, layers=2, heads=4, rank=8,
                           max_shape=(128, 128, 16, 16), max_ck=8192)
 SMALL_GHN3 = ghn.GHNConfig(decoder='fullrank', hid=32, layers=2, heads=4,
                            max_shape=(32, 32, 16, 16), num_classes=10)
+
+# Small targets for model tests.
+SMALL_VIT = ViTConfig(depth=2, width=24, heads=3, mlp_dim=48, patch=4,
+                      image_size=8, channels=3, num_classes=5)
+SMALL_GPT = GPT2Config(depth=2, width=16, heads=2, vocab_size=37,
+                       n_positions=12, tie_embeddings=True)
+SMALL_GPT_UNTIED = GPT2Config(depth=2, width=16, heads=2, vocab_size=37,
+                              n_positions=12, tie_embeddings=False)
