@@ -247,10 +247,18 @@ def set_path(tree: dict, path, value):
 # up to this many runs, gathered beyond.
 _GROUP_RUNS = 6
 # The leading rows that most request groups read are computed in at most
-# this many products of M4, each as wide as its widest request
-# (`rows.width_classes`). Each product adds a few kernels to compile; the
-# columns it saves pay for them within a few steps of a program.
-LEADING_PRODUCTS = 3
+# this many products of M4 per platform (1 where not listed), each as wide
+# as its widest request (`rows.width_classes`). Each product adds a few
+# kernels to compile. On CPUs the columns it saves pay for them within a few
+# steps of a program; on GPUs and TPUs these products take microseconds, and
+# every extra kernel is compiled (its matmuls autotuned) per architecture.
+LEADING_PRODUCTS = {'cpu': 3}
+
+
+def leading_products(platform: str | None = None) -> int:
+  """How many products the leading rows take on `platform` (default:
+  JAX's default backend, where the program is traced)."""
+  return LEADING_PRODUCTS.get(platform or jax.default_backend(), 1)
 
 
 def decode_arch(cfg: GHNConfig, decoder_params, x_ND, plan: ArchPlan,
@@ -352,7 +360,7 @@ def _leading_rows(cfg: GHNConfig, decoder_params, hidden, sels) -> dict:
     return {}  # nothing to share
   width = [max(_factor_shape(req)) * cfg.rank for req in reading]
   classes = width_classes([(w, len(sels[req])) for w, req in
-                           zip(width, reading)], LEADING_PRODUCTS)
+                           zip(width, reading)], leading_products())
   h = take_rows(hidden, [row for members in classes for i in members
                          for row in sels[reading[i]]], _GROUP_RUNS)
   out, start = {}, 0
