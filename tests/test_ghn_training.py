@@ -6,7 +6,6 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -14,7 +13,6 @@ import pytest
 from logah_jax import arch as arch_lib
 from logah_jax import compiles
 from logah_jax import ghn as ghn_lib
-from logah_jax import models
 from logah_jax import parallel
 from logah_jax.arch import batching
 from logah_jax.data import Loader, get_dataset
@@ -368,92 +366,6 @@ def test_bad_config_is_one_clear_error(tmp_path, field, value, match):
     ghn_training.train_ghn(config, str(tmp_path))
   assert (compiles.snapshot() - before).count == 0
   assert not os.path.exists(os.path.join(tmp_path, 'checkpoints'))
-
-
-# ----------------------------------------------------- pieces of the loss
-
-
-def test_frobenius_sum_and_its_gradient_at_zero():
-  tree = {'a': jnp.arange(6.0).reshape(2, 3), 'b': jnp.zeros((4,))}
-  want = np.linalg.norm(np.arange(6.0))
-  np.testing.assert_allclose(float(objective.frobenius_sum(tree)), want,
-                             rtol=1e-6)
-  g = jax.grad(objective.frobenius_sum)(tree)
-  assert np.all(np.isfinite(g['b'])) and np.all(g['b'] == 0)
-  np.testing.assert_allclose(g['a'], np.arange(6.0).reshape(2, 3) / want,
-                             rtol=1e-6)
-
-
-def test_frobenius_sum_of_stacked_blocks_takes_one_square_root():
-  # One norm per leaf and per stacked block, the first `depth` blocks
-  # counted; the square roots of all of them in one operation.
-  rng = np.random.default_rng(0)
-  tree = {'wte': rng.normal(size=(5, 3)), 'ln': {'b': rng.normal(size=4)},
-          layers.STACKED: {'k': rng.normal(size=(3, 4, 2)),
-                           'v': rng.normal(size=(3, 6))}}
-  tree = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), tree)
-  blocks = tree[layers.STACKED]
-  for depth in (None, 2):
-    d = 3 if depth is None else depth
-    want = (np.linalg.norm(tree['wte']) + np.linalg.norm(tree['ln']['b'])
-            + sum(np.linalg.norm(np.asarray(blocks[k][i]))
-                  for k in 'kv' for i in range(d)))
-    np.testing.assert_allclose(float(objective.frobenius_sum(tree, depth)),
-                               want, rtol=1e-6)
-  jaxpr = jax.make_jaxpr(jax.value_and_grad(objective.frobenius_sum))(tree)
-  assert str(jaxpr).count(' sqrt ') == 1
-
-
-def test_cross_entropy_matches_numpy_with_label_smoothing():
-  rng = np.random.default_rng(0)
-  logits = rng.normal(size=(5, 7)).astype(np.float32)
-  targets = rng.integers(0, 7, 5)
-  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-  hard = -logp[np.arange(5), targets].mean()
-  smooth = 0.9 * hard + 0.1 * (-logp.mean(-1)).mean()
-  np.testing.assert_allclose(objective.cross_entropy(logits, targets), hard,
-                             rtol=1e-5)
-  np.testing.assert_allclose(objective.cross_entropy(logits, targets, 0.1),
-                             smooth, rtol=1e-5)
-
-
-def test_gpt_task_loss_is_next_token():
-  arch = arch_lib.GPT2Config(depth=1, width=16, heads=2, vocab_size=11,
-                             n_positions=8)
-  params = models.init_params(arch, jax.random.key(0))
-  tokens = np.arange(10, dtype=np.int32).reshape(2, 5) % 11
-  loss, logits, targets = objective.task_loss(arch, params,
-                                              {'tokens': tokens})
-  assert logits.shape == (2, 4, 11)
-  np.testing.assert_array_equal(targets, tokens[:, 1:])
-  want = objective.cross_entropy(
-      models.build(arch).apply({'params': params}, tokens[:, :-1]),
-      tokens[:, 1:])
-  np.testing.assert_allclose(loss, want, rtol=1e-6)
-
-
-def test_schedule_warms_up_then_decays_and_checks_fields():
-  sched = optim.schedule(lr=3e-4, num_steps=100, warmup_steps=10,
-                         warmup_init=1e-5)
-  np.testing.assert_allclose(float(sched(0)), 1e-5, rtol=1e-5)
-  np.testing.assert_allclose(float(sched(10)), 3e-4, rtol=1e-5)
-  np.testing.assert_allclose(float(sched(55)), 1.5e-4, rtol=1e-2)
-  assert float(sched(100)) < 1e-8
-  # every step against the closed form, with a floor: linear warm-up, then
-  # end + (lr - end) (1 + cos(pi (s - w) / (N - w))) / 2
-  sched = optim.schedule(lr=3e-4, num_steps=100, warmup_steps=10,
-                         warmup_init=1e-5, end_lr=2e-5)
-  s = np.arange(101)
-  want = np.where(
-      s < 10, 1e-5 + (3e-4 - 1e-5) * s / 10,
-      2e-5 + (3e-4 - 2e-5) * 0.5 * (1 + np.cos(np.pi * (s - 10) / 90)))
-  np.testing.assert_allclose([float(sched(i)) for i in s], want, rtol=1e-5)
-  with pytest.raises(ValueError, match='optim.schedule'):
-    optim.schedule(lr=1.0, num_steps=10, kind='linear')
-  bad = cft.optim_section()
-  bad.name = 'lamb'
-  with pytest.raises(ValueError, match='optim.name'):
-    optim.make_optimizer(bad, 10)
 
 
 def test_compile_workers_setting(monkeypatch):

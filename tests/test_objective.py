@@ -1,9 +1,15 @@
-"""The accuracy metric: `objective.hits` is NumPy's argmax, ties included."""
+"""GHN training's loss and metric against NumPy: the Frobenius regulariser,
+cross-entropy, the GPT task loss, and `objective.hits` (argmax, ties
+included)."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from logah_jax import arch as arch_lib
+from logah_jax import models
+from logah_jax.models import layers
 from logah_jax.train import objective
 
 
@@ -39,3 +45,62 @@ def test_hits_equal_numpy_argmax(shape, kind, classes):
   assert float(objective.correct(logits, targets)) == want.sum()
   if kind == 'constant':  # argmax is class 0 on every row
     np.testing.assert_array_equal(got, targets == 0)
+
+
+def test_frobenius_sum_and_its_gradient_at_zero():
+  tree = {'a': jnp.arange(6.0).reshape(2, 3), 'b': jnp.zeros((4,))}
+  want = np.linalg.norm(np.arange(6.0))
+  np.testing.assert_allclose(float(objective.frobenius_sum(tree)), want,
+                             rtol=1e-6)
+  g = jax.grad(objective.frobenius_sum)(tree)
+  assert np.all(np.isfinite(g['b'])) and np.all(g['b'] == 0)
+  np.testing.assert_allclose(g['a'], np.arange(6.0).reshape(2, 3) / want,
+                             rtol=1e-6)
+
+
+def test_frobenius_sum_of_stacked_blocks_takes_one_square_root():
+  # One norm per leaf and per stacked block, the first `depth` blocks
+  # counted; the square roots of all of them in one operation.
+  rng = np.random.default_rng(0)
+  tree = {'wte': rng.normal(size=(5, 3)), 'ln': {'b': rng.normal(size=4)},
+          layers.STACKED: {'k': rng.normal(size=(3, 4, 2)),
+                           'v': rng.normal(size=(3, 6))}}
+  tree = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), tree)
+  blocks = tree[layers.STACKED]
+  for depth in (None, 2):
+    d = 3 if depth is None else depth
+    want = (np.linalg.norm(tree['wte']) + np.linalg.norm(tree['ln']['b'])
+            + sum(np.linalg.norm(np.asarray(blocks[k][i]))
+                  for k in 'kv' for i in range(d)))
+    np.testing.assert_allclose(float(objective.frobenius_sum(tree, depth)),
+                               want, rtol=1e-6)
+  jaxpr = jax.make_jaxpr(jax.value_and_grad(objective.frobenius_sum))(tree)
+  assert str(jaxpr).count(' sqrt ') == 1
+
+
+def test_cross_entropy_matches_numpy_with_label_smoothing():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(5, 7)).astype(np.float32)
+  targets = rng.integers(0, 7, 5)
+  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  hard = -logp[np.arange(5), targets].mean()
+  smooth = 0.9 * hard + 0.1 * (-logp.mean(-1)).mean()
+  np.testing.assert_allclose(objective.cross_entropy(logits, targets), hard,
+                             rtol=1e-5)
+  np.testing.assert_allclose(objective.cross_entropy(logits, targets, 0.1),
+                             smooth, rtol=1e-5)
+
+
+def test_gpt_task_loss_is_next_token():
+  arch = arch_lib.GPT2Config(depth=1, width=16, heads=2, vocab_size=11,
+                             n_positions=8)
+  params = models.init_params(arch, jax.random.key(0))
+  tokens = np.arange(10, dtype=np.int32).reshape(2, 5) % 11
+  loss, logits, targets = objective.task_loss(arch, params,
+                                              {'tokens': tokens})
+  assert logits.shape == (2, 4, 11)
+  np.testing.assert_array_equal(targets, tokens[:, 1:])
+  want = objective.cross_entropy(
+      models.build(arch).apply({'params': params}, tokens[:, :-1]),
+      tokens[:, 1:])
+  np.testing.assert_allclose(loss, want, rtol=1e-6)

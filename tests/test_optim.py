@@ -10,6 +10,8 @@ import pytest
 from logah_jax.train import optim
 from logah_jax.train import state as state_lib
 
+import configs_for_tests as cft
+
 
 def _tree(scale):
   rng = np.random.default_rng(0)
@@ -86,3 +88,27 @@ def test_sgd_momentum_outside_its_range_is_refused():
       optim.make_optimizer(opt, 10)
   opt.momentum = 0.0  # plain SGD
   optim.make_optimizer(opt, 10)
+
+
+def test_schedule_warms_up_then_decays_and_checks_fields():
+  sched = optim.schedule(lr=3e-4, num_steps=100, warmup_steps=10,
+                         warmup_init=1e-5)
+  np.testing.assert_allclose(float(sched(0)), 1e-5, rtol=1e-5)
+  np.testing.assert_allclose(float(sched(10)), 3e-4, rtol=1e-5)
+  np.testing.assert_allclose(float(sched(55)), 1.5e-4, rtol=1e-2)
+  assert float(sched(100)) < 1e-8
+  # every step against the closed form, with a floor: linear warm-up, then
+  # end + (lr - end) (1 + cos(pi (s - w) / (N - w))) / 2
+  sched = optim.schedule(lr=3e-4, num_steps=100, warmup_steps=10,
+                         warmup_init=1e-5, end_lr=2e-5)
+  s = np.arange(101)
+  want = np.where(
+      s < 10, 1e-5 + (3e-4 - 1e-5) * s / 10,
+      2e-5 + (3e-4 - 2e-5) * 0.5 * (1 + np.cos(np.pi * (s - 10) / 90)))
+  np.testing.assert_allclose([float(sched(i)) for i in s], want, rtol=1e-5)
+  with pytest.raises(ValueError, match='optim.schedule'):
+    optim.schedule(lr=1.0, num_steps=10, kind='linear')
+  bad = cft.optim_section()
+  bad.name = 'lamb'
+  with pytest.raises(ValueError, match='optim.name'):
+    optim.make_optimizer(bad, 10)
