@@ -29,7 +29,8 @@ XLA counts a loop's body once) and its ratio to the analytic one, and for
 GPT-2 the per-token formula 6 (12 L d^2 + V d) + 12 L d T (L depth, d width,
 V vocabulary, T sequence).
 Model TFLOP/s = analytic FLOPs / median s/step; MFU = that / the dense peak
-of the device in the step's dtype (`PEAK_TFLOPS`, or --peak-tflops). Every
+of the device in the step's dtype (`reference.PEAK_TFLOPS`, or
+--peak-tflops). Every
 device also times a plain matmul right after each blocked step (float32
 2048^3 on CPU, float32 and bfloat16 8192^3 on GPU/TPU): the median over
 those steps of the step's FLOP/s over the matmul's is the CPU's stand-in
@@ -57,70 +58,11 @@ import subprocess
 import sys
 import time
 
+from reference import matmul_timer
+from reference import peak_tflops
+
 TARGETS = ('gpt2-small', 'gpt2-medium', 'gpt2-large', 'vit-b/16')
 DEFAULT_BATCH = {'gpt2': 8, 'vit': 64}
-
-# Dense (no sparsity) peak TFLOP/s: (bfloat16, float32). float32 matmuls on
-# these GPUs run as TF32 under XLA's default precision, hence the TF32 peak.
-# Keyed by a substring of jax.devices()[0].device_kind; the longest matching
-# key wins ('H100 PCIe' before 'H100'). TPUs have no float32 matmul unit: no
-# float32 peak (pass --peak-tflops).
-PEAK_TFLOPS = {
-    'H100 PCIe': (756.0, 378.0),
-    'H100': (989.0, 494.0),   # SXM
-    'H200': (989.0, 494.0),
-    'A100': (312.0, 156.0),
-    'TPU v4': (275.0, None),
-    'TPU v5 lite': (197.0, None),
-    'TPU v5e': (197.0, None),
-    'TPU v5p': (459.0, None),
-    'TPU v6 lite': (918.0, None),
-    'TPU v6e': (918.0, None),
-}
-
-
-def peak_tflops(device_kind: str, dtype_name: str):
-  """The dense peak of `device_kind` in `dtype_name`, or None if unknown."""
-  keys = sorted((k for k in PEAK_TFLOPS if k.lower() in device_kind.lower()),
-                key=len, reverse=True)
-  if not keys:
-    return None
-  bf16, fp32 = PEAK_TFLOPS[keys[0]]
-  return bf16 if dtype_name == 'bfloat16' else fp32
-
-
-def matmul_timer(n: int = 2048, dtype=None):
-  """A compiled n x n x n matmul `a @ b` (2 n^3 FLOPs) on the default device:
-  returns a function that runs it once, blocked, and returns its seconds.
-
-  Timing it between the steps of another program samples the machine at
-  the same moments as those steps, which matters on a machine whose speed
-  drifts. dtype default float32; compiles and warms up here.
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  dtype = jnp.float32 if dtype is None else dtype
-  ka, kb = jax.random.split(jax.random.key(0))
-  a = jax.random.normal(ka, (n, n), dtype)
-  b = jax.random.normal(kb, (n, n), dtype)
-  matmul = jax.jit(lambda x, y: x @ y)
-  jax.block_until_ready(matmul(a, b))
-
-  def seconds() -> float:
-    t0 = time.perf_counter()
-    jax.block_until_ready(matmul(a, b))
-    return time.perf_counter() - t0
-  return seconds
-
-
-def matmul_flops_per_s(n: int = 2048, dtype=None, repeats: int = 5) -> float:
-  """FLOP/s of a jitted n x n x n matmul `a @ b` (2 n^3 FLOPs per call).
-
-  The median of `repeats` timed calls, each blocked, after one warm-up call
-  (which compiles). On the default device; `dtype` default float32.
-  """
-  seconds = matmul_timer(n, dtype)
-  return 2.0 * n**3 / statistics.median(seconds() for _ in range(repeats))
 
 
 def _batch_sizes(specs):
@@ -356,8 +298,8 @@ def main():
   p.add_argument('--warmup', type=int, default=2,
                  help='untimed steps after the first call')
   p.add_argument('--peak-tflops', type=float, default=None,
-                 help='peak for MFU, every dtype (default: PEAK_TFLOPS of '
-                 'the detected device in the step dtype)')
+                 help='peak for MFU, every dtype (default: reference.PEAK_TFLOPS '
+                 'of the detected device in the step dtype)')
   p.add_argument('--json-out', help='also write all results to this file')
   p.add_argument('--profile-dir', help='also write a profiler trace of 3 '
                  'steps per run under DIR/TARGET-DTYPE (read it with '

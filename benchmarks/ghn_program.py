@@ -38,7 +38,7 @@ from logah_jax.train import ghn_step
 from logah_jax.train import objective
 from logah_jax.train import optim
 
-from finetune import matmul_flops_per_s  # the other benchmarks' reference
+from reference import matmul_flops_per_s  # the other benchmarks' reference
 
 
 def _arch(family: str, depth: int):

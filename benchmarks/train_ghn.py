@@ -38,7 +38,7 @@ TFLOP/s: XLA's count of the programs a step runs (body, one `arch` program
 per architecture, finish; lowered on abstract inputs as
 `train.flops.ghn_training_flops` does, all ops counted) summed over the
 steady-state steps, over their summed seconds; x matmul: each steady step's
-FLOP/s as a fraction of a plain float32 matmul (`benchmarks/finetune.py`'s
+FLOP/s as a fraction of a plain float32 matmul (`benchmarks/reference.py`'s
 `matmul_timer`, 2048^3 on CPU) timed right after that step, the median over
 the steps [min-max]. Timing the two side by side keeps the fraction steady
 on a machine whose speed drifts.
@@ -51,14 +51,14 @@ on a machine whose speed drifts.
 """
 
 import argparse
-import importlib.util
 import json
-import os
 import resource
 import statistics
 import subprocess
 import sys
 import time
+
+from reference import matmul_timer
 
 # The original LoGAH on the same kind of machine (2 vCPU, torch CPU, fp32):
 # (s/step median, architectures/s, peak RSS GiB).
@@ -104,16 +104,6 @@ def child_result(cmd: list[str], what: str) -> dict:
   if out.returncode or not line:
     sys.exit(f'{what} failed:\n{out.stderr[-3000:]}')
   return json.loads(line[0][7:])
-
-
-def _matmul_timer():
-  """`matmul_timer` of benchmarks/finetune.py (loaded by its path)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                      'finetune.py')
-  spec = importlib.util.spec_from_file_location('_bench_finetune', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.matmul_timer
 
 
 # The jax.monitoring events of one compilation. Each names the program: its
@@ -211,7 +201,7 @@ def run_one(run: str, ghn_name: str, compile_workers: int = 0,
   state = step.init_state(ghn.init(cfg, family, 0))
   jax.block_until_ready(state)
   matmul_n = 2048 if jax.default_backend() == 'cpu' else 8192
-  matmul_seconds = _matmul_timer()(matmul_n)  # compiled before counting
+  matmul_seconds = matmul_timer(matmul_n)  # compiled before counting
   arch_compiles = _ArchCompiles()
   before = compiles.snapshot()
   first_times, new_programs, seen, made = [], [], set(), set()
