@@ -142,6 +142,23 @@ def test_config_mismatch_names_key_and_touches_nothing(tmp_path):
   assert json.loads((tmp_path / 'config.json').read_text()) == config
 
 
+def test_config_without_checkpoints_is_replaced(tmp_path):
+  """An attempt that stopped before its first save (a NaN at step 2, say)
+  binds nothing: the corrected config starts there; one save binds it."""
+  with checkpoint.CheckpointManager(tmp_path, config={'lr': 1e30}):
+    pass
+  (tmp_path / '3.orbax-checkpoint-tmp-1').mkdir()  # an unfinished save
+  (tmp_path / 'corrupt' / '2').mkdir(parents=True)  # a step moved aside
+  with checkpoint.CheckpointManager(tmp_path, config={'lr': 1e-3},
+                                    async_save=False) as mngr:
+    assert mngr.latest_step() is None
+    mngr.save(1, {'w': jnp.zeros(3)})
+  assert json.loads((tmp_path / 'config.json').read_text()) == {'lr': 1e-3}
+  with pytest.raises(ValueError, match="'lr' is 0.001 there but 1e\\+30 now"):
+    checkpoint.CheckpointManager(tmp_path, config={'lr': 1e30})
+  assert json.loads((tmp_path / 'config.json').read_text()) == {'lr': 1e-3}
+
+
 def test_corrupt_training_checkpoint(tmp_path):
   with checkpoint.CheckpointManager(tmp_path, async_save=False) as mngr:
     mngr.save(1, {'w': jnp.arange(64.0)})

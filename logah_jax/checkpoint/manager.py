@@ -41,8 +41,10 @@ class CheckpointManager:
       save_interval_steps: `save` writes only on multiples of this (or force).
       async_save: write in a background thread; call `wait_until_finished`.
       config: JSON-able dict (or ConfigDict) of the run. Stored as config.json
-        on first use; a differing stored one raises ValueError before anything
-        is written, so a resumed run can't mix configs.
+        on first use; a differing stored one raises ConfigError before
+        anything is written, so a resumed run can't mix configs, unless the
+        directory holds no checkpoint yet (an attempt that stopped before its
+        first save): then there is nothing to resume and it is replaced.
       ignore_keys: config keys (names or dotted paths) allowed to differ.
       later_keys: {dotted key: default} for keys added to the config after
         some workdirs were written; a stored config without one is compared
@@ -51,6 +53,7 @@ class CheckpointManager:
     self.directory = epath.Path(directory)
     self.restored_step = None  # the step the last `restore` read
     self._config = None
+    self._replace_config = False
     if config is not None:
       self._config = tree_compare.jsonable(config, 'config')
       self._check_config(set(ignore_keys), later_keys or {})
@@ -77,19 +80,28 @@ class CheckpointManager:
     if isinstance(stored, dict):
       stored = tree_compare.with_defaults(stored, later_keys)
     diff = tree_compare.first_diff(stored, self._config, ignore)
-    if diff:
+    if diff and not self._holds_steps():
+      self._replace_config = True  # no checkpoint binds the stored config
+    elif diff:
       key, old, new = diff
       raise ConfigError(
           f'{self.directory} holds checkpoints of another config: key '
           f"'{key}' is {old!r} there but {new!r} now (use a new workdir, or "
           'add the key to ignore_keys if it may change)')
 
+  def _holds_steps(self) -> bool:
+    """Whether a finished checkpoint is here (orbax names each by its step;
+    unfinished saves and moved-aside steps have other names)."""
+    return any(p.name.isdigit() and p.is_dir()
+               for p in self.directory.iterdir())
+
   def _write_config(self) -> None:
     path = self.directory / CONFIG_FILE
-    if jax.process_index() == 0 and not path.exists():
+    if jax.process_index() == 0 and (self._replace_config
+                                     or not path.exists()):
       tmp = self.directory / (CONFIG_FILE + _TMP_SUFFIX)
       tmp.write_text(json.dumps(self._config, indent=2, sort_keys=True))
-      tmp.rename(path)
+      tmp.replace(path)
 
   def save(self, step: int, state, *, extra: Mapping[str, Any] | None = None,
            force: bool = False) -> bool:
