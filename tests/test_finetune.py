@@ -154,6 +154,21 @@ def test_bad_config_fails_before_any_work(tmp_path):
     finetuning.finetune(c, str(tmp_path / 'size'))
 
 
+
+def test_missing_test_data_fails_before_the_first_step(tmp_path):
+  """The test split is read once, after the last step, but opened first."""
+  folder = tmp_path / 'wikitext-2-raw'
+  folder.mkdir()
+  for name in ('wiki.train.raw', 'wiki.valid.raw'):  # no wiki.test.raw
+    (folder / name).write_text(' = A = \n Some text here . \n' * 200)
+  c = finetune_smoke(arch='gpt2:depth=1,width=32,heads=4,vocab_size=256,'
+                     'n_positions=64,tie_embeddings=false')
+  c.data.update(name='wikitext2', tokenizer='bytes', block_size=32,
+                data_dir=str(tmp_path))
+  with pytest.raises(FileNotFoundError, match='wiki.test.raw'):
+    finetuning.finetune(c, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run')
+
 class _NaNInit(inits.InitMethod):
   name = 'nan'
 

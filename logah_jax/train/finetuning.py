@@ -202,6 +202,9 @@ def train(run: FinetuneRun, workdir: str, *,
   mesh = loop.make_mesh(run.mesh_axes, run.data.batch_size)
   loader = run.data.loader(run.seed, jax.process_index(), jax.process_count())
   eval_source = run.data.source(run.eval.split)
+  # Opened now, read once at the end: missing test data fails before step 0.
+  test_source = (run.data.source(run.eval.test_split) if run.eval.test_split
+                 else None)
   # A fresh run checks its init (a wrong architecture, NaN values, a GHN of
   # another family) before it writes anything, so a corrected command is not
   # refused as another config; a resumed run never calls the init.
@@ -281,7 +284,7 @@ def train(run: FinetuneRun, workdir: str, *,
                   'block_size': run.data.block_size, 'seed': run.seed})
   test = None
   if run.eval.test_split and end == run.num_steps:
-    test = _test_once(run, workdir, state.params)
+    test = _test_once(run, workdir, state.params, test_source)
   evals = report.read_metrics(os.path.join(workdir, EVAL_FILE))
   return FinetuneResult(step=end, params=params, evals=evals,
                         last=last, compiles=clock.compiles().count,
@@ -307,17 +310,17 @@ def _drop_test(workdir: str) -> None:
     os.remove(os.path.join(workdir, TEST_FILE))
 
 
-def _test_once(run: FinetuneRun, workdir: str, params) -> dict:
-  """The test split scored once with the final params (the state's layout),
-  or read back from test.json when this finished run already scored the
-  same split."""
+def _test_once(run: FinetuneRun, workdir: str, params, source) -> dict:
+  """The test split (`source`) scored once with the final params (the
+  state's layout), or read back from test.json when this finished run
+  already scored the same split."""
   ev = run.eval
   stored = read_test(workdir)
   if stored and (stored.get('split'), stored.get('max_batches'),
                  stored.get('step')) == (ev.test_split, ev.test_max_batches,
                                          run.num_steps):
     return stored
-  row = eval_lib.evaluate(run.arch, params, run.data.source(ev.test_split),
+  row = eval_lib.evaluate(run.arch, params, source,
                           batch_size=ev.batch_size,
                           max_batches=ev.test_max_batches,
                           scan=run.scan_blocks)
