@@ -108,9 +108,10 @@ def run(config, workdir: str) -> dict:
     holdout.check_holdout(config, run)
   if demo:
     try:  # fail before training, naming the section
-      finetuning.build_run(demo_lib.demo_config(config))
+      demo_run = finetuning.build_run(demo_lib.demo_config(config))
     except ConfigError as e:
       raise ConfigError(f'config.demo: {e}') from e
+    compare.open_data(compare.run_reads('config.demo', demo_run))
   result = {'train': ghn_training.train(run, workdir)}
   if config.holdout.enabled:
     result['holdout'] = holdout.run_holdout(config, run, workdir)

@@ -100,6 +100,32 @@ def test_bad_holdout_fails_before_training(tmp_path, key, value, match):
   config.holdout.split = 'valid'
   with pytest.raises(ValueError, match='holdout.split'):
     main_lib.run(config, str(tmp_path))
+  config.holdout.split = 'train'  # the prediction scored on training images
+  config.demo.enabled = False  # (the demo refuses it as its test split too)
+  with pytest.raises(ValueError, match=r"holdout\.split='train' is also "
+                     r'config\.data\.split'):
+    main_lib.run(config, str(tmp_path))
+  assert not os.path.exists(os.path.join(tmp_path, 'checkpoints'))
+
+
+@pytest.mark.parametrize('demo', [False, True])
+def test_missing_holdout_or_demo_data_fails_before_training(tmp_path, demo):
+  """The held-out split (test) and the demo's curves (validation) are read
+  after GHN training, but opened before it."""
+  missing = 'wiki.valid.raw' if demo else 'wiki.test.raw'
+  folder = tmp_path / 'data' / 'wikitext-2-raw'
+  folder.mkdir(parents=True)
+  for name in ('wiki.train.raw', 'wiki.valid.raw', 'wiki.test.raw'):
+    if name != missing:
+      (folder / name).write_text(' = A = \n Some text here . \n' * 400)
+  config = cft.load_config_file('shakespeare_gpts', 'smoke')
+  config.compilation_cache = 'off'
+  config.data.update(name='wikitext2', data_dir=str(tmp_path / 'data'))
+  config.holdout.split = 'test'
+  config.demo.enabled = demo
+  with pytest.raises(FileNotFoundError, match=missing):
+    main_lib.run(config, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
 
 
 def test_main_job_trains_predicts_scores_and_saves(tmp_path):

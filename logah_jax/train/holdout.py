@@ -44,21 +44,28 @@ def holdout_arch(config):
 
 
 def check_holdout(config, run: ghn_training.GHNRun) -> None:
-  """Raises ConfigError for a held-out target that can't be built or predicted.
+  """Raises ConfigError for a held-out target that can't be built or
+  predicted, or a split it can't be scored on (the GHN's training split), and
+  InputNotFoundError for missing data.
 
-  Called before training, so a typo in `config.holdout` does not surface only
-  after the GHN has trained.
+  Called before training, so a typo in `config.holdout` or a missing file
+  does not surface only after the GHN has trained.
   """
   try:
     target = holdout_arch(config)
     ghn_lib.check_archs(run.ghn_cfg, target.family, [target])
   except (TypeError, ValueError) as e:
     raise ConfigError(f'config.holdout.arch: {e}') from e
-  run.data.check_split(config.holdout.split, 'config.holdout.split')
   h = config.holdout
+  run.data.check_split(h.split, 'config.holdout.split')
+  if run.data.trains_on(h.split):
+    raise ConfigError(f'config.holdout.split={h.split!r} is also '
+                      f'config.data.split ({run.data.split!r}): the GHN '
+                      'trains on it; score the prediction on another split')
   check_int(h.batch_size, 'config.holdout.batch_size')
   check_int(h.max_batches, 'config.holdout.max_batches', 0)
   check_int(h.seed, 'config.holdout.seed', 0)
+  run.data.source(h.split)  # missing data fails now, not after training
 
 
 def run_holdout(config, run: ghn_training.GHNRun, workdir: str) -> dict:
