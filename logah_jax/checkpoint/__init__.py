@@ -5,8 +5,9 @@ version touches one place. Two kinds of checkpoint live here:
 
 * Training checkpoints (`CheckpointManager`): one directory of steps, each with
   an item 'state' (the pytree, orbax's standard layout, arrays uncompressed)
-  and an item 'extra' (JSON: data-loader position, sampler state, rng as
-  ints), plus `config.json` at the top, so a resumed run cannot silently
+  and an item 'extra' (JSON: the step, the data-loader position, the
+  architecture sampler's position; random draws derive from the seed and
+  the step), plus `config.json` at the top, so a resumed run cannot silently
   continue under another config.
 * Predicted inits (`save_params` / `restore_params`): one directory with the
   item 'params' holding `{'params': params}` in orbax's standard layout
