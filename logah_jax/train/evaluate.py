@@ -68,13 +68,27 @@ def evaluate(arch, params, source, *, batch_size: int = 500,
   """
   loader = eval_loader(source, batch_size)
   fn = _eval_fn(arch, bool(scan))
-  loss = hits = count = 0.0
+  totals = [0.0, 0.0, 0.0]  # loss, hits, count
+
+  def add(sums):
+    for j, value in enumerate(jax.device_get(sums)):
+      totals[j] += value
+
+  # Each batch's sums are fetched once the next batch is dispatched, so the
+  # host prepares a batch while the device runs the one before, and at most
+  # two batches wait on the device.
+  pending = None
   for i, batch in enumerate(loader):
     if max_batches and i >= max_batches:
       break
     batch, mask = _pad(batch, loader.batch_size)
-    s_loss, s_hits, s_count = jax.device_get(fn(params, batch, mask))
-    loss, hits, count = loss + s_loss, hits + s_hits, count + s_count
+    sums = fn(params, batch, mask)
+    if pending is not None:
+      add(pending)
+    pending = sums
+  if pending is not None:
+    add(pending)
+  loss, hits, count = totals
   if not count:
     raise ConfigError(f'evaluate: no examples in {source.info.name}/'
                      f'{source.info.split} (max_batches={max_batches})')
