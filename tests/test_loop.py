@@ -22,6 +22,7 @@ class _Manager:
     self.saved.append(step)
     self.extras = getattr(self, 'extras', {})
     self.extras[step] = extra
+    return True
 
   def wait_until_finished(self):
     pass
@@ -102,10 +103,13 @@ def test_a_non_finite_step_stops_the_run_one_step_late_at_most(tmp_path,
   assert mngr.saved == [] and events[-1] == ('fetch', 3)
 
 
+@pytest.mark.parametrize('at', [3, 4])
 def test_a_signal_inside_the_loop_stops_it_at_the_next_step_boundary(
-    tmp_path, monkeypatch):
+    tmp_path, at):
   """orbax swallows a KeyboardInterrupt raised while it waits for a save, so
-  a signal during the steps is noted and acted on between two steps."""
+  a signal during the steps is noted and acted on between two steps, after a
+  checkpoint of the steps since the last one (step 3: one of its own, with
+  the open row's losses; step 4 already has its periodic one)."""
   def hook(done, state, bar):
     loop.interrupt('SIGTERM')  # as the handler would, mid-step
     events.append(('hook finished', done))  # the work in hand completes
@@ -114,13 +118,14 @@ def test_a_signal_inside_the_loop_stops_it_at_the_next_step_boundary(
 
   def step(state, index):
     events.append(('dispatch', index))
-    return state + 1, {'loss': np.float32(1.0), 'grad_norm': np.float32(0.5),
+    loader.position += 1
+    return state + 1, {'loss': np.float32(index), 'grad_norm': np.float32(0.5),
                        'finite': np.bool_(True)}
 
   task = loop.Task(
       name='fake training', step=step, schedule=lambda s: 0.1, num_steps=8,
       log_every=4, save_every=4, units_per_step=1, rate_key='steps_per_s',
-      curves=('loss',), title='fake', hook=hook, hook_at=lambda d: d == 3)
+      curves=('loss',), title='fake', hook=hook, hook_at=lambda d: d == at)
   mngr = _Manager(events)
   try:
     loop.run_steps(task, 0, start=0, end=8, loader=loader, mngr=mngr,
@@ -129,9 +134,12 @@ def test_a_signal_inside_the_loop_stops_it_at_the_next_step_boundary(
     assert str(e) == 'SIGTERM'
   else:
     raise AssertionError('the run was not interrupted')
-  # the step in hand completes; the next one never starts
-  assert events == [('dispatch', 0), ('dispatch', 1), ('dispatch', 2),
-                    ('hook finished', 3)]
+  # the step in hand completes, and is saved; the next one never starts
+  assert events == [('dispatch', i) for i in range(at)] + [
+      ('hook finished', at), ('save', at)]
+  assert mngr.saved == [at]
+  window = mngr.extras[at].get(loop.WINDOW_KEY, [])
+  assert [w['loss'] for w in window] == ([0.0, 1.0, 2.0] if at == 3 else [])
   try:  # outside the loop a signal acts at once
     loop.interrupt('SIGINT')
   except loop.Interrupted as e:

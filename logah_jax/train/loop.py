@@ -255,9 +255,14 @@ def run_steps(task: Task, state, *, start: int, end: int, loader, mngr,
   checkpoint carries the steps of the open row instead, and a run resumed
   from it passes them back as `window` (from `restore`).
 
+  A signal (`interrupt`) stops the run at the next step boundary, after a
+  checkpoint of the steps done since the last one, so that the same command
+  resumes where it stopped.
+
   Raises:
     NonFiniteLossError: a step's loss or gradient norm was not finite; that
       update was not applied and no checkpoint of it is written.
+    Interrupted: a signal arrived.
   """
   log = report.MetricsLog(workdir, resume_step=start)
   bar = report.Progress(task.num_steps, start, task.name)
@@ -285,10 +290,23 @@ def run_steps(task: Task, state, *, start: int, end: int, loader, mngr,
     bar.update(1, loss=f'{metrics["loss"]:.4f}',
                **{task.rate_key: f'{rate.value():.2f}'})
 
+  def save(done: int, force: bool) -> None:
+    extra = {'step': done, 'loader': loader.state(), **task.extra(done)}
+    if window:  # stopped between two rows: their steps so far
+      extra[WINDOW_KEY] = window
+    if mngr.save(done, state, extra=extra, force=force):
+      saved.append(done)
+
+  saved = []
   _signals.update(deferred=True, pending=None)
   try:
     for step in range(start, end):
-      if _signals['pending']:
+      if _signals['pending']:  # keep the steps done since the last checkpoint
+        if pending is not None:
+          settle(*pending)  # a non-finite step stops the run unsaved
+          pending = None
+        if step > start and saved[-1:] != [step]:
+          save(step, force=True)
         raise Interrupted(_signals['pending'])
       state, device_metrics = task.step(state, step)
       if pending is not None:  # the previous step, now that this one is queued
@@ -312,10 +330,7 @@ def run_steps(task: Task, state, *, start: int, end: int, loader, mngr,
       if hooks:
         task.hook(done, state, bar)
       if saves:
-        extra = {'step': done, 'loader': loader.state(), **task.extra(done)}
-        if window:  # stopped between two rows: their steps so far
-          extra[WINDOW_KEY] = window
-        mngr.save(done, state, extra=extra, force=done == end)
+        save(done, force=done == end)
   finally:
     bar.close()
     mngr.wait_until_finished()
