@@ -24,4 +24,3 @@ def snapshot(root):
       st = os.stat(p)
       out[os.path.relpath(p, root)] = (st.st_size, st.st_mtime_ns)
   return out
-
