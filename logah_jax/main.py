@@ -10,8 +10,8 @@ that exists, a workdir that is a file) is reported as one line `error: ...`
 with exit code 2, before any expensive work (docs/errors.md lists them). So
 are the failures that can only show up later: a non-finite loss (the last
 good checkpoint stays), a full disk, an interrupt (SIGINT or SIGTERM; the
-run saves the steps since its last checkpoint first, and the same command
-resumes).
+run saves the steps since its last checkpoint first, in every process of a
+multi-process job at the same step, and the same command resumes).
 Any other exception is a bug and shows its traceback.
 `config.job` picks what runs:
   train_ghn  trains (or resumes) a GHN in the workdir; with

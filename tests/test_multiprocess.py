@@ -13,8 +13,10 @@ With SGD the parameters and every logged loss agree to float rounding.
 """
 
 import os
+import signal
 import socket
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -43,16 +45,20 @@ def _env(devices: int, **extra) -> dict:
   return env
 
 
-def _two_processes(config, workdir, *overrides) -> list[str]:
-  """Runs the launch script twice (process 0 and 1); returns their output."""
+def _start_two(config, workdir, *overrides) -> list[subprocess.Popen]:
   port = _free_port()
-  procs = [subprocess.Popen(
+  return [subprocess.Popen(
       ['bash', _LAUNCH, config, workdir, *overrides],
       env=_env(4, LOGAH_COORDINATOR=f'localhost:{port}',
                LOGAH_NUM_PROCESSES='2', LOGAH_PROCESS_ID=str(i),
                LOGAH_INIT_TIMEOUT_S='120'),
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
       for i in range(2)]
+
+
+def _two_processes(config, workdir, *overrides) -> list[str]:
+  """Runs the launch script twice (process 0 and 1); returns their output."""
+  procs = _start_two(config, workdir, *overrides)
   outs = [p.communicate(timeout=900)[0] for p in procs]
   for i, (p, out) in enumerate(zip(procs, outs)):
     assert p.returncode == 0, f'process {i}:\n{out[-3000:]}'
@@ -131,3 +137,45 @@ def test_ghn_training_two_processes_equals_one(tmp_path, arch_groups):
     return state['params']
   _assert_close(params(multi), params(single), f'GHN params, {arch_groups} '
                 'arch groups')
+
+
+@pytest.mark.parametrize('sig', ['SIGTERM', 'SIGINT'])
+def test_a_signal_to_one_process_stops_both_at_one_step(tmp_path, sig):
+  """A pre-emption notice may reach one host only: every process must still
+  stop after the same step, save it together and resume from it. Python's
+  SIGTERM handler never runs in a jax.distributed job (JAX's preemption
+  service takes the signal), so without the agreed stop a SIGTERM was
+  ignored and the run went on to its end; a SIGINT, which Python does see,
+  stopped one process alone and left the other waiting for it."""
+  steps = 50
+  overrides = [f'--config.arch={TINY_VIT}', '--config.data.batch_size=8',
+               *_SGD, f'--config.train.num_steps={steps}',
+               '--config.log_every_steps=2', '--config.eval.every_steps=5000',
+               '--config.checkpoint.every_steps=5000',
+               '--config.compilation_cache=off']
+  multi, single = str(tmp_path / 'multi'), str(tmp_path / 'single')
+  procs = _start_two('configs/finetune.py:smoke', multi, *overrides)
+  rows = os.path.join(multi, 'metrics.jsonl')
+  deadline = time.monotonic() + 600
+  while not (os.path.exists(rows) and os.path.getsize(rows)):
+    assert time.monotonic() < deadline and procs[0].poll() is None, (
+        procs[0].communicate()[0][-3000:])
+    time.sleep(0.05)
+  procs[1].send_signal(getattr(signal, sig))  # process 1 only
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  # process 0 learns of it from the preemption service, as a SIGTERM
+  for i, (p, out, seen) in enumerate(zip(procs, outs, ['SIGTERM', sig])):
+    assert p.returncode == 2 and f'interrupted ({seen})' in out, (
+        f'process {i}, exit code {p.returncode}:\n{out[-3000:]}')
+  with checkpoint.CheckpointManager(os.path.join(multi, 'checkpoints'),
+                                    async_save=False) as mngr:
+    stopped = mngr.latest_step()
+  assert stopped is not None and 2 <= stopped < steps, stopped
+
+  outs = _two_processes('configs/finetune.py:smoke', multi, *overrides)
+  assert f'resuming at step {stopped}' in outs[0]
+  _one_process('configs/finetune.py:smoke', single, *overrides)
+  _assert_same_losses(multi, single)
+  _assert_close(checkpoint.restore_params(os.path.join(multi, 'final_params')),
+                checkpoint.restore_params(os.path.join(single, 'final_params')),
+                'params after the stop and the resumed run')

@@ -36,6 +36,7 @@ from logah_jax import parallel
 from logah_jax.train import compute as compute_lib
 from logah_jax.train import optim
 from logah_jax.train import report
+from logah_jax.train import stopping
 from logah_jax.train.data_spec import DataSpec
 from logah_jax.validation import ConfigError, InputNotFoundError, check_int
 
@@ -48,21 +49,9 @@ class NonFiniteLossError(FloatingPointError):
   """Training met a NaN/Inf loss; the last good checkpoint is untouched."""
 
 
-class Interrupted(KeyboardInterrupt):
-  """SIGINT or SIGTERM: the run stopped at a step boundary (or in start-up)."""
-
-
-# Inside `run_steps` a signal is only noted, and acted on after the step:
-# orbax swallows a KeyboardInterrupt raised while it waits for a save.
-_signals = {'deferred': False, 'pending': None}
-
-
-def interrupt(name: str) -> None:
-  """A signal handler's action: stop now, or at the end of the current step."""
-  if _signals['deferred']:
-    _signals['pending'] = name
-    return
-  raise Interrupted(name)
+# The stop on a signal lives in `stopping`; these names are the loop's API.
+Interrupted = stopping.Interrupted
+interrupt = stopping.interrupt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,45 +287,45 @@ def run_steps(task: Task, state, *, start: int, end: int, loader, mngr,
       saved.append(done)
 
   saved = []
-  _signals.update(deferred=True, pending=None)
-  try:
-    for step in range(start, end):
-      if _signals['pending']:  # keep the steps done since the last checkpoint
-        if pending is not None:
-          settle(*pending)  # a non-finite step stops the run unsaved
-          pending = None
-        if step > start and saved[-1:] != [step]:
-          save(step, force=True)
-        raise Interrupted(_signals['pending'])
-      state, device_metrics = task.step(state, step)
-      if pending is not None:  # the previous step, now that this one is queued
+  with stopping.deferred():
+    try:
+      for step in range(start, end):
+        stop = stopping.requested()
+        if stop:  # keep the steps done since the last checkpoint
+          if pending is not None:
+            settle(*pending)  # a non-finite step stops the run unsaved
+            pending = None
+          if step > start and saved[-1:] != [step]:
+            save(step, force=True)
+          raise Interrupted(stop)
+        state, device_metrics = task.step(state, step)
+        if pending is not None:  # the previous step, now that it is queued
+          settle(*pending)
+        pending = step, device_metrics
+        done = step + 1
+        periodic = done % task.save_every == 0 or done == task.num_steps
+        # a periodic checkpoint also closes a metrics row: a run resumed from
+        # it then logs the same rows as one never stopped
+        logs = periodic or done % task.log_every == 0
+        saves = periodic or done == end
+        hooks = task.hook is not None and task.hook_at(done)
+        if not (logs or saves or hooks):
+          continue
         settle(*pending)
-      pending = step, device_metrics
-      done = step + 1
-      periodic = done % task.save_every == 0 or done == task.num_steps
-      # a periodic checkpoint also closes a metrics row: a run resumed from
-      # it then logs the same rows as one never stopped
-      logs = periodic or done % task.log_every == 0
-      saves = periodic or done == end
-      hooks = task.hook is not None and task.hook_at(done)
-      if not (logs or saves or hooks):
-        continue
-      settle(*pending)
-      pending = None
-      if logs:
-        last = _log_row(window, done, task, rate, clock, lr_at)
-        log.write(last)
-        window = []
-      if hooks:
-        task.hook(done, state, bar)
-      if saves:
-        save(done, force=done == end)
-  finally:
-    bar.close()
-    mngr.wait_until_finished()
-    _signals['deferred'] = False
-  if _signals['pending']:
-    raise Interrupted(_signals['pending'])
+        pending = None
+        if logs:
+          last = _log_row(window, done, task, rate, clock, lr_at)
+          log.write(last)
+          window = []
+        if hooks:
+          task.hook(done, state, bar)
+        if saves:
+          save(done, force=done == end)
+    finally:
+      bar.close()
+      mngr.wait_until_finished()
+  if stopping.left_over():  # it came during the last step, which is saved
+    raise Interrupted(stopping.left_over())
   _plot(workdir, task)
   return state, last
 
