@@ -368,6 +368,30 @@ def test_bad_config_is_one_clear_error(tmp_path, field, value, match):
   assert not os.path.exists(os.path.join(tmp_path, 'checkpoints'))
 
 
+def test_compile_ahead_stops_at_the_last_step_run():
+  """A run that stops early (`stop_after_steps`) compiles ahead only the
+  architectures of the steps it runs."""
+  sampler = type('Sampler', (), {'at': lambda self, i: [f'arch{i}'],
+                                 'seed': 0, 'pool_size': 9, 'm': 1})()
+  run = type('Run', (), {'sampler': sampler, 'compile_workers': 2,
+                         'num_steps': 20, 'schedule': None, 'log_every': 5,
+                         'checkpoint': loop.CheckpointOptions(5, 1, False),
+                         'title': 'fake'})()
+  calls = []
+
+  def stepper(state, archs, batch, upcoming):
+    calls.append((archs, list(upcoming)))
+    return state, {}
+  task = ghn_training._task(run, stepper, iter(range(99)), end=6)
+  task.step(0, 0)
+  task.step(0, 4)
+  assert calls == [(['arch0'], [[f'arch{i}'] for i in range(1, 6)]),
+                   (['arch4'], [['arch5']])]
+  run.compile_workers = 0
+  ghn_training._task(run, stepper, iter(range(99)), end=6).step(0, 1)
+  assert calls[-1] == (['arch1'], [])
+
+
 def test_compile_workers_setting(monkeypatch):
   assert ghn_training.compile_workers('auto') == 0  # CPU backend
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')

@@ -271,7 +271,7 @@ def train(run: GHNRun, workdir: str, *,
       end = min(end, start + stop_after_steps)
     try:
       state, last = loop.run_steps(
-          _task(run, stepper, loader), state, start=start, end=end,
+          _task(run, stepper, loader, end), state, start=start, end=end,
           loader=loader, mngr=mngr, workdir=workdir, clock=clock,
           window=window)
     finally:
@@ -283,12 +283,13 @@ def train(run: GHNRun, workdir: str, *,
                         seconds=clock.seconds())
 
 
-def _task(run: GHNRun, stepper, loader) -> loop.Task:
+def _task(run: GHNRun, stepper, loader, end: int) -> loop.Task:
+  """The loop's task; `end` bounds compiling ahead to the steps this call
+  runs (a run stopped early compiles nothing it will not use)."""
   sampler = run.sampler
 
   def step(state, index):
-    ahead = range(index + 1, min(index + 1 + COMPILE_AHEAD_STEPS,
-                                 run.num_steps))
+    ahead = range(index + 1, min(index + 1 + COMPILE_AHEAD_STEPS, end))
     upcoming = [sampler.at(i) for i in ahead] if run.compile_workers else ()
     return stepper(state, sampler.at(index), next(loader), upcoming)
 
