@@ -7,7 +7,6 @@ resumes a real two-process training run the same way.
 """
 
 import os
-import signal
 import socket
 import subprocess
 import sys
