@@ -55,10 +55,23 @@ def test_logah_count_independent_of_classes():
     (dict(factorization='svd'), 'factorization'),
     (dict(max_ck=100), 'max_ck=100'), (dict(dtype='float16'), 'dtype'),
     (dict(cutoff=255), 'cutoff=255 must be at most 254'),
+    (dict(max_shape=(2048, 2048, True, True)), r'max_shape\[2\]=True'),
+    (dict(normalize='false'), "normalize='false' must be True or False"),
+    (dict(final_ln=None), 'final_ln=None must be True or False'),
+    (dict(decoder='fullrank', hid=64, max_shape=(64, 64, 4, 8)),
+     'full-rank decoder needs h == w'),
 ])
 def test_bad_ghn_config_names_the_field(kwargs, field):
   with pytest.raises(ValueError, match=field):
     ghn.GHNConfig(**kwargs)
+
+
+def test_ghn_config_takes_numpy_ints_as_ints():
+  cfg = ghn.GHNConfig(max_shape=tuple(np.int64(v) for v in (2048, 2048, 16,
+                                                            16)))
+  assert cfg.max_shape == (2048, 2048, 16, 16)
+  assert all(type(v) is int for v in cfg.max_shape)
+  assert cfg == ghn.GHNConfig()  # one cache key, one program
 
 
 def test_named_ghns():
@@ -358,3 +371,22 @@ def test_bfloat16_graphormer_layer_keeps_attention_logits_float32():
   assert exps and all(e.outvars[0].aval.dtype == jnp.float32 for e in exps)
   np.testing.assert_allclose(np.asarray(out[jnp.bfloat16], np.float32),
                              out[jnp.float32], rtol=0, atol=2e-2)
+
+
+def test_predict_takes_any_iterable_and_refuses_bad_node_embeddings():
+  cfg = arch.sample('vits-cpu', 1, 4)[0]
+  params = ghn.init(SMALL, 'vit', seed=0)
+  assert ghn.predict(SMALL, params, []) == []
+  (one,) = ghn.predict(SMALL, params, iter([cfg]))
+  assert_same_structure(one, cfg)
+  with pytest.raises(ValueError, match="family=None \\('vit:"):
+    ghn.predict(SMALL, params, 'vit:depth=2')
+  # decode reads node rows by index, which JAX clamps: a short or foreign
+  # x must be refused, not decoded into other params
+  n = ghn.num_nodes(SMALL, cfg)
+  x = ghn.node_embeddings(SMALL, params, [cfg])[0]
+  for bad in (x[:n - 1], x[:n, :SMALL.hid // 2], x[None, :n]):
+    for per_shape in (True, False):
+      with pytest.raises(ValueError, match=f'at least {n} rows of '
+                         f'{SMALL.hid}'):
+        ghn.decode(SMALL, params, cfg, bad, per_shape=per_shape)

@@ -184,3 +184,25 @@ def test_predict_job_from_the_command_line(ghn_workdir, tmp_path):
   assert again.returncode == 2 and 'error:' in again.stderr
   assert json.loads(open(os.path.join(out, 'metadata', 'metadata')).read())[
       'method'] == 'logah'
+
+
+@pytest.mark.parametrize('kwargs, field', [
+    (dict(fill='tiel'), "fill='tiel'"), (dict(fill_noise=20.0), 'fill_noise=20.0')])
+def test_ghn_load_blames_the_argument_not_the_stored_config(ghn_workdir,
+                                                            kwargs, field):
+  with pytest.raises(ValueError) as e:
+    ghn_lib.load(ghn_workdir, **kwargs)
+  assert str(e.value).startswith(f'ghn.load({ghn_workdir!r}, {field}): ')
+  assert 'does not describe' not in str(e.value)
+
+
+def test_ghn_load_refuses_params_of_another_shape(tmp_path):
+  """A stored config whose decoder rank is not the params' is refused: the
+  tree structure alone matches."""
+  save_untrained_ghn(str(tmp_path), smoke(), 2)
+  path = tmp_path / 'checkpoints' / 'config.json'
+  stored = json.loads(path.read_text())
+  stored['ghn']['rank'] += 1
+  path.write_text(json.dumps(stored))
+  with pytest.raises(ValueError, match='do not match'):
+    ghn_lib.load(str(tmp_path))

@@ -240,6 +240,12 @@ def decode(cfg: GHNConfig, params, arch, x_ND: jax.Array,
   calls, not the compilation, dominate (docs/performance.md). `ahead`:
   the per-shape programs' `per_shape.compile_ahead`, if started already.
   """
+  need = (num_nodes(cfg, arch), cfg.hid)
+  if (len(x_ND.shape) != 2 or x_ND.shape[0] < need[0]
+      or x_ND.shape[1] != need[1]):  # a short x would be read clamped
+    raise ConfigError(f'decode: node embeddings of shape {x_ND.shape}; '
+                      f'this {type(arch).__name__} needs at least {need[0]} rows of {need[1]} '
+                      '(num_nodes x GHNConfig.hid)')
   if per_shape is None:
     per_shape = _per_shape_default()
   if per_shape:
@@ -263,13 +269,17 @@ def check_archs(cfg: GHNConfig, family: str, archs: Sequence):
 
 
 def predict(cfg: GHNConfig, params, archs):
-  """Predicted params for one ArchConfig, or a list for a list of them.
+  """Predicted params for one ArchConfig, or a list for any iterable of
+  them (an empty one gives []).
 
   Each result has exactly the tree structure, shapes and dtypes of
   `models.abstract_params(arch)`.
   """
-  single = not isinstance(archs, (list, tuple))
+  # an ArchConfig (or a string, refused below), not a collection
+  single = hasattr(archs, 'family') or isinstance(archs, str)
   archs = [archs] if single else list(archs)
+  if not archs:
+    return []
   check_archs(cfg, family_of(cfg, params), archs)
   ahead = [None] * len(archs)
   if _per_shape_default():  # compiled while the GHN body compiles and runs

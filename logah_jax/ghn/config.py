@@ -109,10 +109,16 @@ class GHNConfig:
     if self.hid % 4:
       raise ConfigError(f'GHNConfig.hid={self.hid} must be divisible by 4 '
                         '(the shape encoder concatenates four d/4 embeddings).')
-    if len(self.max_shape) != 4 or any(
-        not isinstance(v, int) or v <= 0 for v in self.max_shape):
+    if len(self.max_shape) != 4:
       raise ConfigError(f'GHNConfig.max_shape={self.max_shape} must be four '
                         'positive ints (c_out, c_in, h, w).')
+    object.__setattr__(self, 'max_shape', tuple(
+        check_int(v, f'GHNConfig.max_shape[{i}]')
+        for i, v in enumerate(self.max_shape)))
+    for name in ('final_ln', 'normalize'):
+      if not isinstance(getattr(self, name), bool):  # 'false' would be truthy
+        raise ConfigError(f'GHNConfig.{name}={getattr(self, name)!r} must be '
+                          'True or False.')
     if self.decoder == 'lowrank' and (
         self.max_ck < self.max_shape[0] or self.max_ck < self.max_shape[1]):
       raise ConfigError(f'GHNConfig.max_ck={self.max_ck} is smaller than '
@@ -122,6 +128,10 @@ class GHNConfig:
       raise ConfigError(f'GHNConfig.max_shape={self.max_shape} must start '
                         f'with (hid, hid)=({self.hid}, {self.hid}) for the '
                         'full-rank decoder.')
+    if self.decoder == 'fullrank' and self.max_shape[2] != self.max_shape[3]:
+      # its decoder emits square h x w kernels of max_shape[2]
+      raise ConfigError(f'GHNConfig.max_shape={self.max_shape}: the '
+                        'full-rank decoder needs h == w.')
 
   @property
   def compute_dtype(self):

@@ -95,13 +95,18 @@ def load(workdir: str, step: int | None = None, fill: str | None = None,
     family = arch_lib.make_space(space['name']).family
     if not cfg.trained_width:
       cfg = dataclasses.replace(cfg, trained_width=trained_width(run_config))
-    if fill is not None:
-      cfg = dataclasses.replace(cfg, fill=fill)
-    if fill_noise is not None:
-      cfg = dataclasses.replace(cfg, fill_noise=fill_noise)
   except (KeyError, TypeError, ValueError) as e:
     raise ConfigError(f'{directory}/{_CONFIG} does not describe a GHN '
                       f'training run: {e}') from e
+  # the caller's choices, checked (and blamed) apart from the stored config
+  overrides = {k: v for k, v in (('fill', fill), ('fill_noise', fill_noise))
+               if v is not None}
+  if overrides:
+    try:
+      cfg = dataclasses.replace(cfg, **overrides)
+    except ValueError as e:
+      given = ', '.join(f'{k}={v!r}' for k, v in overrides.items())
+      raise ConfigError(f'ghn.load({workdir!r}, {given}): {e}') from e
   with checkpoint.CheckpointManager(directory, async_save=False) as mngr:
     state, _ = mngr.restore(step)
     step = mngr.restored_step
@@ -109,7 +114,9 @@ def load(workdir: str, step: int | None = None, fill: str | None = None,
     raise ConfigError(f'{directory}: step {step} holds no GHN params')
   params = state['params']
   expected = jax.eval_shape(lambda: api.init(cfg, family, 0))
-  if jax.tree.structure(expected) != jax.tree.structure(params):
+  if (jax.tree.structure(expected) != jax.tree.structure(params) or any(
+      e.shape != p.shape
+      for e, p in zip(jax.tree.leaves(expected), jax.tree.leaves(params)))):
     raise ConfigError(f'{directory}: the stored GHN params do not match '
                       f'{cfg} for family {family!r}')
   return TrainedGHN(cfg=cfg, family=family, params=params, step=int(step),
