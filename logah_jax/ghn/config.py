@@ -50,7 +50,9 @@ class GHNConfig:
     row and column (the paper; those past the trained width were never
     trained), 'tile' decodes the target at the trained width and repeats it,
     'widen' repeats each block of a fused tensor (q, k, v) on its own, so
-    that the wider model computes the trained-width one's function, and
+    that the wider model computes the trained-width one's function (except
+    a GPT-2 with tied embeddings, whose logits scale with the width ratio,
+    and widths that are not a multiple of it: docs/extrapolation.md), and
     adds noise to the copies to break their symmetry.
   fill_noise: the noise of 'widen', relative to the tensor's std.
   """
