@@ -390,3 +390,17 @@ def test_predict_takes_any_iterable_and_refuses_bad_node_embeddings():
       with pytest.raises(ValueError, match=f'at least {n} rows of '
                          f'{SMALL.hid}'):
         ghn.decode(SMALL, params, cfg, bad, per_shape=per_shape)
+
+
+def test_params_of_another_num_classes_are_not_taken_for_another_family():
+  """A ViT GHN's channel table (num_classes=10) has as many rows as a GPT-2
+  GHN's under num_classes=16: the targets' family decides, and the
+  mismatch is named instead of 'this GHN was built for gpt2'."""
+  cfg = arch.sample('vits-cpu', 1, 4)[0]
+  params = ghn.init(SMALL, 'vit', seed=0)
+  other = dataclasses.replace(SMALL, num_classes=16)
+  assert ghn.family_of(other, params) == 'gpt2'  # the size alone misleads
+  for call in (ghn.predict, ghn.node_embeddings):
+    with pytest.raises(ValueError, match='for vit targets with '
+                       'GHNConfig.num_classes=16 has'):
+      call(other, params, [cfg])

@@ -162,6 +162,24 @@ def family_of(cfg: GHNConfig, params) -> str:
                     f'matches neither family for this GHNConfig.')
 
 
+def _family_for(cfg: GHNConfig, params, archs: Sequence) -> str:
+  """The family to predict `archs` with: theirs when they share one, checked
+  against the params' channel table, whose size alone can match the other
+  family under another `num_classes`; else `family_of`."""
+  families = {getattr(a, 'family', None) for a in archs}
+  if len(families) != 1 or not families <= {'vit', 'gpt2'}:
+    return family_of(cfg, params)
+  family = families.pop()
+  rows = params['body']['channel_embed']['embedding'].shape[0]
+  want = _tables(cfg, family)[0]
+  if rows != want:
+    raise ConfigError(
+        f'GHN params have a channel table of {rows} rows; a GHN for {family} '
+        f'targets with GHNConfig.num_classes={cfg.num_classes} has {want}: '
+        'the params belong to another family or another GHNConfig.')
+  return family
+
+
 def body_function(cfg: GHNConfig, family: str):
   """The pure body: (params['body'], GHNInputs) -> [B, N, D] (not jitted)."""
   module = _body_module(cfg, family)
@@ -207,7 +225,7 @@ def _body_fn(cfg: GHNConfig, family: str):
 def node_embeddings(cfg: GHNConfig, params, archs: Sequence,
                     n_pad: int | None = None) -> jax.Array:
   """[B, N, D] node embeddings of `archs` (padded to a node bucket)."""
-  family = family_of(cfg, params)
+  family = _family_for(cfg, params, archs)
   check_archs(cfg, family, archs)
   inputs = make_inputs(cfg, family, archs, n_pad)
   return _body_fn(cfg, family)(params['body'], inputs)
@@ -280,7 +298,7 @@ def predict(cfg: GHNConfig, params, archs):
   archs = [archs] if single else list(archs)
   if not archs:
     return []
-  check_archs(cfg, family_of(cfg, params), archs)
+  check_archs(cfg, _family_for(cfg, params, archs), archs)
   ahead = [None] * len(archs)
   if _per_shape_default():  # compiled while the GHN body compiles and runs
     pool = per_shape_lib.compile_thread()  # one for all: the cores are shared
