@@ -293,3 +293,23 @@ def test_ligo_step_flops_formula_matches_xla(pair):
   # matmuls only, as for target steps (tests/test_flops.py): a few percent
   # of elementwise work is left out, nothing is counted twice
   assert 0.9 <= ratio <= 1.0, ratio
+
+
+def test_ligo_refuses_an_operator_of_another_pair():
+  """An operator for a deeper target would grow a shallower one from its
+  first layers without complaint; one for a wider target failed on a bare
+  reshape. Both name the pair now; either sharing of the right pair grows."""
+  small = random_params(VIT_S, 0)
+  deeper = arch.parse('vit:depth=5,width=128,heads=8,mlp_dim=256,patch=4,'
+                      'image_size=16,channels=3,num_classes=10')
+  wider = arch.parse('vit:depth=4,width=192,heads=12,mlp_dim=384,patch=4,'
+                     'image_size=16,channels=3,num_classes=10')
+  for other, part in ((deeper, 'depth/'), (wider, 'width/')):
+    op = ligo.init_operator(VIT_S, other, key=jax.random.key(0))
+    with pytest.raises(ConfigError, match=f'does not grow {VIT_S.name} into '
+                       f'{VIT_L.name}: its {part}'):
+      growth.grow('ligo', small, VIT_S, VIT_L, operator=op)
+  for sharing in ligo.SHARING:
+    op = ligo.init_operator(VIT_S, VIT_L, key=jax.random.key(0),
+                            sharing=sharing)
+    growth.grow('ligo', small, VIT_S, VIT_L, operator=op)

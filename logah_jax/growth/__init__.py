@@ -62,6 +62,7 @@ def grow(method: str, small_params, small_arch, large_arch, *, key=None,
     if options.get('operator') is None:
       raise ConfigError('growth method ligo needs operator= (a trained LiGO '
                         'operator)')
+    ligo.check_operator(options['operator'], small_arch, large_arch)
     out = ligo.grow_params(options['operator'], small_params, small_arch,
                            large_arch)
   else:

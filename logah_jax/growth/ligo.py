@@ -133,6 +133,28 @@ def apply(operator: dict, canon: dict, family: str) -> dict:
   return {'outer': outer, 'blocks': blocks}
 
 
+def check_operator(operator, small, large) -> None:
+  """Raises ConfigError unless `operator` has the shapes of a small -> large
+  operator (either sharing): `apply` would otherwise use the first layers of
+  a deeper operator, or fail on a reshape."""
+  try:
+    have = jax.tree.map(lambda x: tuple(jnp.shape(x)), operator)
+  except TypeError as e:
+    raise ConfigError(f'LiGO operator: not a tree of arrays ({e})') from e
+  wants = {sharing: operator_shapes(small, large, sharing)
+           for sharing in SHARING}
+  if not any(have == want for want in wants.values()):
+    want = wants['layer']
+    first = next(((part, key) for part in want for key in want[part]
+                  if have.get(part, {}).get(key) != want[part][key]),
+                 ('', ''))
+    got = have.get(first[0], {}).get(first[1]) if first[0] else have
+    raise ConfigError(f'this LiGO operator does not grow {small.name} into '
+                      f'{large.name}: its {"/".join(first)} has shape '
+                      f'{got}, and that pair needs '
+                      f'{want[first[0]][first[1]] if first[0] else want}')
+
+
 def grow_params(operator: dict, small_params, small, large) -> dict:
   """Large-model Flax params from small ones (differentiable in `operator`)."""
   canon = layout.to_canonical(small_params, small)

@@ -37,7 +37,7 @@ class GrowthInit(InitMethod):
     self.options = dict(options or {})
     self.deterministic = method == 'ligo'
     self._small = self._small_params = None
-    self._operator = self._operator_meta = None
+    self._operator = self._operator_meta = self._operator_for = None
 
   def prepare(self) -> None:
     if self._small is None:
@@ -49,9 +49,10 @@ class GrowthInit(InitMethod):
     self.prepare()
     growth.check_pair(self._small, arch)
     if self.name == 'ligo':
-      if self._operator is None:
+      if self._operator_for != arch:  # loading checks the pair it grows
         self._operator, self._operator_meta = growth_source.load_operator(
             self.operator_dir, self._small, arch)
+        self._operator_for = arch
       return growth.grow('ligo', self._small_params, self._small, arch,
                          operator=self._operator)
     return growth.grow(self.name, self._small_params, self._small, arch,
