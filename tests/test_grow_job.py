@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -264,3 +265,22 @@ def test_comparison_pretrains_the_source_once_and_grows_from_it(tmp_path):
   again = compare.run_compare(c, str(tmp_path))
   assert again['methods_summary'] == summary['methods_summary']
   assert growth.FUNCTION_PRESERVING['net2net']
+
+
+def test_ligo_workdir_of_another_source_is_refused(source, tmp_path):
+  """The operator run is bound to its source: growing another source with
+  the same (default) LiGO workdir neither resumes nor reuses its operator."""
+  other = str(tmp_path / 'other_source')
+  shutil.copytree(source, other)  # same params and arch, another source
+  out = str(tmp_path / 'init')
+  c = _grow_config(source, 'ligo')
+  c.ligo.num_steps = 2
+  main.run(c, out)
+  c.source, c.overwrite = other, True
+  with pytest.raises(ConfigError, match='source'):
+    main.run(c, out)
+  # without the run's checkpoints, the finished operator's metadata refuses
+  shutil.rmtree(f'{out}-ligo/checkpoints')
+  with pytest.raises(ConfigError, match=f'trained from {source}'):
+    main.run(c, out)
+  assert checkpoint.read_metadata(f'{out}-ligo/operator')['source'] == source

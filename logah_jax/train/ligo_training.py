@@ -94,6 +94,11 @@ def build_run(config, source: str, small=None) -> LigoRun:
                       'be in [0, 1)')
   settings = loop.settings(config, check_int(config.train.num_steps,
                                              'config.train.num_steps'))
+  # The operator is trained on this source's params: a workdir of another
+  # source (or another source architecture) must not be resumed or reused.
+  source = os.path.abspath(source)
+  settings['config'] = dict(settings['config'], source={
+      'path': source, 'arch': arch_lib.to_dict(small)})
   check_data_matches(large, settings['data'], prefix='config.arch')
   return LigoRun(small=small, large=large, source=source,
                  scheme=section.init, sharing=section.sharing,
@@ -159,6 +164,19 @@ class LigoStep:
                       parallel.shard_batch(self.mesh, batch))
 
 
+def _check_operator_source(out: str, run: LigoRun) -> None:
+  """Refuses a finished operator grown from another source or pair."""
+  meta = ckpt_lib.read_metadata(out)
+  have = (meta.get('source'), meta.get('small'), meta.get('large'))
+  want = (run.source, arch_lib.to_dict(run.small), arch_lib.to_dict(run.large))
+  if have != want:
+    raise ConfigError(
+        f'{out} holds a LiGO operator trained from {have[0]} '
+        f'({have[1] and arch_lib.from_dict(have[1]).name}), not from '
+        f'{run.source} ({run.small.name}) for {run.large.name}: give another '
+        'config.ligo_workdir')
+
+
 def train(run: LigoRun, workdir: str, *,
           stop_after_steps: int | None = None) -> str:
   """Trains (or resumes, or skips when done) the operator; returns its dir."""
@@ -178,6 +196,7 @@ def train(run: LigoRun, workdir: str, *,
   with loop.open_checkpoints(workdir, run.checkpoint, run.config,
                              RESUMABLE_KEYS) as mngr:  # refuses other configs
     if done:
+      _check_operator_source(out, run)
       report.say(f'LiGO operator already trained: {out}')
       return out
     stepper = LigoStep(run, mesh)
