@@ -284,3 +284,23 @@ def test_ligo_workdir_of_another_source_is_refused(source, tmp_path):
   with pytest.raises(ConfigError, match=f'trained from {source}'):
     main.run(c, out)
   assert checkpoint.read_metadata(f'{out}-ligo/operator')['source'] == source
+
+
+@pytest.mark.parametrize('where', ['in_output', 'output', 'source',
+                                   'in_source', 'around_source'])
+def test_ligo_workdir_overlapping_output_or_source_is_refused_first(
+    source, tmp_path, where):
+  """Saving the init found the output taken by the operator's run after
+  training (or, with overwrite, deleted the operator); a LiGO workdir in the
+  source wrote checkpoints into it."""
+  out = str(tmp_path / 'init')
+  ligo_dir = {'in_output': os.path.join(out, 'op'), 'output': out + '/',
+              'source': source, 'in_source': os.path.join(source, 'op'),
+              'around_source': os.path.dirname(source)}[where]
+  source_hash = _hash_tree(source)
+  c = _grow_config(source, 'ligo')
+  c.ligo_workdir, c.overwrite = ligo_dir, True
+  with pytest.raises(ConfigError, match=r'^config\.ligo_workdir=.* overlaps'):
+    main.run(c, out)
+  assert not os.path.exists(out) and _hash_tree(source) == source_hash
+  assert not os.path.exists(os.path.join(source, 'op'))
