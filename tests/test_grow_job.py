@@ -11,10 +11,11 @@ import pytest
 
 from configs_for_tests import finetune_smoke, load_config_file
 from logah_jax import arch, checkpoint, compiles, growth, main, models
-from logah_jax import parallel
+from logah_jax import inits, parallel
 from logah_jax.train import compare, finetuning, flops, grow_job
 from logah_jax.growth import ligo
 from logah_jax.inits import growth_source
+from logah_jax.inits import save as init_save
 from logah_jax.train import ligo_training
 from logah_jax.train import state as state_lib
 from logah_jax.train.compute import Compute
@@ -304,3 +305,19 @@ def test_ligo_workdir_overlapping_output_or_source_is_refused_first(
     main.run(c, out)
   assert not os.path.exists(out) and _hash_tree(source) == source_hash
   assert not os.path.exists(os.path.join(source, 'op'))
+
+
+def test_function_preserving_is_stated_for_the_target(source):
+  """net2net keeps the function only at an integer width ratio; a saved
+  init's metadata (and the comparison tables) say so per target."""
+  method = inits.make('net2net', source=source,
+                      growth_options={'split_noise': 0.5})
+  odd = arch.parse(LARGE.replace('width=32,heads=4', 'width=24,heads=4'))
+  assert method.describe(arch.parse(LARGE))['function_preserving']
+  assert not method.describe(odd)['function_preserving']
+  assert growth.preserves_function('net2net', arch.parse(SMALL),
+                                   arch.parse(LARGE))
+  assert not growth.preserves_function('stack', arch.parse(SMALL),
+                                       arch.parse(LARGE))
+  meta = init_save.metadata(method, odd, seed=0)
+  assert meta['function_preserving'] is False

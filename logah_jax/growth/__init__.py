@@ -33,6 +33,16 @@ OPTIONS = {'stack': ('split_noise',), 'interpolate': ('split_noise',),
             'ligo': ('operator',)}
 
 
+def preserves_function(method: str, small_arch, large_arch) -> bool:
+  """Whether `method` grows `small_arch` into a `large_arch` that computes
+  the small model's function: net2net does only at an integer ratio of the
+  widths (otherwise the copies cannot split evenly, and LayerNorm statistics
+  change)."""
+  check_method(method)
+  return (FUNCTION_PRESERVING[method]
+          and large_arch.width % small_arch.width == 0)
+
+
 def check_method(method: str) -> None:
   if method not in METHODS:
     raise ConfigError(f'growth method {method!r} is unknown; use one of '
@@ -80,4 +90,5 @@ def grow(method: str, small_params, small_arch, large_arch, *, key=None,
 
 
 __all__ = ['FUNCTION_PRESERVING', 'METHODS', 'OPTIONS', 'check_method',
-           'check_pair', 'closed_form', 'grow', 'layout', 'ligo']
+           'check_pair', 'closed_form', 'grow', 'layout', 'ligo',
+           'preserves_function']

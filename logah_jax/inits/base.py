@@ -29,8 +29,9 @@ class InitMethod:
   def params(self, arch, seed: int):
     raise NotImplementedError
 
-  def describe(self) -> dict:
-    """JSON-able provenance, stored with the init and in result tables."""
+  def describe(self, arch=None) -> dict:
+    """JSON-able provenance, stored with the init and in result tables;
+    `arch`: the target, where the answer depends on it."""
     return {'method': self.name}
 
   def __call__(self, arch, seed: int):

@@ -25,7 +25,8 @@ class CheckpointInit(InitMethod):
     return ckpt_lib.restore_params(
         self.directory, abstract_params=models.abstract_params(arch))
 
-  def describe(self) -> dict:
+  def describe(self, arch=None) -> dict:
+    del arch
     try:
       metadata = ckpt_lib.read_metadata(self.directory)
     except (FileNotFoundError, ValueError):

@@ -88,7 +88,8 @@ class GHNPrediction(InitMethod):
       self._predicted = {arch: self._ghn.predict(arch)}
     return self._predicted[arch]
 
-  def describe(self) -> dict:
+  def describe(self, arch=None) -> dict:
+    del arch
     self.prepare()
     return {'method': self.name, 'generator': self._ghn.describe()}
 

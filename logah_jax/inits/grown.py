@@ -58,11 +58,15 @@ class GrowthInit(InitMethod):
     return growth.grow(self.name, self._small_params, self._small, arch,
                        key=jax.random.key(seed), **self.options)
 
-  def describe(self) -> dict:
+  def describe(self, arch=None) -> dict:
+    """`function_preserving`: for `arch`, or (without one) whether the
+    method can preserve the function at all."""
     self.prepare()
+    preserves = (growth.FUNCTION_PRESERVING[self.name] if arch is None else
+                 growth.preserves_function(self.name, self._small, arch))
     out = {'method': self.name, 'source': self.source,
            'source_arch': self._small.name, 'options': self.options,
-           'function_preserving': growth.FUNCTION_PRESERVING[self.name]}
+           'function_preserving': preserves}
     if self.name == 'ligo':
       out['operator'] = self.operator_dir
     return out

@@ -20,7 +20,7 @@ from logah_jax.validation import ConfigError, OutputExistsError
 
 
 def metadata(method: InitMethod, arch, seed: int) -> dict:
-  described = method.describe()
+  described = method.describe(arch)
   return {'arch': arch_lib.to_dict(arch), 'arch_name': arch.name,
           'family': arch.family, 'method': method.name, 'seed': seed,
           **{k: v for k, v in described.items() if k != 'method'},

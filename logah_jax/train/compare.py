@@ -346,6 +346,7 @@ def run_compare(config, workdir: str) -> dict:
   summary.update(target=run.arch.name, data=config.finetune.data.name,
                  split=config.finetune.eval.split, seeds=seeds,
                  methods=list(methods),
-                 describe={n: m.describe() for n, m in methods.items()})
+                 describe={n: m.describe(run.arch)
+                           for n, m in methods.items()})
   write_results(curves, summary, workdir)
   return summary
