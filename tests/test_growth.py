@@ -275,6 +275,14 @@ def test_family_tie_method_and_option_errors():
   with pytest.raises(ConfigError, match='source'):
     growth.grow('stack', random_params(VIT_L), small, large,
                 key=jax.random.key(0))
+  for bad in (0, jnp.zeros(3, jnp.uint32)):  # not a key
+    with pytest.raises(ConfigError, match='growth key=.* must be a JAX PRNG'):
+      growth.grow('net2net', params, small, large, key=bad)
+  for noise in (None, '0.5', True, 1.0):
+    with pytest.raises(ConfigError, match='split_noise=.* must be in'):
+      growth.grow('net2net', params, small, large, key=jax.random.key(0),
+                  split_noise=noise)
+  growth.grow('net2net', params, small, large, key=jax.random.PRNGKey(0))
 
 
 @pytest.mark.parametrize('pair', ['vit', 'gpt2-untied'])

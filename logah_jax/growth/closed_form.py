@@ -27,6 +27,7 @@ width grows too: widen by replication as above, then apply the depth rule.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -78,6 +79,11 @@ def split_fractions(source: np.ndarray, rng, noise: float) -> np.ndarray:
 
 def numpy_rng(key) -> np.random.Generator:
   """A NumPy generator determined by a JAX key (maps are built on the host)."""
+  dtype = getattr(key, 'dtype', None)
+  if dtype is None or not (jnp.issubdtype(dtype, jax.dtypes.prng_key) or (
+      dtype == jnp.uint32 and jnp.shape(key) == (2,))):
+    raise ConfigError(f'growth key={key!r} must be a JAX PRNG key '
+                      '(jax.random.key(seed))')
   if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
     key = jax.random.key_data(key)
   seed = np.asarray(key).astype(np.uint64).ravel()
@@ -86,7 +92,8 @@ def numpy_rng(key) -> np.random.Generator:
 
 def unit_maps(small, large, key, split_noise: float) -> dict[str, Expansion]:
   """The Expansion of every role for `small -> large` (see module)."""
-  if not 0.0 <= split_noise < 1.0:
+  if (isinstance(split_noise, bool) or not isinstance(
+      split_noise, numbers.Real) or not 0.0 <= split_noise < 1.0):
     raise ConfigError(f'growth split_noise={split_noise} must be in [0, 1)')
   rng = numpy_rng(key)
   small_sizes, large_sizes = layout.role_sizes(small), layout.role_sizes(large)
