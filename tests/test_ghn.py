@@ -401,6 +401,7 @@ def test_params_of_another_num_classes_are_not_taken_for_another_family():
   other = dataclasses.replace(SMALL, num_classes=16)
   assert ghn.family_of(other, params) == 'gpt2'  # the size alone misleads
   for call in (ghn.predict, ghn.node_embeddings):
-    with pytest.raises(ValueError, match='for vit targets with '
-                       'GHNConfig.num_classes=16 has'):
+    with pytest.raises(ValueError, match='GHNConfig.num_classes=16, not of '
+                       r'vit targets \(391\)\. .*or under another '
+                       'num_classes'):
       call(other, params, [cfg])

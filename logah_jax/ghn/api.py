@@ -173,6 +173,13 @@ def _family_for(cfg: GHNConfig, params, archs: Sequence) -> str:
   rows = params['body']['channel_embed']['embedding'].shape[0]
   want = _tables(cfg, family)[0]
   if rows != want:
+    other = 'gpt2' if family == 'vit' else 'vit'
+    if rows == _tables(cfg, other)[0]:
+      raise ConfigError(
+          f'this GHN has a channel table of {rows} rows: that of {other} '
+          f'targets under GHNConfig.num_classes={cfg.num_classes}, not of '
+          f'{family} targets ({want}). It was built for family={other!r}, '
+          'or under another num_classes.')
     raise ConfigError(
         f'GHN params have a channel table of {rows} rows; a GHN for {family} '
         f'targets with GHNConfig.num_classes={cfg.num_classes} has {want}: '
