@@ -187,7 +187,8 @@ def test_predict_job_from_the_command_line(ghn_workdir, tmp_path):
 
 
 @pytest.mark.parametrize('kwargs, field', [
-    (dict(fill='tiel'), "fill='tiel'"), (dict(fill_noise=20.0), 'fill_noise=20.0')])
+    (dict(fill='tiel'), "fill='tiel'"),
+    (dict(fill_noise=20.0), 'fill_noise=20.0')])
 def test_ghn_load_blames_the_argument_not_the_stored_config(ghn_workdir,
                                                             kwargs, field):
   with pytest.raises(ValueError) as e:

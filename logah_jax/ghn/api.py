@@ -269,8 +269,8 @@ def decode(cfg: GHNConfig, params, arch, x_ND: jax.Array,
   if (len(x_ND.shape) != 2 or x_ND.shape[0] < need[0]
       or x_ND.shape[1] != need[1]):  # a short x would be read clamped
     raise ConfigError(f'decode: node embeddings of shape {x_ND.shape}; '
-                      f'this {type(arch).__name__} needs at least {need[0]} rows of {need[1]} '
-                      '(num_nodes x GHNConfig.hid)')
+                      f'this {type(arch).__name__} needs at least {need[0]} '
+                      f'rows of {need[1]} (num_nodes x GHNConfig.hid)')
   if per_shape is None:
     per_shape = _per_shape_default()
   if per_shape:
