@@ -394,8 +394,8 @@ def test_predict_takes_any_iterable_and_refuses_bad_node_embeddings():
 
 def test_params_of_another_num_classes_are_not_taken_for_another_family():
   """A ViT GHN's channel table (num_classes=10) has as many rows as a GPT-2
-  GHN's under num_classes=16: the targets' family decides, and the
-  mismatch is named instead of 'this GHN was built for gpt2'."""
+  GHN's under num_classes=16: the targets' family decides, and the message
+  names num_classes beside the other family instead of the family alone."""
   cfg = arch.sample('vits-cpu', 1, 4)[0]
   params = ghn.init(SMALL, 'vit', seed=0)
   other = dataclasses.replace(SMALL, num_classes=16)

@@ -152,9 +152,13 @@ def num_params(cfg: GHNConfig, family: str,
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
+def _channel_rows(params) -> int:
+  return params['body']['channel_embed']['embedding'].shape[0]
+
+
 def family_of(cfg: GHNConfig, params) -> str:
   """The target family `params` were initialised for (its shape table size)."""
-  rows = params['body']['channel_embed']['embedding'].shape[0]
+  rows = _channel_rows(params)
   for family in ('vit', 'gpt2'):
     if rows == _tables(cfg, family)[0]:
       return family
@@ -170,7 +174,7 @@ def _family_for(cfg: GHNConfig, params, archs: Sequence) -> str:
   if len(families) != 1 or not families <= {'vit', 'gpt2'}:
     return family_of(cfg, params)
   family = families.pop()
-  rows = params['body']['channel_embed']['embedding'].shape[0]
+  rows = _channel_rows(params)
   want = _tables(cfg, family)[0]
   if rows != want:
     other = 'gpt2' if family == 'vit' else 'vit'

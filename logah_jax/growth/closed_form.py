@@ -84,7 +84,7 @@ def numpy_rng(key) -> np.random.Generator:
       dtype == jnp.uint32 and jnp.shape(key) == (2,))):
     raise ConfigError(f'growth key={key!r} must be a JAX PRNG key '
                       '(jax.random.key(seed))')
-  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+  if jnp.issubdtype(dtype, jax.dtypes.prng_key):
     key = jax.random.key_data(key)
   seed = np.asarray(key).astype(np.uint64).ravel()
   return np.random.default_rng(seed.tolist())
