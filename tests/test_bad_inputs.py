@@ -196,7 +196,8 @@ CASES = [
     Case('grow_into_smaller_target', GROW + [
         '--config.method=stack', f'--config.arch={OTHER}',
         '--workdir={tmp}/run'],
-         r'^error: config\.source: growth: target width=16 is smaller than '
+         r'^error: config\.arch \(grown from config\.source\): growth: target '
+         r'width=16 is smaller than '
          r'the source width=32',
          fixtures=('init',)),
     Case('workdir_of_other_config', DEFAULT + [

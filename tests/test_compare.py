@@ -275,9 +275,15 @@ def _set(config, changes, tmp):
      r'\[0, num_steps=3\)$'),
     ({'ligo.optim.lr': -1.0}, r'^config\.ligo\.optim\.lr=-1\.0 must be > 0$'),
     ({'ligo.sharing': 'some'}, r"^config\.ligo\.sharing='some' must be one "),
+    # a source deeper than the target: the pair is wrong, named from the target
+    ({'source.finetune.arch': 'vit:depth=8,width=64,heads=4,patch=4,'
+                              'image_size=28,channels=1,num_classes=10'},
+     r'^config\.finetune\.arch \(grown from config\.source\): growth: '
+     r'target depth=6 is smaller than the source depth=8'),
 ], ids=['finetune_num_steps', 'ghn_num_steps', 'finetune_lr', 'finetune_arch',
         'finetune_eval_split', 'finetune_batch', 'source_num_steps',
-        'ligo_num_steps', 'ligo_warmup', 'ligo_lr', 'ligo_sharing'])
+        'ligo_num_steps', 'ligo_warmup', 'ligo_lr', 'ligo_sharing',
+        'source_deeper_than_target'])
 def test_sub_run_errors_name_the_comparisons_fields(monkeypatch, tmp_path,
                                                     change, match):
   """The fine-tuning, GHN, source and LiGO runs are built from sections of

@@ -132,10 +132,30 @@ def test_grow_ligo_trains_the_operator_then_saves(source, tmp_path):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_operator_run_stopped_early_returns_no_operator(source, tmp_path):
+  """A call that stops before the last step names no operator (none is
+  written yet); the resumed run then saves the one-call run's operator."""
+  c = _grow_config(source, 'ligo')
+  c.ligo.num_steps = 3
+  run = ligo_training.build_run(grow_job.ligo_run_config(c), source)
+  part = str(tmp_path / 'part')
+  assert ligo_training.train(run, part, stop_after_steps=2) is None
+  assert not os.path.exists(ligo_training.operator_dir(part))
+  assert ligo_training.train(run, part) == ligo_training.operator_dir(part)
+  whole = ligo_training.train(run, str(tmp_path / 'whole'))
+  small, large = arch.parse(SMALL), arch.parse(LARGE)
+  got, _ = growth_source.load_operator(ligo_training.operator_dir(part),
+                                       small, large)
+  want, _ = growth_source.load_operator(whole, small, large)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize('change,match', [
     (dict(arch=SMALL.replace('width=16', 'width=8').replace('heads=2',
                                                            'heads=1')),
-     'config.source: growth: target width=8 is smaller'),
+     (r'^config\.arch \(grown from config\.source\): growth: target '
+      'width=8 is smaller')),
     (dict(arch=LARGE.replace('heads=4', 'heads=2')), 'head size'),
     (dict(arch='gpt2:depth=2,width=32,heads=4,vocab_size=256,'
           'n_positions=128'), 'is a vit but the target'),

@@ -142,8 +142,9 @@ def _growth_plan(config, workdir, target, plan: Plan, names) -> None:
     plan.source_dir = os.path.join(workdir, 'source', finetuning.FINAL_PARAMS)
   try:
     growth.check_pair(small, target)
-  except ConfigError as e:
-    raise ConfigError(f'config.source: {e}') from e
+  except ConfigError as e:  # the pair is wrong, not the source alone
+    raise ConfigError(
+        f'config.finetune.arch (grown from config.source): {e}') from e
   if 'ligo' in names:
     with sub_config('config.finetune', LIGO_FIELDS, context='config.ligo'):
       plan.ligo_run = ligo_training.build_run(ligo_config(config),

@@ -70,9 +70,12 @@ def run_grow(config, workdir: str) -> dict:
     raise ConfigError(f'config.arch: {e}') from e
   try:
     small = growth_source.source_arch(config.source)
-    growth.check_pair(small, large)
   except ConfigError as e:
     raise ConfigError(f'config.source: {e}') from e
+  try:
+    growth.check_pair(small, large)
+  except ConfigError as e:  # the pair is wrong, not the source alone
+    raise ConfigError(f'config.arch (grown from config.source): {e}') from e
   init_save.check_output(workdir, config.overwrite)
   operator = ''
   if config.method == 'ligo':

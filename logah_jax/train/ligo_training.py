@@ -178,8 +178,13 @@ def _check_operator_source(out: str, run: LigoRun) -> None:
 
 
 def train(run: LigoRun, workdir: str, *,
-          stop_after_steps: int | None = None) -> str:
-  """Trains (or resumes, or skips when done) the operator; returns its dir."""
+          stop_after_steps: int | None = None) -> str | None:
+  """Trains (or resumes, or skips when done) the operator; returns its dir.
+
+  `stop_after_steps`: run at most this many steps in this call; a call that
+  stops before the run's last step saves a checkpoint but no operator yet,
+  and returns None.
+  """
   out = operator_dir(workdir)
   clock = loop.Clock()
   mesh = loop.make_mesh(run.mesh_axes, run.data.batch_size)
@@ -227,10 +232,11 @@ def train(run: LigoRun, workdir: str, *,
                   plot_files=()),
         state, start=start, end=end, loader=loader, mngr=mngr,
         workdir=workdir, clock=clock, window=window)
-  if end == run.num_steps:
-    ckpt_lib.save_params(out, state.params, metadata={
-        'kind': 'ligo-operator', 'source': run.source,
-        'small': arch_lib.to_dict(run.small),
-        'large': arch_lib.to_dict(run.large), 'sharing': run.sharing,
-        'init': run.scheme, 'steps': run.num_steps})
+  if end < run.num_steps:
+    return None
+  ckpt_lib.save_params(out, state.params, metadata={
+      'kind': 'ligo-operator', 'source': run.source,
+      'small': arch_lib.to_dict(run.small),
+      'large': arch_lib.to_dict(run.large), 'sharing': run.sharing,
+      'init': run.scheme, 'steps': run.num_steps})
   return out
