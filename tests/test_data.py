@@ -54,7 +54,7 @@ def test_fashion_mnist_source(fmnist_dir):
   root, raw = fmnist_dir
   src = data.get_dataset('fashion_mnist', 'train', data_dir=root)
   assert len(src) == 24 and src.info.num_classes == 10
-  assert src.info.image_shape == (28, 28, 1) and src.info.is_train
+  assert src.info.image_shape == (28, 28, 1)
   np.testing.assert_array_equal(src.images[..., 0], raw['train'][0][:24])
   batch = src.get_batch(np.array([3, 1]))
   assert batch['image'].dtype == np.uint8 and batch['label'].dtype == np.int32
@@ -83,7 +83,6 @@ def test_fashion_mnist_train_and_validation_partition_the_train_file(
   seen = {im.tobytes() for im in train.images}
   assert not any(im.tobytes() in seen for im in val.images)
   assert builders.FASHION_MNIST_VALIDATION_SIZE == 5000
-  assert not val.info.is_train and not test.info.is_train
   # a slice of 'train' stays inside it: never the validation images
   head = data.get_dataset('fashion_mnist', 'train[20:]', data_dir=root)
   np.testing.assert_array_equal(head.images[..., 0], x[20:24])

@@ -4,10 +4,11 @@ import json
 import os
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
-from configs_for_tests import finetune_smoke
+from configs_for_tests import finetune_smoke, load_config_file
 from logah_jax import arch as arch_lib
 from logah_jax import compiles
 from logah_jax import files
@@ -152,8 +153,31 @@ def test_bad_config_fails_before_any_work(tmp_path):
                      'channels=1,num_classes=10')
   with pytest.raises(ValueError, match='image_size=32 but fashion_mnist'):
     finetuning.finetune(c, str(tmp_path / 'size'))
+  section = ml_collections.ConfigDict(dict(finetune_smoke().data.to_dict(),
+                                            augment='false'))  # truthy
+  with pytest.raises(ValueError, match=r"^config\.data\.augment='false' must "
+                     'be true or false$'):
+    DataSpec.from_config(section)
+  c = load_config_file('finetune', 'text,smoke')
+  c.compilation_cache = 'off'
+  c.data.augment = True  # once refused only by the loader, naming no field
+  with pytest.raises(ValueError, match=r'^config\.data\.augment=True applies '
+                     'to image datasets; shakespeare is text$'):
+    finetuning.finetune(c, str(tmp_path / 'text'))
+  assert not os.path.exists(tmp_path / 'text')
 
 
+def test_imagenet_is_read_at_the_targets_image_size():
+  """ImageNet images are cropped and resized, so any target side is
+  accepted; the run must then read them at that side, not at 224."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  c = finetune_smoke(arch='vit:depth=1,width=32,heads=4,patch=8,'
+                     'image_size=32,channels=3,num_classes=1000')
+  c.data.name, c.eval.test_split = 'imagenet2012', ''
+  run = finetuning.build_run(c)
+  with tfds.testing.mock_data(num_examples=16):
+    assert next(run.data.loader(0))['image'].shape == (8, 32, 32, 3)
+    assert run.data.source(run.eval.split).info.image_shape == (32, 32, 3)
 
 def test_missing_test_data_fails_before_the_first_step(tmp_path):
   """The test split is read once, after the last step, but opened first."""

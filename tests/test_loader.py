@@ -135,14 +135,17 @@ def test_loader_restore_rejects_other_streams():
     data.Loader(src, 4, seed=1).restore({'batch': 0})
 
 
-def test_loader_augments_train_splits_only():
-  train = data.Loader(_image_source(8), 8, augment=True, normalize=False,
-                      shuffle=False)
-  test = data.Loader(_image_source(8, split='test'), 8, augment=True,
+def test_loader_augments_whatever_split_it_is_asked_to():
+  """augment=True is honoured for any split a run trains on (a run on
+  'validation' once got no augmentation and no word of it)."""
+  for split in ('train', 'validation'):
+    on = data.Loader(_image_source(8, split=split), 8, augment=True,
                      normalize=False, shuffle=False)
-  assert train.augment and not test.augment
-  np.testing.assert_array_equal(next(test)['image'], _image_source(8).images)
-  assert not np.array_equal(next(train)['image'], _image_source(8).images)
+    off = data.Loader(_image_source(8, split=split), 8, normalize=False,
+                      shuffle=False)
+    assert on.augment and not off.augment
+    np.testing.assert_array_equal(next(off)['image'], _image_source(8).images)
+    assert not np.array_equal(next(on)['image'], _image_source(8).images)
   with pytest.raises(ValueError, match='augment=True applies to images'):
     data.Loader(_text_source(), 2, augment=True)
 
@@ -187,7 +190,7 @@ def test_loader_argument_errors():
 def test_evaluation_never_augments_a_slice_of_train():
   from logah_jax.train import evaluate  # pylint: disable=g-import-not-at-top
   src = _image_source(8, split='train[4:]')
-  assert src.info.is_train  # the name alone would let training augment it
+  assert data.Loader(src, 8, augment=True).augment  # training would
   loader = evaluate.eval_loader(src, 8)
   assert not loader.augment
   want = next(data.Loader(_image_source(8, split='validation'), 8,

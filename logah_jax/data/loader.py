@@ -26,10 +26,10 @@ class Loader:
 
   batch_size is the global batch; with shard_count > 1 each process gets
   rows [shard_index*B/shard_count, (shard_index+1)*B/shard_count) of it.
-  Augmentation (augment=True) is applied to image splits whose name starts
-  with 'train' and ignored for evaluation splits. num_epochs=None iterates
-  forever. The loader is its own iterator: iterating it again continues from
-  the current position.
+  augment=True crops and flips every image batch, whatever the split is
+  called (evaluation builds its loaders with augment=False).
+  num_epochs=None iterates forever. The loader is its own iterator:
+  iterating it again continues from the current position.
   """
 
   def __init__(self, source, batch_size: int, *, seed: int = 0,
@@ -69,7 +69,7 @@ class Loader:
     self.batch_size, self.seed = int(batch_size), int(seed)
     self.shuffle, self.drop_remainder = shuffle, drop_remainder
     self.num_epochs, self.pad, self.normalize = num_epochs, pad, normalize
-    self.augment = bool(augment and info.is_train)
+    self.augment = bool(augment)
     self.shard_index, self.shard_count = shard_index, shard_count
     self.num_examples = n
     per = batch_size // shard_count

@@ -89,11 +89,6 @@ class SourceInfo:
   block_size: int | None = None
   num_tokens: int | None = None
 
-  @property
-  def is_train(self) -> bool:
-    """True for splits drawn from training data (augmentation applies)."""
-    return self.split.startswith('train')
-
 
 class Source(Protocol):
   info: SourceInfo

@@ -25,14 +25,20 @@ class DataSpec:
   tokenizer: str
   block_size: int
   data_dir: str  # '' = $LOGAH_DATA_DIR or ~/.cache/logah_jax
+  # ImageNet only: the side its images are resized to, the target's (set by
+  # `check_data_matches`; the other image sets have one size)
+  image_size: int | None = None
 
   @classmethod
   def from_config(cls, section, prefix: str = 'config.data') -> 'DataSpec':
     """Checks the section's fields; raises ConfigError naming a bad one."""
+    if not isinstance(section.augment, bool):
+      raise ConfigError(f'{prefix}.augment={section.augment!r} must be true '
+                        'or false')
     spec = cls(name=section.name, split=section.split,
                batch_size=check_int(section.batch_size,
                                     f'{prefix}.batch_size'),
-               augment=bool(section.augment),
+               augment=section.augment,
                tokenizer=section.get('tokenizer', 'gpt2'),
                block_size=section.get('block_size', 1024),
                data_dir=section.get('data_dir', '') or '')
@@ -46,6 +52,9 @@ class DataSpec:
       raise ConfigError(f'{prefix}.split={spec.split!r}: {e}') from e
     if spec.is_text:
       check_int(spec.block_size, f'{prefix}.block_size')
+      if spec.augment:
+        raise ConfigError(f'{prefix}.augment=True applies to image datasets; '
+                          f'{spec.name} is text')
     return spec
 
   def info(self) -> dict:
@@ -74,6 +83,8 @@ class DataSpec:
     kwargs = {}
     if self.is_text:
       kwargs = dict(tokenizer=self.tokenizer, block_size=self.block_size)
+    elif self.image_size is not None:
+      kwargs = dict(image_size=self.image_size)
     return data_lib.get_dataset(self.name, split or self.split,
                                 data_dir=self.data_dir or None, **kwargs)
 
@@ -85,11 +96,12 @@ class DataSpec:
 
 
 def check_data_matches(target, data: DataSpec,
-                       prefix: str = 'config.space') -> None:
+                       prefix: str = 'config.space') -> DataSpec:
   """The dataset must fit the architectures: image shape/classes or vocab.
 
   `target` is a Space or an ArchConfig (both carry these fields); `prefix`
-  names it in errors.
+  names it in errors. Returns the DataSpec to read: `data`, or for ImageNet,
+  whose images are cropped and resized, `data` at the target's image size.
   """
   info = data.info()
   if target.family == 'vit':
@@ -106,7 +118,9 @@ def check_data_matches(target, data: DataSpec,
     if info['num_classes'] != target.num_classes:
       raise ConfigError(f'{prefix}.num_classes={target.num_classes} but '
                         f'{data.name} has {info["num_classes"]} classes')
-    return
+    if data.name == 'imagenet2012':
+      return dataclasses.replace(data, image_size=target.image_size)
+    return data
   if info['kind'] != 'text':
     raise ConfigError(f'config.data.name={data.name!r} is an image dataset; '
                       'a GPT-2 space needs text')
@@ -116,3 +130,4 @@ def check_data_matches(target, data: DataSpec,
   if data.block_size > target.n_positions:
     raise ConfigError(f'config.data.block_size={data.block_size} exceeds '
                       f'{prefix}.n_positions={target.n_positions}')
+  return data

@@ -50,8 +50,8 @@ def _pad(batch: dict, size: int):
 
 def eval_loader(source, batch_size: int) -> data_lib.Loader:
   """One pass over `source` in order, never augmented: whatever the split is
-  called (a held-out slice such as 'train[50000:]' counts as training data
-  for `SourceInfo.is_train`), evaluation sees the images as stored."""
+  called (a held-out slice such as 'train[50000:]' included), evaluation
+  sees the images as stored."""
   return data_lib.Loader(source, min(batch_size, len(source)), shuffle=False,
                          drop_remainder=False, num_epochs=1, augment=False)
 

@@ -124,8 +124,8 @@ def build_run(config, init: inits.InitMethod | None = None) -> FinetuneRun:
   arch = target_arch(config)
   settings = loop.settings(config, check_int(config.train.num_steps,
                                              'config.train.num_steps'))
-  data = settings['data']
-  check_data_matches(arch, data, prefix='config.arch')
+  data = settings['data'] = check_data_matches(arch, settings['data'],
+                                               prefix='config.arch')
   evaluation = eval_options(config.eval, data)
   if config.param_sharding not in parallel.RULES:
     raise ConfigError(f'config.param_sharding={config.param_sharding!r} must '

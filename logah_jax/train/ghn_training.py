@@ -168,7 +168,7 @@ def build_run(config) -> GHNRun:
       and cfg.num_classes != space.num_classes):
     raise ConfigError(f'config.ghn.num_classes={cfg.num_classes} must equal '
                       f'the dataset classes {space.num_classes}')
-  check_data_matches(space, data)
+  settings['data'] = check_data_matches(space, data)
   sampler = ArchSampler(space, m,
                         seed=check_int(train.arch_seed,
                                        'config.train.arch_seed', 0),

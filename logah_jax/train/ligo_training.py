@@ -99,7 +99,8 @@ def build_run(config, source: str, small=None) -> LigoRun:
   source = os.path.abspath(source)
   settings['config'] = dict(settings['config'], source={
       'path': source, 'arch': arch_lib.to_dict(small)})
-  check_data_matches(large, settings['data'], prefix='config.arch')
+  settings['data'] = check_data_matches(large, settings['data'],
+                                        prefix='config.arch')
   return LigoRun(small=small, large=large, source=source,
                  scheme=section.init, sharing=section.sharing,
                  split_noise=float(section.split_noise), **settings)
