@@ -2,6 +2,7 @@
 
 import gzip
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from logah_jax.data import builders
 from logah_jax.data import images as images_lib
 from logah_jax.data import setup as setup_lib
 from logah_jax.data import sources
+from logah_jax.validation import ConfigError
 from stand_in_data import PLAYS
 from stand_in_data import WIKI_TEXT
 from stand_in_data import make_fashion_mnist
@@ -111,6 +113,17 @@ def test_shakespeare_builder_splits_by_whole_plays(shakespeare_dir):
   assert sorted(by_split['train']) == ['hamlet', 'sonnets']  # no Folio file
   assert by_split['train']['hamlet'] == texts['hamlet']
 
+
+
+@pytest.mark.parametrize('split', ['train[:0]', 'train[5%:1%]', ' train'])
+def test_a_split_tfds_refuses_is_one_config_error(shakespeare_dir, split):
+  """An empty or reversed slice passes the split-name check; tfds refuses it
+  only when read, which once surfaced as a bare ValueError (a traceback)."""
+  root, _ = shakespeare_dir
+  with pytest.raises(ConfigError, match=(
+      rf"^split '{re.escape(split)}' of shakespeare cannot be read: [^\n]+$")):
+    data.get_dataset('shakespeare', split, data_dir=root, tokenizer='bytes',
+                     block_size=8)
 
 def test_shakespeare_tokens(shakespeare_dir):
   root, texts = shakespeare_dir

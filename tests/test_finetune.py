@@ -153,6 +153,12 @@ def test_bad_config_fails_before_any_work(tmp_path):
                      'channels=1,num_classes=10')
   with pytest.raises(ValueError, match='image_size=32 but fashion_mnist'):
     finetuning.finetune(c, str(tmp_path / 'size'))
+  c = finetune_smoke()
+  c.data.split = 'train[5%:1%]'  # a name check passes it; tfds refuses it
+  with pytest.raises(ValueError, match=r"^config\.data\.split: split "
+                     r"'train\[5%:1%\]' of fashion_mnist cannot be read"):
+    finetuning.finetune(c, str(tmp_path / 'slice'))
+  assert not os.path.exists(tmp_path / 'slice')
   section = ml_collections.ConfigDict(dict(finetune_smoke().data.to_dict(),
                                             augment='false'))  # truthy
   with pytest.raises(ValueError, match=r"^config\.data\.augment='false' must "

@@ -149,4 +149,17 @@ def data_source(name: str, split: str, data_dir=None):
     raise InputNotFoundError(f'{name} is not prepared in '
                              f'{storage.resolve_data_dir(data_dir)}/tfds.')
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  return tfds.builder_from_directory(str(path)).as_data_source(split)
+  builder = tfds.builder_from_directory(str(path))
+  try:
+    records = builder.as_data_source(split)
+    len(records)  # a reversed slice fails only here
+    return records
+  except ValueError as e:  # tfds: an empty slice, a malformed split string
+    raise split_error(name.removesuffix('_local'), split, e) from e
+
+
+def split_error(name: str, split: str, error: ValueError) -> ConfigError:
+  """A split that tfds refuses (an empty or reversed slice, a malformed
+  string), as one line naming the dataset (its config name) and split."""
+  why = '; '.join(str(error).splitlines())
+  return ConfigError(f'split {split!r} of {name} cannot be read: {why}')

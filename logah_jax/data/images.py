@@ -78,11 +78,11 @@ def load_fashion_mnist(split: str, data_dir=None) -> sources.ArraySource:
     prepared = builders.prepare('fashion_mnist_local', data_dir)
   try:
     records = builders.data_source('fashion_mnist_local', split, data_dir)
-  except ConfigError:
+  except InputNotFoundError:
     raise
-  except ValueError as e:  # tfds: e.g. an empty slice such as 'train[55000:]'
+  except ConfigError as e:  # e.g. an empty slice such as 'train[55000:]'
     raise ConfigError(
-        f'fashion_mnist split {split!r} cannot be read ({e}). Its splits: '
+        f'{e}. Its splits: '
         "'train' = the idx train file less its last images (55,000 of "
         "60,000), 'validation' = those last images (5,000), 'test' = the "
         "t10k file; a slice of 'train' never reaches 'validation'.") from e
@@ -102,8 +102,11 @@ def _tfds_records(name: str, split: str, tfds_dir: pathlib.Path):
   prepared = builder.is_prepared()
   try:
     records = builder.as_data_source(split)
+    len(records)  # a reversed slice fails only here
   except (FileNotFoundError, NotImplementedError, AssertionError,
           ValueError) as e:
+    if prepared and isinstance(e, ValueError):  # a bad slice of real data
+      raise builders.split_error(name, split, e) from e
     if prepared:
       raise
     raise InputNotFoundError(

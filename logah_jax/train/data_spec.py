@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from logah_jax import data as data_lib
-from logah_jax.validation import ConfigError, check_int
+from logah_jax.validation import ConfigError, InputNotFoundError, check_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +90,13 @@ class DataSpec:
 
   def loader(self, seed: int, shard_index: int = 0, shard_count: int = 1):
     """The training loader: this process's rows of each global batch."""
-    return data_lib.Loader(self.source(), self.batch_size, seed=seed,
+    try:
+      source = self.source()
+    except InputNotFoundError:
+      raise
+    except ConfigError as e:  # a slice tfds refuses, e.g. 'train[:0]'
+      raise ConfigError(f'config.data.split: {e}') from e
+    return data_lib.Loader(source, self.batch_size, seed=seed,
                            augment=self.augment, shard_index=shard_index,
                            shard_count=shard_count)
 
