@@ -9,10 +9,12 @@ import pytest
 import tensorflow_datasets as tfds
 
 from logah_jax import data
+from logah_jax import files
 from logah_jax.data import builders
 from logah_jax.data import images as images_lib
 from logah_jax.data import setup as setup_lib
 from logah_jax.data import sources
+from logah_jax.data import storage
 from logah_jax.validation import ConfigError
 from stand_in_data import PLAYS
 from stand_in_data import WIKI_TEXT
@@ -238,6 +240,25 @@ def test_prepared_tfds_split_is_decoded_once_and_cached(tmp_path):
   images_lib._cached_split(records, 'cifar10', 'train', tmp_path, fp)
   assert records.bulk_reads == 2
 
+
+
+def test_a_cache_whose_fingerprint_cannot_be_written_vouches_for_nothing(
+    tmp_path, monkeypatch):
+  """Rebuilding a cache for other data replaces the array first; if the new
+  fingerprint then fails to write, the old one must not serve that array
+  as the old data."""
+  path = tmp_path / 'tokens.npy'
+  a = storage.cached_array(path, {'source': 'A'}, lambda: np.arange(5))
+
+  def disk_full(*args, **kwargs):
+    raise OSError(28, 'No space left on device')
+
+  with monkeypatch.context() as m:
+    m.setattr(files, 'write_json', disk_full)
+    b = storage.cached_array(path, {'source': 'B'}, lambda: np.full(5, 7))
+  np.testing.assert_array_equal(b, np.full(5, 7))
+  again = storage.cached_array(path, {'source': 'A'}, lambda: np.arange(5))
+  np.testing.assert_array_equal(again, a)
 
 def test_missing_tfds_dataset_names_provider(tmp_path):
   with pytest.raises(FileNotFoundError,

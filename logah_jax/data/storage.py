@@ -77,6 +77,9 @@ def cached_array(path, fingerprint: dict | None,
   array = build()
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
+    # the old fingerprint goes first: if the new one cannot be written, no
+    # fingerprint may vouch for the new array
+    meta_path.unlink(missing_ok=True)
     files.atomic_write(path, lambda f: np.save(f, array), binary=True)
     files.write_json(meta_path, fingerprint)
   except OSError as e:
