@@ -185,6 +185,7 @@ def test_imagenet_is_read_at_the_targets_image_size():
     assert next(run.data.loader(0))['image'].shape == (8, 32, 32, 3)
     assert run.data.source(run.eval.split).info.image_shape == (32, 32, 3)
 
+
 def test_missing_test_data_fails_before_the_first_step(tmp_path):
   """The test split is read once, after the last step, but opened first."""
   folder = tmp_path / 'wikitext-2-raw'
@@ -195,9 +196,12 @@ def test_missing_test_data_fails_before_the_first_step(tmp_path):
                      'n_positions=64,tie_embeddings=false')
   c.data.update(name='wikitext2', tokenizer='bytes', block_size=32,
                 data_dir=str(tmp_path))
-  with pytest.raises(FileNotFoundError, match='wiki.test.raw'):
+  with pytest.raises(FileNotFoundError, match=(
+      r'wiki\.test\.raw not found\. .* put it there, or set '
+      r'config\.data\.data_dir to a directory whose wikitext-2-raw/ holds')):
     finetuning.finetune(c, str(tmp_path / 'run'))
   assert not os.path.exists(tmp_path / 'run')
+
 
 class _NaNInit(inits.InitMethod):
   name = 'nan'

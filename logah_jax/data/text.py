@@ -45,7 +45,8 @@ def wikitext_file(name: str, split: str, data_dir=None,
     raise InputNotFoundError(
         f'{name}: {path} not found. Expected the directory {folder} to hold '
         f'{", ".join(WIKITEXT_FILES.values())} (the unzipped {archive}.zip, '
-        f'HF config {archive}-v1); pass wikitext_dir=... to point elsewhere.')
+        f'HF config {archive}-v1): put it there, or set config.data.data_dir '
+        f'to a directory whose {archive}/ holds them.')
   return path
 
 
