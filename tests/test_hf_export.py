@@ -154,6 +154,10 @@ def test_export_errors_write_nothing(tmp_path):
   extra = {**params, 'lm_head': {'kernel': jnp.zeros((16, 37))}}
   with pytest.raises(ValueError, match="'lm_head/kernel' .* not part of"):
     hf_gpt2.export(extra, TIED, out)
+  nan = jax.tree.map(lambda x: x, params)
+  nan['h_0']['attn']['c_proj']['bias'] = jnp.full((16,), jnp.nan)
+  with pytest.raises(ValueError, match=r"'h_0/attn/c_proj/bias' holds NaN"):
+    hf_gpt2.export(nan, TIED, out)
   vit = ViTConfig(depth=1, width=8, heads=2, mlp_dim=16, patch=4,
                   image_size=8)
   for fn in (lambda: hf_gpt2.export(params, vit, out),
@@ -184,6 +188,29 @@ def test_export_checkpoint(tmp_path):
   with pytest.raises(ValueError, match='GPT-2 only'):
     hf_gpt2.export_checkpoint(tmp_path / 'vit', tmp_path / 'hf_vit')
   assert not (tmp_path / 'hf_vit').exists()
+  # missing parents are made
+  nested = hf_gpt2.export_checkpoint(tmp_path / 'init', tmp_path / 'a/b/hf')
+  assert sorted(os.listdir(nested)) == ['config.json', 'model.safetensors']
+
+
+def test_export_checkpoint_checks_out_dir_before_reading_the_init(
+    tmp_path, monkeypatch):
+  """A large init takes a while to read: an out_dir that cannot be
+  written is refused first."""
+  _save_init(tmp_path / 'init', TIED, random_params(TIED))
+  (tmp_path / 'taken').mkdir()
+  (tmp_path / 'file').write_text('not a directory')
+
+  def no_read(*args, **kwargs):
+    raise AssertionError('read the init before checking out_dir')
+
+  monkeypatch.setattr(checkpoint, 'restore_params', no_read)
+  with pytest.raises(FileExistsError, match='taken already exists'):
+    hf_gpt2.export_checkpoint(tmp_path / 'init', tmp_path / 'taken')
+  with pytest.raises(NotADirectoryError,
+                     match=r'cannot write .*/file/hf: .*/file is not a dir'):
+    hf_gpt2.export_checkpoint(tmp_path / 'init', tmp_path / 'file/hf')
+  assert (tmp_path / 'file').read_text() == 'not a directory'
 
 
 def _cli(*args):
@@ -206,6 +233,11 @@ def test_command_line(tmp_path):
   assert run.returncode == 2 and 'no checkpoint at' in run.stderr
   run = _cli(f'--out_dir={tmp_path / "x"}')
   assert run.returncode == 2 and run.stderr.startswith('error: ')
+  run = _cli(f'--init_dir={tmp_path / "init"}',  # once a traceback
+             f'--out_dir={tmp_path / "hf" / "config.json" / "sub"}')
+  assert run.returncode == 2, run.stderr
+  assert run.stderr.startswith('error: cannot write ')
+  assert 'config.json is not a directory' in run.stderr
 
 
 # --------------------------------------------- opt-in: torch + transformers

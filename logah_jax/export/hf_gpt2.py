@@ -78,6 +78,9 @@ def state_dict(params, cfg: GPT2Config) -> dict[str, np.ndarray]:
   for path, leaf in jax.tree.leaves_with_path(jax.device_get(params)):
     names = [k.key for k in path]
     leaf = np.asarray(leaf, np.float32)
+    if not np.isfinite(leaf).all():
+      raise ValueError(f"param '{tree_compare.path_str(path)}' holds NaN or "
+                       'Inf values; an init to train from must be finite.')
     if names[0] == 'lm_head':  # nn.Linear: (out, in)
       sd['lm_head.weight'] = leaf.T
       continue
@@ -120,6 +123,25 @@ def config_json(cfg: GPT2Config) -> dict:
   }
 
 
+def check_out_dir(out_dir, overwrite: bool) -> str:
+  """The absolute `out_dir`, if an export may write it: absent (or
+  `overwrite`), under a directory this process may write to (missing
+  parents are created)."""
+  path = os.path.abspath(os.path.expanduser(os.fspath(out_dir)))
+  if os.path.exists(path) and not overwrite:
+    raise FileExistsError(f'{path} already exists; pass overwrite=True '
+                          '(--overwrite) to replace it')
+  parent = os.path.dirname(path)
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise NotADirectoryError(f'cannot write {path}: {parent} is not a '
+                             'directory')
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise PermissionError(f'cannot write {path}: {parent} is not writable')
+  return path
+
+
 def export(params, cfg: GPT2Config, out_dir, *, overwrite: bool = False) -> str:
   """Writes `config.json` and `model.safetensors` for HF into `out_dir`.
 
@@ -131,15 +153,14 @@ def export(params, cfg: GPT2Config, out_dir, *, overwrite: bool = False) -> str:
     The absolute path of `out_dir`.
 
   Raises:
-    ValueError: `cfg` is not a GPT2Config, or a param does not fit it.
+    ValueError: `cfg` is not a GPT2Config, or a param does not fit it or is
+      not finite.
     FileExistsError: `out_dir` exists and overwrite is False.
+    NotADirectoryError, PermissionError: `out_dir` cannot be written.
   """
+  path = check_out_dir(out_dir, overwrite)
   sd = state_dict(params, cfg)
   config = config_json(cfg)
-  path = os.path.abspath(os.path.expanduser(os.fspath(out_dir)))
-  if os.path.exists(path) and not overwrite:
-    raise FileExistsError(f'{path} already exists; pass overwrite=True '
-                          '(--overwrite) to replace it')
   tmp, old = path + _TMP_SUFFIX, path + _OLD_SUFFIX
   shutil.rmtree(tmp, ignore_errors=True)
   try:
@@ -175,6 +196,7 @@ def export_checkpoint(init_dir, out_dir, *, overwrite: bool = False) -> str:
     raise ValueError(f"{init_dir}: metadata 'arch' is not an ArchConfig: "
                      f'{e}') from e
   _check_cfg(cfg)
+  check_out_dir(out_dir, overwrite)  # before reading the whole init
   params = checkpoint.restore_params(
       init_dir, abstract_params=models.abstract_params(cfg))
   return export(params, cfg, out_dir, overwrite=overwrite)
@@ -190,7 +212,7 @@ def main(argv) -> None:
     if not f.init_dir or not f.out_dir:
       raise ValueError('--init_dir and --out_dir are required')
     out = export_checkpoint(f.init_dir, f.out_dir, overwrite=f.overwrite)
-  except (ValueError, FileExistsError, FileNotFoundError) as e:
+  except (ValueError, OSError) as e:  # OSError: a path we cannot write
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   print(f'wrote {out}')
