@@ -275,6 +275,13 @@ def _set(config, changes, tmp):
      r'\[0, num_steps=3\)$'),
     ({'ligo.optim.lr': -1.0}, r'^config\.ligo\.optim\.lr=-1\.0 must be > 0$'),
     ({'ligo.sharing': 'some'}, r"^config\.ligo\.sharing='some' must be one "),
+    # meshes and batch splits: once checked only when each run started
+    ({'finetune.data.batch_size': 6},
+     r'^config\.finetune\.data\.batch_size=6 is not divisible by the 8 '),
+    ({'source.finetune.data.batch_size': 6},
+     r'^config\.source\.finetune\.data\.batch_size=6 is not divisible '),
+    ({'ghn_train.mesh.arch': 3}, r'^config\.ghn_train\.mesh: '),
+    ({'finetune.mesh.data': 3}, r'^config\.finetune\.mesh: '),
     # a source deeper than the target: the pair is wrong, named from the target
     ({'source.finetune.arch': 'vit:depth=8,width=64,heads=4,patch=4,'
                               'image_size=28,channels=1,num_classes=10'},
@@ -283,7 +290,8 @@ def _set(config, changes, tmp):
 ], ids=['finetune_num_steps', 'ghn_num_steps', 'finetune_lr', 'finetune_arch',
         'finetune_eval_split', 'finetune_batch', 'source_num_steps',
         'ligo_num_steps', 'ligo_warmup', 'ligo_lr', 'ligo_sharing',
-        'source_deeper_than_target'])
+        'finetune_batch_split', 'source_batch_split', 'ghn_mesh',
+        'finetune_mesh', 'source_deeper_than_target'])
 def test_sub_run_errors_name_the_comparisons_fields(monkeypatch, tmp_path,
                                                     change, match):
   """The fine-tuning, GHN, source and LiGO runs are built from sections of

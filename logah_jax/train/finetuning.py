@@ -140,11 +140,13 @@ def build_run(config, init: inits.InitMethod | None = None) -> FinetuneRun:
   if not isinstance(scan_blocks, bool):
     raise ConfigError(f'config.scan_blocks={scan_blocks!r} must be true or '
                       'false')
-  return FinetuneRun(arch=arch, init=init or init_method(config),
-                     optimizer=f'{config.optim.name} lr {config.optim.lr}',
-                     eval=evaluation, param_sharding=config.param_sharding,
-                     fsdp_min_mb=float(fsdp_min_mb), scan_blocks=scan_blocks,
-                     **settings)
+  run = FinetuneRun(arch=arch, init=init or init_method(config),
+                    optimizer=f'{config.optim.name} lr {config.optim.lr}',
+                    eval=evaluation, param_sharding=config.param_sharding,
+                    fsdp_min_mb=float(fsdp_min_mb), scan_blocks=scan_blocks,
+                    **settings)
+  run.mesh()  # a mesh or batch that does not fit fails now
+  return run
 
 
 def eval_options(ev, data) -> EvalOptions:
@@ -199,7 +201,7 @@ def train(run: FinetuneRun, workdir: str, *,
   (`COMPARED_RESUMABLE_KEYS` for runs compared with each other).
   """
   clock = loop.Clock()
-  mesh = loop.make_mesh(run.mesh_axes, run.data.batch_size)
+  mesh = run.mesh()
   loader = run.data.loader(run.seed, jax.process_index(), jax.process_count())
   eval_source = run.data.source(run.eval.split)
   # Opened now, read once at the end: missing test data fails before step 0.

@@ -54,6 +54,10 @@ class GHNRun(loop.RunSettings):
   def title(self) -> str:
     return f'GHN training: {self.space_name} on {self.data.name}'
 
+  def batch_rows(self, mesh) -> int:
+    """Each architecture's batch is split over one arch group's devices."""
+    return parallel.arch_groups(mesh)[0].shape[parallel.DATA]
+
 
 @dataclasses.dataclass
 class GHNTrainResult:
@@ -182,16 +186,18 @@ def build_run(config) -> GHNRun:
                         f' of config.space ({a.name}): {e}') from e
   shared = share_depths(train.get('share_depths', 'auto'))
   visits = settings['num_steps'] * m / program_count(sampler, shared)
-  return GHNRun(ghn_cfg=cfg, family=space.family, space=space,
-                space_name=config.space.name, sampler=sampler,
-                gamma=float(train.gamma),
-                compile_workers=compile_workers(
-                    train.get('compile_workers', 'auto')),
-                share_depths=shared,
-                quick_compile=quick_compile(train.get('quick_compile',
-                                                      'auto'), visits,
-                                            space.family),
-                **settings)
+  run = GHNRun(ghn_cfg=cfg, family=space.family, space=space,
+               space_name=config.space.name, sampler=sampler,
+               gamma=float(train.gamma),
+               compile_workers=compile_workers(
+                   train.get('compile_workers', 'auto')),
+               share_depths=shared,
+               quick_compile=quick_compile(train.get('quick_compile',
+                                                     'auto'), visits,
+                                           space.family),
+               **settings)
+  run.mesh()  # a mesh or batch that does not fit fails now
+  return run
 
 
 def program_count(sampler: ArchSampler, shared: bool) -> int:
@@ -228,9 +234,7 @@ def train(run: GHNRun, workdir: str, *,
     NonFiniteLossError: a NaN/Inf loss; the step is named, nothing is saved.
   """
   clock = loop.Clock()
-  mesh = loop.make_mesh(
-      run.mesh_axes, run.data.batch_size,
-      lambda mesh: parallel.arch_groups(mesh)[0].shape[parallel.DATA])
+  mesh = run.mesh()
   loader = run.data.loader(run.seed, jax.process_index(), jax.process_count())
   os.makedirs(workdir, exist_ok=True)  # after the data is found
   with loop.open_checkpoints(workdir, run.checkpoint, run.config,

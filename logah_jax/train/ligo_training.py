@@ -101,9 +101,11 @@ def build_run(config, source: str, small=None) -> LigoRun:
       'path': source, 'arch': arch_lib.to_dict(small)})
   settings['data'] = check_data_matches(large, settings['data'],
                                         prefix='config.arch')
-  return LigoRun(small=small, large=large, source=source,
-                 scheme=section.init, sharing=section.sharing,
-                 split_noise=float(section.split_noise), **settings)
+  run = LigoRun(small=small, large=large, source=source,
+                scheme=section.init, sharing=section.sharing,
+                split_noise=float(section.split_noise), **settings)
+  run.mesh()  # a mesh or batch that does not fit fails now
+  return run
 
 
 def objective(operator, small_params, batch, small, large,
@@ -188,7 +190,7 @@ def train(run: LigoRun, workdir: str, *,
   """
   out = operator_dir(workdir)
   clock = loop.Clock()
-  mesh = loop.make_mesh(run.mesh_axes, run.data.batch_size)
+  mesh = run.mesh()
   done = os.path.isdir(out)  # then it needs neither the source nor the data
   small_params = loader = None
   if not done:  # read both before writing anything (a missing dataset or a

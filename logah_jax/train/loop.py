@@ -91,6 +91,16 @@ class RunSettings:
   config: dict
   compute: compute_lib.Compute
 
+  def batch_rows(self, mesh) -> int:
+    """How many devices of `mesh` split one global batch."""
+    return mesh.shape[parallel.DATA]
+
+  def mesh(self):
+    """The run's mesh; ConfigError when config.mesh does not fit the
+    devices or config.data.batch_size does not split over it. The builders
+    call it once to check, before anything is trained or written."""
+    return make_mesh(self.mesh_axes, self.data.batch_size, self.batch_rows)
+
 
 def settings(config, num_steps: int) -> dict:
   """The checked `RunSettings` fields of a GHN-training or fine-tuning config.
