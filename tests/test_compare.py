@@ -218,6 +218,36 @@ def test_compared_runs_keep_one_evaluation_grid(tmp_path):
     compare.finetune_each(methods, [0], ft, str(tmp_path))
 
 
+
+def test_rerun_with_another_target_fails_before_touching_anything(
+    tmp_path, monkeypatch):
+  """A finished comparison rerun with a changed target once replaced its
+  saved inits (and trained its GHNs) before its first run refused the
+  workdir; now the runs' checkpoints are checked first."""
+  from logah_jax import inits  # pylint: disable=g-import-not-at-top
+  c = _config('random', seeds=1)
+  compare.finetune_each({'random': inits.make('random')}, [0], c.finetune,
+                        str(tmp_path), c.compilation_cache)
+  before = _tree(tmp_path)
+  _no_training(monkeypatch)
+  monkeypatch.setattr(compare.init_save, 'save_init', _fails)
+  c.finetune.arch = c.finetune.arch.replace('width=32', 'width=64')
+  with pytest.raises(ConfigError, match=r"seed0/checkpoints holds checkpoints "
+                     r"of another config: key 'arch'"):
+    compare.run_compare(c, str(tmp_path))
+  assert _tree(tmp_path) == before
+
+
+def _fails(*args, **kwargs):
+  raise AssertionError('wrote before the config was checked')
+
+
+def _tree(root):
+  """{relative path: bytes} of every file under `root`."""
+  return {os.path.relpath(os.path.join(d, f), root):
+          open(os.path.join(d, f), 'rb').read()
+          for d, _, names in os.walk(root) for f in names}
+
 def test_bad_comparison_fails_before_training(tmp_path):
   for methods, match in (('random,xavier', "'xavier' is not one of"),
                          ('random,random', 'repeats'), ('', 'empty')):

@@ -46,6 +46,7 @@ from logah_jax.checkpoint.common import CORRUPT_DIR
 from logah_jax.checkpoint.common import CorruptCheckpointError
 from logah_jax.checkpoint.manager import CONFIG_FILE
 from logah_jax.checkpoint.manager import CheckpointManager
+from logah_jax.checkpoint.manager import check_config
 from logah_jax.checkpoint.manager import DEFAULT_IGNORE_KEYS
 from logah_jax.checkpoint.params import read_metadata
 from logah_jax.checkpoint.params import restore_params

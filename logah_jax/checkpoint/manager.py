@@ -22,6 +22,45 @@ _STATE, _EXTRA = 'state', 'extra'
 _TMP_SUFFIX = '.logah-tmp'
 
 
+def check_config(directory, config: Mapping[str, Any],
+                 ignore_keys=DEFAULT_IGNORE_KEYS,
+                 later_keys: Mapping[str, Any] | None = None) -> bool:
+  """Refuses (ConfigError) a checkpoint directory of another config.
+
+  Reads only `<directory>/config.json`; writes nothing, so a job that runs
+  several runs can check them all before it starts any. Returns True when
+  the stored config differs but no finished checkpoint binds it (it is then
+  replaced), False when it matches or there is none.
+  """
+  directory = epath.Path(directory)
+  path = directory / CONFIG_FILE
+  if not path.exists():
+    return False
+  try:
+    stored = json.loads(path.read_text())
+  except ValueError as e:
+    raise ConfigError(f'{path} is not valid JSON: {e}') from e
+  if isinstance(stored, dict):
+    stored = tree_compare.with_defaults(stored, later_keys or {})
+  diff = tree_compare.first_diff(
+      stored, tree_compare.jsonable(config, 'config'), set(ignore_keys))
+  if not diff:
+    return False
+  if not _holds_steps(directory):
+    return True  # no checkpoint binds the stored config
+  key, old, new = diff
+  raise ConfigError(
+      f'{directory} holds checkpoints of another config: key '
+      f"'{key}' is {old!r} there but {new!r} now (use a new workdir, or "
+      'add the key to ignore_keys if it may change)')
+
+
+def _holds_steps(directory: epath.Path) -> bool:
+  """Whether a finished checkpoint is here (orbax names each by its step;
+  unfinished saves and moved-aside steps have other names)."""
+  return any(p.name.isdigit() and p.is_dir() for p in directory.iterdir())
+
+
 class CheckpointManager:
   """Keeps the last k training checkpoints of one run, saving asynchronously.
 
@@ -56,7 +95,8 @@ class CheckpointManager:
     self._replace_config = False
     if config is not None:
       self._config = tree_compare.jsonable(config, 'config')
-      self._check_config(set(ignore_keys), later_keys or {})
+      self._replace_config = check_config(self.directory, self._config,
+                                          ignore_keys, later_keys)
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=save_interval_steps,
         preservation_policy=ocp.checkpoint_managers.LatestN(n=max_to_keep),
@@ -68,32 +108,6 @@ class CheckpointManager:
         handler_registry=registry(_STATE, _EXTRA))
     if self._config is not None:
       self._write_config()
-
-  def _check_config(self, ignore, later_keys) -> None:
-    path = self.directory / CONFIG_FILE
-    if not path.exists():
-      return
-    try:
-      stored = json.loads(path.read_text())
-    except ValueError as e:
-      raise ConfigError(f'{path} is not valid JSON: {e}') from e
-    if isinstance(stored, dict):
-      stored = tree_compare.with_defaults(stored, later_keys)
-    diff = tree_compare.first_diff(stored, self._config, ignore)
-    if diff and not self._holds_steps():
-      self._replace_config = True  # no checkpoint binds the stored config
-    elif diff:
-      key, old, new = diff
-      raise ConfigError(
-          f'{self.directory} holds checkpoints of another config: key '
-          f"'{key}' is {old!r} there but {new!r} now (use a new workdir, or "
-          'add the key to ignore_keys if it may change)')
-
-  def _holds_steps(self) -> bool:
-    """Whether a finished checkpoint is here (orbax names each by its step;
-    unfinished saves and moved-aside steps have other names)."""
-    return any(p.name.isdigit() and p.is_dir()
-               for p in self.directory.iterdir())
 
   def _write_config(self) -> None:
     path = self.directory / CONFIG_FILE

@@ -35,6 +35,7 @@ from logah_jax.train import finetuning
 from logah_jax.train import flops
 from logah_jax.train import ghn_training
 from logah_jax.train import ligo_training
+from logah_jax.train import loop
 from logah_jax.train import report
 from logah_jax.validation import ConfigError, check_int, sub_config
 
@@ -188,6 +189,8 @@ def _plan(config, workdir) -> Plan:
     plan.run = finetuning.build_run(config.finetune,
                                     init=plan.methods[names[0]])
   open_data(_reads(plan))
+  check_runs(plan.methods, seeds, config.finetune, workdir,
+             config.compilation_cache)
   return plan
 
 
@@ -271,6 +274,35 @@ def costs(plan: Plan) -> dict:
   return out
 
 
+def seed_config(finetune_config, method, seed: int,
+                compilation_cache: str = ''):
+  """The fine-tuning config of one compared (method, seed) run."""
+  c = copy.deepcopy(finetune_config)
+  with c.unlocked():
+    c.seed = seed
+    c.init.method = method.name
+    c.compilation_cache = compilation_cache
+  return c
+
+
+def run_dir(workdir: str, label: str, seed: int) -> str:
+  return os.path.join(workdir, 'runs', label, f'seed{seed}')
+
+
+def check_runs(methods: dict, seeds, finetune_config, workdir: str,
+               compilation_cache: str = '') -> None:
+  """Refuses a workdir whose compared runs hold checkpoints of another
+  config (another target, recipe or budget), before anything is trained or
+  written: a rerun with a changed config would otherwise replace the saved
+  inits and train the GHNs, and only then fail at the first run."""
+  for label, method in methods.items():
+    for seed in seeds:
+      config = seed_config(finetune_config, method, seed, compilation_cache)
+      loop.check_checkpoints(run_dir(workdir, label, seed), config.to_dict(),
+                             finetuning.COMPARED_RESUMABLE_KEYS,
+                             finetuning.LATER_KEYS)
+
+
 def finetune_all(methods: dict, seeds, finetune_config, workdir: str,
                  compilation_cache: str = '') -> dict:
   """Fine-tunes every (method, seed); returns {method: {seed: eval rows}}."""
@@ -294,14 +326,9 @@ def finetune_each(methods: dict, seeds, finetune_config, workdir: str,
     method.prepare()
     curves[label], tests[label] = {}, {}
     for seed in seeds:
-      c = copy.deepcopy(finetune_config)
-      with c.unlocked():
-        c.seed = seed
-        c.init.method = method.name
-        c.compilation_cache = compilation_cache
       result = finetuning.finetune(
-          c, os.path.join(workdir, 'runs', label, f'seed{seed}'),
-          init=method, export_params=False,
+          seed_config(finetune_config, method, seed, compilation_cache),
+          run_dir(workdir, label, seed), init=method, export_params=False,
           resumable_keys=finetuning.COMPARED_RESUMABLE_KEYS)
       curves[label][seed] = result.evals
       tests[label][seed] = result.test

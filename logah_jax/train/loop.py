@@ -141,6 +141,13 @@ def open_checkpoints(workdir: str, options: CheckpointOptions, config: dict,
       config=config, ignore_keys=resumable_keys, later_keys=later_keys)
 
 
+def check_checkpoints(workdir: str, config: dict, resumable_keys,
+                      later_keys=None) -> None:
+  """What `open_checkpoints` refuses, found without writing anything."""
+  ckpt_lib.check_config(checkpoint_dir(workdir), config, resumable_keys,
+                        later_keys)
+
+
 def make_mesh(axes: dict, batch_size: int, data_axis_size=None):
   """The run's mesh; ConfigError when the global batch cannot be split.
 
