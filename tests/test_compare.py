@@ -9,6 +9,7 @@ import pytest
 from configs_for_tests import finetune_smoke, load_config_file
 from logah_jax.train import compare
 from logah_jax.train import compare_report
+from logah_jax.train import compared_runs
 from logah_jax.validation import ConfigError
 
 
@@ -211,11 +212,11 @@ def test_compared_runs_keep_one_evaluation_grid(tmp_path):
   from logah_jax import inits  # pylint: disable=g-import-not-at-top
   ft = finetune_smoke()
   methods = {'random': inits.make('random')}
-  compare.finetune_each(methods, [0], ft, str(tmp_path))
+  compared_runs.finetune_each(methods, [0], ft, str(tmp_path))
   ft.eval.every_steps = 1
   with pytest.raises(ConfigError, match="'eval.every_steps' is 2 there but "
                      '1 now'):
-    compare.finetune_each(methods, [0], ft, str(tmp_path))
+    compared_runs.finetune_each(methods, [0], ft, str(tmp_path))
 
 
 
@@ -226,7 +227,7 @@ def test_rerun_with_another_target_fails_before_touching_anything(
   workdir; now the runs' checkpoints are checked first."""
   from logah_jax import inits  # pylint: disable=g-import-not-at-top
   c = _config('random', seeds=1)
-  compare.finetune_each({'random': inits.make('random')}, [0], c.finetune,
+  compared_runs.finetune_each({'random': inits.make('random')}, [0], c.finetune,
                         str(tmp_path), c.compilation_cache)
   before = _tree(tmp_path)
   _no_training(monkeypatch)
@@ -312,6 +313,14 @@ def _set(config, changes, tmp):
      r'^config\.source\.finetune\.data\.batch_size=6 is not divisible '),
     ({'ghn_train.mesh.arch': 3}, r'^config\.ghn_train\.mesh: '),
     ({'finetune.mesh.data': 3}, r'^config\.finetune\.mesh: '),
+    # what trains before fine-tuning may not read the splits it is judged on
+    ({'ghn_train.data.split': 'train+test'},
+     r"^config\.ghn_train\.data\.split='train\+test' reads "
+     r"config\.finetune\.eval\.test_split='test', the split"),
+    ({'source.finetune.eval.test_split': '',  # its own check passes
+      'source.finetune.data.split': 'train[:100]+test'},
+     r"^config\.source\.finetune\.data\.split='train\[:100\]\+test' "
+     r"reads config\.finetune\.eval\.test_split='test'"),
     # a source deeper than the target: the pair is wrong, named from the target
     ({'source.finetune.arch': 'vit:depth=8,width=64,heads=4,patch=4,'
                               'image_size=28,channels=1,num_classes=10'},
@@ -321,7 +330,8 @@ def _set(config, changes, tmp):
         'finetune_eval_split', 'finetune_batch', 'source_num_steps',
         'ligo_num_steps', 'ligo_warmup', 'ligo_lr', 'ligo_sharing',
         'finetune_batch_split', 'source_batch_split', 'ghn_mesh',
-        'finetune_mesh', 'source_deeper_than_target'])
+        'finetune_mesh', 'ghn_reads_test', 'source_reads_test',
+        'source_deeper_than_target'])
 def test_sub_run_errors_name_the_comparisons_fields(monkeypatch, tmp_path,
                                                     change, match):
   """The fine-tuning, GHN, source and LiGO runs are built from sections of

@@ -243,10 +243,14 @@ def _no_training(monkeypatch):
      r'^config\.depth_multiple=nan must be a number > 0$'),
     ({'depth_multiple': 0.0},
      r'^config\.depth_multiple=0\.0 must be a number > 0$'),
+    # the GHN may not train on the split the targets are measured on
+    ({'ghn_train.data.split': 'train+validation'},
+     r"^config\.ghn_train\.data\.split='train\+validation' reads "
+     r"config\.finetune\.eval\.split='validation'"),
 ], ids=['finetune_num_steps', 'finetune_lr', 'finetune_eval_split',
         'ghn_num_steps', 'finetune_data_of_other_images', 'missing_data',
         'ghn_cannot_predict_target', 'patch', 'negative_patch',
-        'nan_depth_multiple', 'zero_depth_multiple'])
+        'nan_depth_multiple', 'zero_depth_multiple', 'ghn_reads_validation'])
 def test_bad_config_fails_before_the_ghn_trains(monkeypatch, tmp_path, change,
                                                 match):
   """Every target's fine-tuning run, the GHN's prediction of it and the data
@@ -270,3 +274,31 @@ def test_bad_config_fails_before_the_ghn_trains(monkeypatch, tmp_path, change,
                      match=match.format(tmp=re.escape(str(tmp_path)))):
     extrapolation.run_extrapolation(c, str(workdir))
   assert not workdir.exists()
+
+
+def test_every_targets_runs_are_checked_before_the_ghn_trains(monkeypatch,
+                                                              tmp_path):
+  """A rerun with a changed recipe must be refused before GHN training, by
+  the checkpoints of each target's runs where `finetune_all` puts them."""
+  from configs_for_tests import load_config_file  # pylint: disable=g-import-not-at-top
+  from logah_jax.train import compared_runs  # pylint: disable=g-import-not-at-top
+  _no_training(monkeypatch)
+  checked = []
+  monkeypatch.setattr(compared_runs, 'check_runs',
+                      lambda methods, seeds, ft, workdir, cache: checked.append(
+                          (sorted(methods), seeds, ft.arch, workdir)))
+  c = load_config_file('extrapolation_vits', 'smoke')
+  c.compilation_cache = 'off'
+  with pytest.raises(AssertionError, match='trained before'):
+    extrapolation.run_extrapolation(c, str(tmp_path))
+  run = extrapolation.ghn_training.build_run(c.ghn_train)
+  widest = max(a.width for a in run.sampler.candidates())
+  plan = extrapolation.targets(
+      run.space, widest, max(a.depth for a in run.sampler.candidates()),
+      extrapolation._floats(c.width_multiples, 'm'), c.depth_multiple,
+      c.head_size, c.get('patch', 0))
+  fills = extrapolation.fills_of(c)
+  assert checked == [
+      (sorted(['random', *(fills if t.width > widest else fills[:1])]),
+       list(range(c.seeds)), extrapolation.arch_lib.to_spec(t),
+       str(tmp_path / 'targets' / t.name)) for _, t in plan]

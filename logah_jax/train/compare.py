@@ -31,11 +31,11 @@ from logah_jax import inits
 from logah_jax.inits import growth_source
 from logah_jax.inits import save as init_save
 from logah_jax.train import compare_report
+from logah_jax.train import compared_runs
 from logah_jax.train import finetuning
 from logah_jax.train import flops
 from logah_jax.train import ghn_training
 from logah_jax.train import ligo_training
-from logah_jax.train import loop
 from logah_jax.train import report
 from logah_jax.validation import ConfigError, check_int, sub_config
 
@@ -188,10 +188,32 @@ def _plan(config, workdir) -> Plan:
   with sub_config('config.finetune'):
     plan.run = finetuning.build_run(config.finetune,
                                     init=plan.methods[names[0]])
+  upstream = [('config.ghn_train.data', r.data) for r, _ in
+              plan.ghn_runs.values()]
+  if plan.source_run is not None:
+    upstream.append(('config.source.finetune.data', plan.source_run.data))
+  check_upstream_splits(upstream, plan.run)
   open_data(_reads(plan))
-  check_runs(plan.methods, seeds, config.finetune, workdir,
-             config.compilation_cache)
+  compared_runs.check_runs(plan.methods, seeds, config.finetune, workdir,
+                           config.compilation_cache)
   return plan
+
+
+def check_upstream_splits(upstream, target) -> None:
+  """What trains before fine-tuning (GHNs, a growth source: (field, its
+  DataSpec) in `upstream`) must not read the `target` run's validation or
+  test split: an init that has seen the data it is measured on would win
+  the comparison unfairly."""
+  for field, data in upstream:
+    if (data.name, data.data_dir) != (target.data.name, target.data.data_dir):
+      continue  # another dataset
+    for name, split in (('split', target.eval.split),
+                        ('test_split', target.eval.test_split)):
+      if split and data.trains_on(split):
+        raise ConfigError(
+            f'{field}.split={data.split!r} reads config.finetune.eval.{name}='
+            f'{split!r}, the split the compared runs are measured on; train '
+            'it on other data')
 
 
 def run_reads(field: str, run) -> list:
@@ -274,67 +296,6 @@ def costs(plan: Plan) -> dict:
   return out
 
 
-def seed_config(finetune_config, method, seed: int,
-                compilation_cache: str = ''):
-  """The fine-tuning config of one compared (method, seed) run."""
-  c = copy.deepcopy(finetune_config)
-  with c.unlocked():
-    c.seed = seed
-    c.init.method = method.name
-    c.compilation_cache = compilation_cache
-  return c
-
-
-def run_dir(workdir: str, label: str, seed: int) -> str:
-  return os.path.join(workdir, 'runs', label, f'seed{seed}')
-
-
-def check_runs(methods: dict, seeds, finetune_config, workdir: str,
-               compilation_cache: str = '') -> None:
-  """Refuses a workdir whose compared runs hold checkpoints of another
-  config (another target, recipe or budget), before anything is trained or
-  written: a rerun with a changed config would otherwise replace the saved
-  inits and train the GHNs, and only then fail at the first run."""
-  for label, method in methods.items():
-    for seed in seeds:
-      config = seed_config(finetune_config, method, seed, compilation_cache)
-      loop.check_checkpoints(run_dir(workdir, label, seed), config.to_dict(),
-                             finetuning.COMPARED_RESUMABLE_KEYS,
-                             finetuning.LATER_KEYS)
-
-
-def finetune_all(methods: dict, seeds, finetune_config, workdir: str,
-                 compilation_cache: str = '') -> dict:
-  """Fine-tunes every (method, seed); returns {method: {seed: eval rows}}."""
-  return finetune_each(methods, seeds, finetune_config, workdir,
-                       compilation_cache)[0]
-
-
-def finetune_each(methods: dict, seeds, finetune_config, workdir: str,
-                  compilation_cache: str = '') -> tuple[dict, dict]:
-  """Fine-tunes every (method, seed): ({method: {seed: eval rows}},
-  {method: {seed: the test read, or None without a test split}}).
-
-  `methods` maps a label to an InitMethod; runs go to
-  `<workdir>/runs/<label>/seed<k>` and resume (or are read back, the test
-  read included) there. All are evaluated at the same steps: a resumed run
-  may not change its validation interval (`COMPARED_RESUMABLE_KEYS`).
-  """
-  curves, tests = {}, {}
-  for label, method in methods.items():
-    report.say(f'=== init {label} ===')
-    method.prepare()
-    curves[label], tests[label] = {}, {}
-    for seed in seeds:
-      result = finetuning.finetune(
-          seed_config(finetune_config, method, seed, compilation_cache),
-          run_dir(workdir, label, seed), init=method, export_params=False,
-          resumable_keys=finetuning.COMPARED_RESUMABLE_KEYS)
-      curves[label][seed] = result.evals
-      tests[label][seed] = result.test
-  return curves, tests
-
-
 def write_results(curves: dict, summary: dict, workdir: str) -> str:
   """compare.json, compare.md and compare.png; returns the Markdown table."""
   files.write_json(os.path.join(workdir, RESULT_JSON), summary, indent=2)
@@ -365,8 +326,8 @@ def run_compare(config, workdir: str) -> dict:
       init_save.save_init(method, run.arch, 0,
                           os.path.join(workdir, 'inits', name),
                           overwrite=True)
-  curves, tests = finetune_each(methods, seeds, config.finetune, workdir,
-                                config.compilation_cache)
+  curves, tests = compared_runs.finetune_each(
+      methods, seeds, config.finetune, workdir, config.compilation_cache)
   summary = compare_report.summarize(
       curves, family=run.arch.family, num_steps=run.num_steps,
       baseline='random', costs=costs(plan),

@@ -19,6 +19,7 @@ from logah_jax import data as data_lib
 from logah_jax import inits
 from logah_jax.train import compare
 from logah_jax.train import compare_report
+from logah_jax.train import compared_runs
 from logah_jax.train import holdout
 from logah_jax.train.data_spec import DataSpec
 from logah_jax.validation import ConfigError
@@ -67,8 +68,8 @@ def run_demo(config, workdir: str) -> dict:
   ghn = predicted.describe()['metadata']['generator']['ghn']
   label = 'LoGAH' if ghn['decoder'] == 'lowrank' else 'GHN-3'
   methods = {f'{label} init': predicted, 'random init': inits.make('random')}
-  curves, tests = compare.finetune_each(methods, [config.seed], ft, out,
-                                       config.compilation_cache)
+  curves, tests = compared_runs.finetune_each(methods, [config.seed], ft, out,
+                                              config.compilation_cache)
   target = holdout.holdout_arch(config)
   summary = compare_report.summarize(
       curves, family=target.family, num_steps=ft.train.num_steps,

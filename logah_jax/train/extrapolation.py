@@ -28,6 +28,7 @@ from logah_jax import inits
 from logah_jax.inits.ghn_prediction import method_of
 from logah_jax.train import compare
 from logah_jax.train import compare_report
+from logah_jax.train import compared_runs
 from logah_jax.train import finetuning
 from logah_jax.train import ghn_training
 from logah_jax.train import report
@@ -104,6 +105,10 @@ def _row(summary: dict, method: str, seeds: dict) -> dict:
               s.get('steps_to_target'))}
 
 
+def target_dir(workdir: str, target: arch_lib.ArchConfig) -> str:
+  return os.path.join(workdir, 'targets', target.name)
+
+
 def target_config(finetune, target: arch_lib.ArchConfig):
   """`finetune` (config.finetune) with its `arch` set to `target`."""
   ft = copy.deepcopy(finetune)
@@ -112,11 +117,26 @@ def target_config(finetune, target: arch_lib.ArchConfig):
   return ft
 
 
-def check_plan(run, plan, fills, trained_width: int, finetune) -> None:
+def target_methods(method_name: str, fills, wider: bool, ghn_dir: str,
+                   fill_noise) -> dict:
+  """{label: InitMethod} fine-tuned on one target: RandInit and the
+  prediction under each fill (one fill when the target is no wider)."""
+  methods = {BASELINE: inits.make('random')}
+  for fill in (fills if wider else fills[:1]):
+    methods[fill] = inits.make(method_name, ghn_workdir=ghn_dir,
+                               ghn_fill=fill, ghn_fill_noise=fill_noise)
+  return methods
+
+
+def check_plan(run, plan, fills, trained_width: int, finetune, *,
+               workdir: str, ghn_dir: str, seeds, fill_noise,
+               compilation_cache: str = '') -> None:
   """Before any training: the GHN of `run` can predict every target under
-  each fill, each target's fine-tuning run is valid, its data exist."""
+  each fill, each target's fine-tuning run is valid, its data exist and
+  are not what the GHN trains on, and its workdir holds no runs of another
+  config."""
   try:
-    method_of(run.ghn_cfg)
+    method_name = method_of(run.ghn_cfg)
   except ConfigError as e:
     raise ConfigError(f'config.ghn_train.ghn: {e}') from e
   for _, target in plan:
@@ -136,6 +156,13 @@ def check_plan(run, plan, fills, trained_width: int, finetune) -> None:
                     {'config.arch': 'config.ghn_train.space'}):
       ft_run = finetuning.build_run(target_config(finetune, target),
                                     init=inits.make(BASELINE))
+    compare.check_upstream_splits([('config.ghn_train.data', run.data)],
+                                  ft_run)
+    compared_runs.check_runs(
+        target_methods(method_name, fills, target.width > trained_width,
+                       ghn_dir, fill_noise),
+        seeds, target_config(finetune, target), target_dir(workdir, target),
+        compilation_cache)
   compare.open_data([('config.ghn_train.data', run.data, run.data.split)] +
                     compare.run_reads('config.finetune.data', ft_run))
 
@@ -163,7 +190,9 @@ def run_extrapolation(config, workdir: str) -> dict:
     raise ConfigError(f'config.patch={patch}: a target cannot be built: '
                       f'{e}') from e
   finetune = config.finetune
-  check_plan(run, plan, fills, trained_width, finetune)
+  check_plan(run, plan, fills, trained_width, finetune, workdir=workdir,
+             ghn_dir=ghn_dir, seeds=seeds, fill_noise=fill_noise,
+             compilation_cache=config.compilation_cache)
   os.makedirs(workdir, exist_ok=True)
   report.say(f'=== GHN ({run.space_name}: width <= {trained_width}, depth '
              f'<= {trained_depth}) ===')
@@ -178,14 +207,10 @@ def run_extrapolation(config, workdir: str) -> dict:
   for m, target in plan:
     report.say(f'=== target {target.name} ({m:g}x width) ===')
     wider = target.width > trained_width
-    methods = {BASELINE: inits.make('random')}
-    for fill in (fills if wider else fills[:1]):
-      methods[fill] = inits.make(method_name, ghn_workdir=ghn_dir,
-                                 ghn_fill=fill, ghn_fill_noise=fill_noise)
-    ft = target_config(finetune, target)
-    curves = compare.finetune_all(
-        methods, seeds, ft, os.path.join(workdir, 'targets', target.name),
-        config.compilation_cache)
+    methods = target_methods(method_name, fills, wider, ghn_dir, fill_noise)
+    curves = compared_runs.finetune_all(
+        methods, seeds, target_config(finetune, target),
+        target_dir(workdir, target), config.compilation_cache)
     if not wider:  # the fills coincide: one prediction stands for all
       curves.update({f: curves[fills[0]] for f in fills[1:]})
     summary = compare_report.summarize(
