@@ -164,6 +164,18 @@ def test_training_config_swaps_only_the_decoder():
   assert g.optim.to_dict() == base.optim.to_dict()
   with pytest.raises(ValueError, match='config.ghn3_name'):
     compare.ghn_training_config(base, 'ghn3', 'logah-tiny')
+  # a base Graphormer of other sizes: GHN-3 would differ in more than the
+  # decoder (it once kept ghn3-tiny's sizes silently)
+  base.ghn.update(hid=128, layers=5, heads=16)
+  with pytest.raises(ValueError, match=(
+      r"^config\.ghn3_name='ghn3-tiny' has Graphormer sizes .* set "
+      r"config\.ghn3_name='ghn3-small'$")):
+    compare.ghn_training_config(base, 'ghn3')
+  g = compare.ghn_training_config(base, 'ghn3', 'ghn3-small')
+  assert (g.ghn.hid, g.ghn.layers, g.ghn.heads) == (128, 5, 16)
+  base.ghn.hid = 96
+  with pytest.raises(ValueError, match='leave ghn3 out of config.methods'):
+    compare.ghn_training_config(base, 'ghn3', 'ghn3-small')
 
 
 @pytest.mark.slow  # opt-in: keeps the default run under 15 minutes

@@ -59,9 +59,10 @@ def methods_of(config) -> list[str]:
 def ghn_training_config(base, method: str, ghn3_name: str = 'ghn3-tiny'):
   """The GHN-training config of `method`, derived from a LoGAH config `base`.
 
-  GHN-3 takes the named full-rank GHN (same Graphormer sizes as the LoGAH of
-  the same size name) and keeps the base's classes, cutoff, dtype and
-  normalisation, so only the decoder differs.
+  GHN-3 takes the named full-rank GHN, which must have the base's
+  Graphormer sizes (layers, hid, heads: as the LoGAH of the same size name),
+  and keeps the base's classes, cutoff, dtype and normalisation, so only the
+  decoder differs.
   """
   if method not in inits.VARIANTS:
     raise ConfigError(f'GHN init method {method!r} is not one of '
@@ -79,6 +80,20 @@ def ghn_training_config(base, method: str, ghn3_name: str = 'ghn3-tiny'):
       if cfg.decoder != 'fullrank':
         raise ConfigError(f'config.ghn3_name={ghn3_name!r} is not a GHN-3 '
                           '(full-rank) GHN')
+      sizes = ('layers', 'hid', 'heads')
+      have = {k: getattr(cfg, k) for k in sizes}
+      want = {k: base.ghn[k] for k in sizes}
+      if have != want:  # then more than the decoder would differ
+        same = [n for n in ghn_lib.names()
+                if ghn_lib.named(n).decoder == 'fullrank'
+                and {k: getattr(ghn_lib.named(n), k) for k in sizes} == want]
+        raise ConfigError(
+            f'config.ghn3_name={ghn3_name!r} has Graphormer sizes {have} but '
+            f'config.ghn_train.ghn has {want}: GHN-3 and LoGAH are compared '
+            'with the same Graphormer, only the decoder swapped; '
+            + (f'set config.ghn3_name={same[0]!r}' if same else
+               'no named GHN-3 has these sizes, so leave ghn3 out of '
+               'config.methods'))
       for key, value in ghn_lib.to_dict(cfg).items():
         config.ghn[key] = value
     else:
