@@ -151,3 +151,13 @@ def test_space_overrides_and_validation():
                                              (3, 4, 32, 64, 16)))
   with pytest.raises(ValueError, match='image_size=30'):
     arch.make_space('vits-cpu', image_size=30)
+  # each of these was accepted and failed (or was ignored) only when drawn
+  with pytest.raises(ValueError, match=r"heads='vit' gives 8 heads to width "
+                     '68'):
+    arch.make_space('vits-cpu', width_rules=((2, 4, 64, 72, 4),))
+  with pytest.raises(ValueError, match='mlp_ratio=2: GPT-2 blocks'):
+    arch.make_space('gpts-cpu', mlp_ratio=2)
+  with pytest.raises(ValueError, match='patches is empty'):
+    arch.make_space('vits-cpu', patches=())
+  every_draw = arch.make_space('vits-cpu', width_rules=((2, 4, 48, 96, 24),))
+  assert {c.width % c.heads for c in arch.sample(every_draw, 50, 0)} == {0}

@@ -344,6 +344,9 @@ def test_workdir_of_another_config_is_refused_before_training(uninterrupted):
 @pytest.mark.parametrize('field,value,match', [
     ('data.name', 'mnist', 'Unknown dataset'),
     ('space.name', 'vits-9k', 'unknown'),
+    # the section holds every field of its space: a new name alone relabels
+    ('space.name', 'vits-1k', r"^config\.space\.name='vits-1k' but the other "
+     r"config\.space fields are mostly those of 'vits-cpu'"),
     ('train.m', 0, 'train.m'),
     ('data.batch_size', 0, 'data.batch_size'),
     ('train.num_steps', 0, 'train.num_steps'),

@@ -76,11 +76,20 @@ class Space:
                         'between depths.')
     if self.heads != VIT_HEADS_RULE:
       check_int(self.heads, f'Space.heads (or "{VIT_HEADS_RULE}")')
-    if isinstance(self.heads, int):
-      for width in self.widths():
-        if width % self.heads:
-          raise ConfigError(f'Space.heads={self.heads} does not divide '
-                            f'width {width} of Space.width_rules.')
+    for width in self.widths():  # every draw must build
+      for heads in self._heads_choices(width):
+        if width % heads:
+          raise ConfigError(f'Space.heads={self.heads!r} gives {heads} heads '
+                            f'to width {width} of Space.width_rules, which '
+                            'they do not divide.')
+    check_int(self.mlp_ratio, 'Space.mlp_ratio')
+    if self.family == 'gpt2' and self.mlp_ratio != 4:
+      raise ConfigError(f'Space.mlp_ratio={self.mlp_ratio}: GPT-2 blocks '
+                        'have an MLP of 4 x width; only ViT spaces take '
+                        'another ratio.')
+    if self.family == 'vit' and not self.patches:
+      raise ConfigError('Space.patches is empty; a ViT space needs at least '
+                        'one patch size.')
     # Building one architecture of each patch checks the remaining fields.
     for patch in (self.patches if self.family == 'vit' else (None,)):
       self._build(self.width_rules[0][0], self.width_rules[0][2],

@@ -86,9 +86,24 @@ def space_of(config) -> arch_lib.Space:
   if heads.isdigit():
     fields['heads'] = int(heads)
   try:
-    return arch_lib.make_space(name, **fields)
+    space = arch_lib.make_space(name, **fields)
   except (TypeError, ValueError) as e:
     raise ConfigError(f'config.space: {e}') from e
+  # A config's space section holds every field of its space, so a new name
+  # alone changes only the family and the label: refuse fields that are
+  # more another named space's than this one's.
+  def shared(named):
+    return sum(getattr(space, f.name) == getattr(named, f.name)
+               for f in dataclasses.fields(space) if f.name != 'family')
+  closest = max(arch_lib.SPACES, key=lambda n: shared(arch_lib.SPACES[n]))
+  if shared(arch_lib.SPACES[closest]) > shared(arch_lib.SPACES[name]):
+    raise ConfigError(
+        f'config.space.name={name!r} but the other config.space fields are '
+        f"mostly those of {closest!r} (the config's space): the run would "
+        f'draw the architectures of {closest!r} under the name {name!r}. Use '
+        f'a config of {name!r} (configs/README.md lists them) or set its '
+        'fields too')
+  return space
 
 
 def compile_workers(value) -> int:
