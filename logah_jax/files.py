@@ -17,6 +17,21 @@ from typing import Any, Callable
 from logah_jax.validation import ConfigError
 
 
+def check_writable_dir(path: str, field: str) -> None:
+  """ConfigError naming `field` unless `path` is (or can become) a
+  directory this process may write to; checked before any work."""
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ConfigError(f'{field}={path} is a file, not a directory')
+  parent = path
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise ConfigError(f'{field}={path}: {parent} is a file, not a '
+                      'directory')
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise ConfigError(f'{field}={path}: {parent} is not writable')
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *,
                  binary: bool = False) -> None:
   """Calls `write(f)` on a temporary sibling of `path`, then renames it.

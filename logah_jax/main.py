@@ -43,6 +43,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from logah_jax import files
 from logah_jax import parallel
 from logah_jax import runtime
 from logah_jax.inits import save
@@ -68,25 +69,11 @@ _WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS,
                  errno.EACCES, errno.EPERM)
 
 
-def check_workdir(workdir: str) -> None:
-  """ConfigError unless `workdir` is (or can become) a writable directory."""
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise ConfigError(f'--workdir={workdir} is a file, not a directory')
-  parent = workdir
-  while not os.path.exists(parent):
-    parent = os.path.dirname(parent)
-  if not os.path.isdir(parent):
-    raise ConfigError(f'--workdir={workdir}: {parent} is a file, not a '
-                      'directory')
-  if not os.access(parent, os.W_OK | os.X_OK):
-    raise ConfigError(f'--workdir={workdir}: {parent} is not writable')
-
-
 def run(config, workdir: str) -> dict:
   """Runs `config.job` in `workdir` (also callable from Python and tests)."""
   if config.job not in JOBS:
     raise ConfigError(f'config.job={config.job!r} is not one of {JOBS}')
-  check_workdir(workdir)
+  files.check_writable_dir(workdir, '--workdir')
   parallel.maybe_initialize()
   if config.compilation_cache != 'off':
     runtime.enable_compilation_cache(config.compilation_cache or None)

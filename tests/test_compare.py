@@ -321,6 +321,9 @@ def _set(config, changes, tmp):
       'source.finetune.data.split': 'train[:100]+test'},
      r"^config\.source\.finetune\.data\.split='train\[:100\]\+test' "
      r"reads config\.finetune\.eval\.test_split='test'"),
+    # once a NotADirectoryError traceback, after the workdir was made
+    ({'ghn_workdir': '{tmp}/a_file/ghn'},
+     r'^config\.ghn_workdir=.*/a_file/ghn: .*/a_file is a file, not a dir'),
     # a source deeper than the target: the pair is wrong, named from the target
     ({'source.finetune.arch': 'vit:depth=8,width=64,heads=4,patch=4,'
                               'image_size=28,channels=1,num_classes=10'},
@@ -331,6 +334,7 @@ def _set(config, changes, tmp):
         'ligo_num_steps', 'ligo_warmup', 'ligo_lr', 'ligo_sharing',
         'finetune_batch_split', 'source_batch_split', 'ghn_mesh',
         'finetune_mesh', 'ghn_reads_test', 'source_reads_test',
+        'ghn_workdir_in_a_file',
         'source_deeper_than_target'])
 def test_sub_run_errors_name_the_comparisons_fields(monkeypatch, tmp_path,
                                                     change, match):
@@ -340,10 +344,11 @@ def test_sub_run_errors_name_the_comparisons_fields(monkeypatch, tmp_path,
   _no_training(monkeypatch)
   c = load_config_file('compare_vits', 'smoke')
   c.methods, c.compilation_cache = 'random,logah,ligo', 'off'
+  (tmp_path / 'a_file').write_text('')
   _set(c, change, tmp_path)
   with pytest.raises(ConfigError, match=match):
     compare.run_compare(c, str(tmp_path / 'run'))
-  assert not os.listdir(tmp_path)
+  assert os.listdir(tmp_path) == ['a_file']
 
 
 @pytest.mark.parametrize('methods,change,field', [

@@ -8,6 +8,7 @@ import pytest
 
 from logah_jax import parallel
 from logah_jax.parallel import distributed
+from logah_jax.validation import ConfigError
 
 needs_8 = pytest.mark.skipif(jax.device_count() < 8,
                              reason='needs 8 devices (set by conftest.py)')
@@ -136,7 +137,9 @@ def test_maybe_initialize_gated_by_env(monkeypatch):
   assert distributed.maybe_initialize(env)
   assert calls[-1] == {'coordinator_address': 'h0:1234', 'num_processes': 4,
                        'process_id': 2}
-  with pytest.raises(ValueError, match='LOGAH_PROCESS_ID'):
+  # a ConfigError: main prints one line, not a traceback
+  with pytest.raises(ConfigError, match="^LOGAH_PROCESS_ID='two' is not an "
+                     'integer$'):
     distributed.maybe_initialize({**env, 'LOGAH_PROCESS_ID': 'two'})
   assert distributed.is_main_process()
 

@@ -19,6 +19,8 @@ from typing import Mapping
 from absl import logging
 import jax
 
+from logah_jax.validation import ConfigError
+
 FLAG = 'LOGAH_JAX_DISTRIBUTED'
 _INT_VARS = {'LOGAH_NUM_PROCESSES': 'num_processes',
              'LOGAH_PROCESS_ID': 'process_id',
@@ -34,7 +36,7 @@ def _init_kwargs(env: Mapping[str, str]) -> dict:
       try:
         kwargs[arg] = int(env[var])
       except ValueError:
-        raise ValueError(f'{var}={env[var]!r} is not an integer') from None
+        raise ConfigError(f'{var}={env[var]!r} is not an integer') from None
   return kwargs
 
 

@@ -173,6 +173,8 @@ def _plan(config, workdir) -> Plan:
   names = methods_of(config)
   seeds = list(range(check_int(config.seeds, 'config.seeds')))
   ghn_root = config.ghn_workdir or os.path.join(workdir, 'ghn')
+  if config.ghn_workdir:
+    files.check_writable_dir(config.ghn_workdir, 'config.ghn_workdir')
   with sub_config('config.finetune'):
     target = finetuning.target_arch(config.finetune)
   plan = Plan(run=None, methods={}, seeds=seeds, ghn_runs={})

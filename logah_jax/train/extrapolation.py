@@ -178,6 +178,8 @@ def run_extrapolation(config, workdir: str) -> dict:
   with sub_config('config.ghn_train'):
     run = ghn_training.build_run(config.ghn_train)
   ghn_dir = config.ghn_workdir or os.path.join(workdir, 'ghn')
+  if config.ghn_workdir:
+    files.check_writable_dir(config.ghn_workdir, 'config.ghn_workdir')
   candidates = run.sampler.candidates()
   trained_width = max(a.width for a in candidates)
   trained_depth = max(a.depth for a in candidates)

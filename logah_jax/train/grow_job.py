@@ -14,6 +14,7 @@ import os
 import ml_collections
 
 from logah_jax import arch as arch_lib
+from logah_jax import files
 from logah_jax import growth
 from logah_jax import inits
 from logah_jax.inits import growth_source
@@ -81,6 +82,7 @@ def run_grow(config, workdir: str) -> dict:
   if config.method == 'ligo':
     workdir = os.path.abspath(workdir)  # 'out/' must not give 'out/-ligo'
     ligo_dir = os.path.abspath(config.ligo_workdir or f'{workdir}-ligo')
+    files.check_writable_dir(ligo_dir, 'config.ligo_workdir')
     _check_apart(ligo_dir, workdir, os.path.abspath(config.source))
     with sub_config('config', ligo_training.LIGO_SECTION_FIELDS,
                     context='config.ligo'):
