@@ -28,6 +28,7 @@ from logah_jax import files
 from logah_jax import ghn as ghn_lib
 from logah_jax import growth
 from logah_jax import inits
+from logah_jax.data import storage
 from logah_jax.inits import growth_source
 from logah_jax.inits import save as init_save
 from logah_jax.train import compare_report
@@ -221,8 +222,11 @@ def check_upstream_splits(upstream, target) -> None:
   DataSpec) in `upstream`) must not read the `target` run's validation or
   test split: an init that has seen the data it is measured on would win
   the comparison unfairly."""
+  def dataset(data):
+    return data.name, storage.resolve_data_dir(data.data_dir or None)
+
   for field, data in upstream:
-    if (data.name, data.data_dir) != (target.data.name, target.data.data_dir):
+    if dataset(data) != dataset(target.data):
       continue  # another dataset
     for name, split in (('split', target.eval.split),
                         ('test_split', target.eval.test_split)):
