@@ -167,6 +167,15 @@ def test_markdown_and_plot(tmp_path):
   assert os.path.getsize(path) > 10_000
 
 
+
+def test_a_table_without_the_baseline_says_why_nothing_is_reached():
+  curves = {m: CURVES[m] for m in ('logah', 'bad')}
+  md = compare_report.markdown(compare_report.summarize(
+      curves, family='vit', num_steps=30))
+  assert "No target: random was not compared" in md
+  assert 'No target' not in compare_report.markdown(compare_report.summarize(
+      CURVES, family='vit', num_steps=30))
+
 def _config(methods='random,orthogonal', seeds=2):
   c = load_config_file('compare_vits', 'smoke')
   c.methods, c.seeds = methods, seeds

@@ -277,6 +277,11 @@ def markdown(summary: dict) -> str:
       'counting as over budget; the median over all seeds (not reached when '
       'half or more never get there), with how many did; × budget = median '
       '/ budget.')
+  if target is None:
+    lines.append(
+        f"No target: {summary.get('baseline', 'random')} was not compared "
+        '(or has no final metric for every seed), so the steps and FLOPs to '
+        'it are –; add it to config.methods.')
   if with_costs:
     by_what = {}
     for m, row in rows.items():
