@@ -10,6 +10,10 @@ e.g. LoGAH-Base on WikiText-103 over all local accelerators:
       --config=configs/paper_gpts.py:dataset=wikitext103,ghn=logah-base \
       --workdir=$HOME/runs/logah_b_wt103
 
+The paper's 6 blocks per step split over 1, 2, 3 or 6 devices; on 4 or 8,
+add --config.data.batch_size=8 (or expose 6 devices), else the launch stops
+at once naming the batch.
+
 Variant keys: dataset (wikitext2 | wikitext103), ghn (logah-tiny ...
 logah-large), m (2), epochs (300 for WikiText-2, 90 for WikiText-103).
 """

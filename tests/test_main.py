@@ -18,6 +18,7 @@ from logah_jax.train import evaluate
 from logah_jax.train import ghn_training
 from logah_jax.train import holdout
 from logah_jax.train.data_spec import DataSpec
+from logah_jax.validation import ConfigError
 
 import configs_for_tests as cft
 
@@ -36,6 +37,15 @@ CONFIG_VARIANTS = [
 @pytest.mark.parametrize('name,arg', CONFIG_VARIANTS)
 def test_every_config_variant_is_valid(name, arg):
   config = cft.load_config_file(name, arg)
+  if config.data.batch_size % jax.device_count():
+    # the paper's 6 GPT-2 blocks per step split over 1, 2, 3 or 6 devices,
+    # not over these 8: refused at once, and the override the config's
+    # docstring gives works
+    with pytest.raises(ConfigError, match=(
+        rf'^config\.data\.batch_size={config.data.batch_size} is not '
+        rf'divisible by the {jax.device_count()} devices')):
+      ghn_training.build_run(config)
+    config.data.batch_size = 8
   run = ghn_training.build_run(config)  # every check a launch makes first
   assert run.num_steps >= 1
   target = holdout.holdout_arch(config)
