@@ -219,3 +219,14 @@ def test_ghn_load_refuses_params_of_another_shape(tmp_path):
   path.write_text(json.dumps(stored))
   with pytest.raises(ValueError, match='do not match'):
     ghn_lib.load(str(tmp_path))
+
+
+def test_reading_a_ghn_leaves_the_save_of_a_run_still_training(tmp_path):
+  """Predicting from a GHN whose run is still training once deleted that
+  run's unfinished save (orbax cleans up temporary folders on opening)."""
+  save_untrained_ghn(str(tmp_path), smoke(), 2)
+  unfinished = tmp_path / 'checkpoints' / '4.orbax-checkpoint-tmp' / 'state'
+  unfinished.mkdir(parents=True)
+  (unfinished / 'part').write_text('being written')
+  assert ghn_lib.load(str(tmp_path)).step == 2
+  assert (unfinished / 'part').read_text() == 'being written'

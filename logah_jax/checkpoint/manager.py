@@ -71,7 +71,8 @@ class CheckpointManager:
                save_interval_steps: int = 1, async_save: bool = True,
                config: Mapping[str, Any] | None = None,
                ignore_keys=DEFAULT_IGNORE_KEYS,
-               later_keys: Mapping[str, Any] | None = None):
+               later_keys: Mapping[str, Any] | None = None,
+               read_only: bool = False):
     """Opens or creates `directory`.
 
     Args:
@@ -88,6 +89,9 @@ class CheckpointManager:
       later_keys: {dotted key: default} for keys added to the config after
         some workdirs were written; a stored config without one is compared
         as if it held the default, the value that means the old behaviour.
+      read_only: for readers of another run's directory (a GHN to predict
+        with): nothing is created, saved or cleaned up, so the unfinished
+        save of a run still training there is left alone.
     """
     self.directory = epath.Path(directory)
     self.restored_step = None  # the step the last `restore` read
@@ -101,8 +105,9 @@ class CheckpointManager:
         save_interval_steps=save_interval_steps,
         preservation_policy=ocp.checkpoint_managers.LatestN(n=max_to_keep),
         enable_async_checkpointing=async_save,
-        cleanup_tmp_directories=True,
-        create=True)
+        cleanup_tmp_directories=not read_only,
+        create=not read_only)
+    self._read_only = read_only
     self._mngr = ocp.CheckpointManager(
         self.directory, options=options,
         handler_registry=registry(_STATE, _EXTRA))
@@ -126,6 +131,8 @@ class CheckpointManager:
     Returns:
       True if a save was started (False when the interval says skip).
     """
+    if self._read_only:
+      raise ValueError(f'{self.directory} was opened read-only')
     if not (force or self._mngr.should_save(step)):
       return False
     extra = tree_compare.jsonable(dict(extra or {}), 'extra')

@@ -107,7 +107,8 @@ def load(workdir: str, step: int | None = None, fill: str | None = None,
     except ValueError as e:
       given = ', '.join(f'{k}={v!r}' for k, v in overrides.items())
       raise ConfigError(f'ghn.load({workdir!r}, {given}): {e}') from e
-  with checkpoint.CheckpointManager(directory, async_save=False) as mngr:
+  with checkpoint.CheckpointManager(directory, async_save=False,
+                                    read_only=True) as mngr:
     state, _ = mngr.restore(step)
     step = mngr.restored_step
   if not isinstance(state, dict) or 'params' not in state:
