@@ -32,6 +32,22 @@ def check_writable_dir(path: str, field: str) -> None:
     raise ConfigError(f'{field}={path}: {parent} is not writable')
 
 
+def check_apart(path: str, field: str, others) -> None:
+  """ConfigError unless `path` (named `field`) and each (other path, its
+  name) of `others` are separate folders, neither inside the other: an
+  output that holds an input (or lies in it) would be deleted or written
+  into by an overwrite."""
+  def real(p):
+    return os.path.realpath(os.path.abspath(p))
+  mine = real(path)
+  for other, what in others:
+    theirs = real(other)
+    if (mine == theirs or mine.startswith(theirs + os.sep)
+        or theirs.startswith(mine + os.sep)):
+      raise ConfigError(f'{field}={path} overlaps {what} {other}: give a '
+                        'folder of its own')
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *,
                  binary: bool = False) -> None:
   """Calls `write(f)` on a temporary sibling of `path`, then renames it.

@@ -249,6 +249,14 @@ def test_existing_output_and_non_params_source_are_refused(source, tmp_path):
   with pytest.raises(ConfigError, match='not a params checkpoint'):
     main.run(_grow_config(os.path.dirname(source), 'stack'),
              str(tmp_path / 'other'))
+  # with overwrite, the grown init once replaced the source it was read from
+  source_hash = _hash_tree(source)
+  c = _grow_config(source, 'stack')
+  c.overwrite = True
+  with pytest.raises(ConfigError, match=r'^--workdir=.* overlaps '
+                     r'config\.source '):
+    main.run(c, source)
+  assert _hash_tree(source) == source_hash
 
 
 @pytest.mark.slow

@@ -90,9 +90,33 @@ def test_predict_job_rejects_bad_input(ghn_workdir, tmp_path):
                       ('vit-q', 'config.arch')):
     with pytest.raises(ValueError, match=match):
       main_lib.run(_predict_config(ghn_workdir, arch), str(tmp_path / 'o'))
+  (tmp_path / 'not_a_ghn').mkdir()
   with pytest.raises(FileNotFoundError, match='holds no GHN training run'):
-    main_lib.run(_predict_config(str(tmp_path)), str(tmp_path / 'o'))
+    main_lib.run(_predict_config(str(tmp_path / 'not_a_ghn')),
+                 str(tmp_path / 'o'))
   assert not os.path.exists(tmp_path / 'o')
+  # an empty output folder the user made survives a bad input
+  (tmp_path / 'empty').mkdir()
+  with pytest.raises(FileNotFoundError, match='holds no GHN training run'):
+    main_lib.run(_predict_config(str(tmp_path / 'none')),
+                 str(tmp_path / 'empty'))
+  assert os.listdir(tmp_path / 'empty') == []
+
+
+def test_predict_into_the_ghns_own_folder_is_refused(tmp_path):
+  """With overwrite, saving the init once replaced the GHN run it had
+  just read."""
+  ghn = tmp_path / 'ghn'
+  save_untrained_ghn(str(ghn), smoke(), 2)
+  before = sorted(os.listdir(ghn / 'checkpoints'))
+  for out in (ghn, ghn / 'init', tmp_path):
+    c = _predict_config(str(ghn))
+    c.overwrite = True
+    with pytest.raises(ValueError, match=r'^--workdir=.* overlaps '
+                       r'config\.ghn_workdir '):
+      main_lib.run(c, str(out))
+  assert sorted(os.listdir(ghn / 'checkpoints')) == before
+  assert ghn_lib.load(str(ghn)).step == 2
 
 
 def test_restore_into_other_architecture_names_param_and_shapes(

@@ -39,10 +39,12 @@ def save_params(directory, params, *, metadata: Mapping[str, Any],
   complete, so a failed save never damages an existing checkpoint.
 
   Raises:
-    FileExistsError: `directory` exists and overwrite is False.
+    FileExistsError: `directory` exists (and is not an empty directory, which
+      a user may make for the output) and overwrite is False.
   """
   path = epath.Path(directory)
-  if path.exists() and not overwrite:
+  empty = path.is_dir() and not any(path.iterdir())
+  if path.exists() and not (overwrite or empty):
     raise OutputExistsError(f'{path} already exists; pass overwrite=True to '
                             'replace it')
   metadata = tree_compare.jsonable(dict(metadata), 'metadata')

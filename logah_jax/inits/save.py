@@ -12,6 +12,7 @@ import os
 
 from logah_jax import arch as arch_lib
 from logah_jax import checkpoint as ckpt_lib
+from logah_jax import files
 from logah_jax import ghn as ghn_lib
 from logah_jax import runtime
 from logah_jax.inits import ghn_prediction
@@ -38,10 +39,11 @@ def save_init(method: InitMethod, arch, seed: int, directory: str, *,
 
 
 def check_output(workdir: str, overwrite: bool) -> None:
-  """Refuses a non-empty output unless overwrite (before any work)."""
+  """Refuses a non-empty output unless overwrite (before any work); an
+  empty directory the user made is fine, and left as it is until saved."""
   if os.path.isdir(workdir) and not os.listdir(workdir):
-    os.rmdir(workdir)  # an empty directory the user made: fine to use
-  elif os.path.exists(workdir) and not overwrite:
+    return
+  if os.path.exists(workdir) and not overwrite:
     raise OutputExistsError(f'--workdir={workdir} already exists; pass '
                             '--config.overwrite=True to replace it')
 
@@ -60,6 +62,8 @@ def run_predict(config, workdir: str) -> dict:
     raise ConfigError(f'config.fill={fill!r} must be one of {ghn_lib.FILLS} '
                       "or '' (the GHN's own)")
   check_output(workdir, config.overwrite)
+  files.check_apart(workdir, '--workdir',
+                    ((config.ghn_workdir, 'config.ghn_workdir'),))
   step = None if config.ghn_step < 0 else config.ghn_step
   method = ghn_prediction.GHNPrediction.from_workdir(config.ghn_workdir, step,
                                                      fill=fill)

@@ -46,19 +46,6 @@ def ligo_run_config(config) -> ml_collections.ConfigDict:
   return c
 
 
-def _check_apart(ligo_dir: str, workdir: str, source: str) -> None:
-  """The operator's run may not share a folder with the output (saving the
-  init would refuse it, or with overwrite delete it, after training) or with
-  the source (its checkpoints would land inside the source's)."""
-  def nested(a, b):
-    return a == b or a.startswith(b + os.sep) or b.startswith(a + os.sep)
-  for other, what in ((workdir, 'the output (--workdir)'),
-                      (source, 'config.source')):
-    if nested(ligo_dir, other):
-      raise ConfigError(f'config.ligo_workdir={ligo_dir} overlaps {what} '
-                        f'{other}: give a folder of its own')
-
-
 def run_grow(config, workdir: str) -> dict:
   """Grows `config.source` into `config.arch` with `config.method`."""
   try:
@@ -78,12 +65,18 @@ def run_grow(config, workdir: str) -> dict:
   except ConfigError as e:  # the pair is wrong, not the source alone
     raise ConfigError(f'config.arch (grown from config.source): {e}') from e
   init_save.check_output(workdir, config.overwrite)
+  files.check_apart(workdir, '--workdir', ((config.source, 'config.source'),))
   operator = ''
   if config.method == 'ligo':
     workdir = os.path.abspath(workdir)  # 'out/' must not give 'out/-ligo'
     ligo_dir = os.path.abspath(config.ligo_workdir or f'{workdir}-ligo')
     files.check_writable_dir(ligo_dir, 'config.ligo_workdir')
-    _check_apart(ligo_dir, workdir, os.path.abspath(config.source))
+    # The operator's run may not share a folder with the output (saving the
+    # init would refuse it, or with overwrite delete it, after training) or
+    # with the source (its checkpoints would land inside the source's).
+    files.check_apart(ligo_dir, 'config.ligo_workdir',
+                      ((workdir, 'the output (--workdir)'),
+                       (config.source, 'config.source')))
     with sub_config('config', ligo_training.LIGO_SECTION_FIELDS,
                     context='config.ligo'):
       run = ligo_training.build_run(ligo_run_config(config), config.source,
