@@ -10,6 +10,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DATA_DIR="${1:-${LOGAH_DATA_DIR:-$HOME/.cache/logah_jax}}"
+case $DATA_DIR in /*) ;; *) DATA_DIR="$PWD/$DATA_DIR" ;; esac  # the caller's
 if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x "$ROOT/.venv/bin/python" ]]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
 fi

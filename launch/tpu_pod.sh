@@ -12,12 +12,15 @@ if [ $# -lt 2 ]; then
   exit 2
 fi
 REPO=${REPO:-'~/logah-jax'}
-config=$1 workdir=$2
+# Quoted for the remote shell; no overrides must add no (empty) argument.
+config=$(printf '%q' "$1") workdir=$(printf '%q' "$2")
 shift 2
-args=$(printf ' %q' "$@")
+args=''
+if [ $# -gt 0 ]; then args=$(printf ' %q' "$@"); fi
+data_dir=$(printf '%q' "${LOGAH_DATA_DIR:-}")
 remote="cd $REPO && (test -x .venv/bin/python || python3 -m venv .venv) \
   && .venv/bin/pip install -q -r requirements.txt 'jax[tpu]>=0.10,<0.13' \
-  && LOGAH_JAX_DISTRIBUTED=1 LOGAH_DATA_DIR=${LOGAH_DATA_DIR:-} \
+  && LOGAH_JAX_DISTRIBUTED=1 LOGAH_DATA_DIR=$data_dir \
      .venv/bin/python -m logah_jax.main --config=$config --workdir=$workdir$args"
 exec gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all \
   --command="$remote"
