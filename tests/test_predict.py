@@ -129,8 +129,16 @@ def test_restore_into_other_architecture_names_param_and_shapes(
       'target expects (1, 1, 48)')):
     checkpoint.restore_params(out, abstract_params=models.abstract_params(
         other))
-  with pytest.raises(ValueError, match="'class_token'"):
+  with pytest.raises(ValueError, match=(
+      r'holds an init of vit-\S+, not of the target vit-\S+ \(mlp_dim=256 '
+      r'there, 192 here; width=64 there, 48 here\)$')):
     inits.make(f'checkpoint:{out}')(other, 0)
+  # shapes alone cannot tell the head count: the metadata can
+  fewer_heads = arch_lib.parse(TARGET.replace('heads=4', 'heads=2'))
+  assert models.abstract_params(fewer_heads) == models.abstract_params(
+      arch_lib.parse(TARGET))
+  with pytest.raises(ValueError, match=r'\(heads=4 there, 2 here\)$'):
+    inits.make(f'checkpoint:{out}')(fewer_heads, 0)
 
 
 def _readme_snippet() -> str:
