@@ -44,6 +44,16 @@ def check_int(value, field: str, minimum: int = 1) -> int:
 _CONFIG_PATH = re.compile(r'(?<![\w./\'"-])config(?:\.(?!json\b)\w+)+')
 
 
+def check_step(value, field: str) -> int | None:
+  """A checkpoint step field: -1 (the latest: None) or an int >= 0."""
+  if value == -1 and not isinstance(value, bool):
+    return None
+  if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+    raise ConfigError(f'{field}={value!r} must be -1 (the latest '
+                      'checkpoint) or a step >= 0')
+  return value
+
+
 def rename_fields(message: str, fields: dict) -> str:
   """`message` with each dotted config path renamed by `fields`.
 

@@ -113,6 +113,10 @@ def test_bad_config_fails_before_any_work(tmp_path):
       'eval.test_max_batches': (-1, 'config.eval.test_max_batches'),
       'train.num_steps': (0, 'config.train.num_steps'),
       'init.method': ('magic', 'config.init'),
+      # once ignored: the run started from random init
+      'init.ghn_workdir': ('/some/ghn', 'config.init.ghn_workdir / ghn_step '
+                           "are set but config.init.method='random'"),
+      'init.ghn_step': (-7, 'config.init.ghn_step=-7 must be -1'),
       'param_sharding': ('zero3', 'config.param_sharding'),
   }
   for key, (value, field) in cases.items():

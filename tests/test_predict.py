@@ -95,6 +95,10 @@ def test_predict_job_rejects_bad_input(ghn_workdir, tmp_path):
     main_lib.run(_predict_config(str(tmp_path / 'not_a_ghn')),
                  str(tmp_path / 'o'))
   assert not os.path.exists(tmp_path / 'o')
+  c = _predict_config(ghn_workdir)
+  c.ghn_step = -7  # once taken as 'the latest'
+  with pytest.raises(ValueError, match=r'^config\.ghn_step=-7 must be -1 '):
+    main_lib.run(c, str(tmp_path / 'o'))
   # an empty output folder the user made survives a bad input
   (tmp_path / 'empty').mkdir()
   with pytest.raises(FileNotFoundError, match='holds no GHN training run'):

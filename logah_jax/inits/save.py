@@ -17,7 +17,7 @@ from logah_jax import ghn as ghn_lib
 from logah_jax import runtime
 from logah_jax.inits import ghn_prediction
 from logah_jax.inits.base import InitMethod
-from logah_jax.validation import ConfigError, OutputExistsError
+from logah_jax.validation import ConfigError, OutputExistsError, check_step
 
 
 def metadata(method: InitMethod, arch, seed: int) -> dict:
@@ -64,7 +64,7 @@ def run_predict(config, workdir: str) -> dict:
   check_output(workdir, config.overwrite)
   files.check_apart(workdir, '--workdir',
                     ((config.ghn_workdir, 'config.ghn_workdir'),))
-  step = None if config.ghn_step < 0 else config.ghn_step
+  step = check_step(config.ghn_step, 'config.ghn_step')
   method = ghn_prediction.GHNPrediction.from_workdir(config.ghn_workdir, step,
                                                      fill=fill)
   trained = method.trained

@@ -32,7 +32,7 @@ from logah_jax.train import finetune_step
 from logah_jax.train import loop
 from logah_jax.train import report
 from logah_jax.train.data_spec import check_data_matches
-from logah_jax.validation import ConfigError, check_int
+from logah_jax.validation import ConfigError, check_int, check_step
 
 RESUMABLE_KEYS = (*ckpt_lib.DEFAULT_IGNORE_KEYS, 'compilation_cache',
                   'checkpoint.async_save', 'job', 'fsdp_min_mb',
@@ -108,9 +108,14 @@ def target_arch(config) -> arch_lib.ArchConfig:
 def init_method(config) -> inits.InitMethod:
   """The InitMethod of `config.init` (GHN methods read a trained workdir)."""
   i = config.init
+  step = check_step(i.ghn_step, 'config.init.ghn_step')
+  if i.method not in inits.GHN_METHODS and (i.ghn_workdir or step is not None):
+    raise ConfigError(
+        f'config.init.ghn_workdir / ghn_step are set but config.init.method='
+        f'{i.method!r} reads no GHN; set the method to one of '
+        f'{inits.GHN_METHODS} or leave them unset')
   try:
-    return inits.make(i.method, ghn_workdir=i.ghn_workdir,
-                      ghn_step=None if i.ghn_step < 0 else i.ghn_step)
+    return inits.make(i.method, ghn_workdir=i.ghn_workdir, ghn_step=step)
   except ValueError as e:
     raise ConfigError(f'config.init: {e}') from e
 
