@@ -205,3 +205,17 @@ def test_demo_needs_the_holdout(tmp_path):
 def _predict_with_loaded_ghn(workdir, target):
   from logah_jax import ghn  # pylint: disable=g-import-not-at-top
   return ghn.load(workdir).predict(target)
+
+
+@pytest.mark.parametrize('key,value,match', [
+    ('mlp_dim', 128, r'^config\.holdout\.arch: mlp_dim=128: a GPT-2 block'),
+    ('patch', 3, r'^config\.holdout\.arch: patch=3: a GPT-2 has no patches')])
+def test_gpt_holdout_refuses_vit_only_fields(tmp_path, key, value, match):
+  """Once ignored: the held-out GPT-2 was built without them."""
+  config = cft.load_config_file('shakespeare_gpts', 'smoke')
+  config.compilation_cache = 'off'
+  config.holdout.enabled = True
+  config.holdout.arch[key] = value
+  with pytest.raises(ValueError, match=match):
+    main_lib.run(config, str(tmp_path))
+  assert not os.path.exists(os.path.join(tmp_path, 'checkpoints'))

@@ -13,6 +13,7 @@ import os
 import jax
 
 from logah_jax import arch as arch_lib
+from logah_jax import config_base
 from logah_jax import files
 from logah_jax import ghn as ghn_lib
 from logah_jax import inits
@@ -37,6 +38,12 @@ def holdout_arch(config):
         mlp_dim=a.mlp_dim or space.mlp_ratio * a.width, patch=a.patch,
         image_size=space.image_size, channels=space.channels,
         num_classes=space.num_classes)
+  if a.mlp_dim not in (0, 4 * a.width):
+    raise ConfigError(f'mlp_dim={a.mlp_dim}: a GPT-2 block has an MLP of '
+                      '4 x width; leave it 0')
+  if a.patch != config_base.holdout_section().arch.patch:
+    raise ConfigError(f'patch={a.patch}: a GPT-2 has no patches; leave it '
+                      'unset')
   return arch_lib.GPT2Config(
       depth=a.depth, width=a.width, heads=a.heads,
       vocab_size=space.vocab_size, n_positions=space.n_positions,
