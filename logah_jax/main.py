@@ -100,6 +100,7 @@ def run(config, workdir: str) -> dict:
     except ConfigError as e:
       raise ConfigError(f'config.demo: {e}') from e
     compare.open_data(compare.run_reads('config.demo', demo_run))
+    demo_lib.check_demo(config, workdir)
   result = {'train': ghn_training.train(run, workdir)}
   if config.holdout.enabled:
     result['holdout'] = holdout.run_holdout(config, run, workdir)

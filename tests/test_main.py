@@ -176,6 +176,9 @@ def test_main_job_trains_predicts_scores_and_saves(tmp_path):
   assert logah0 == pytest.approx(val['accuracy'], abs=1e-6)
   for name in ('compare.md', 'compare.json', 'compare.png'):
     assert os.path.exists(os.path.join(workdir, 'demo', name))
+  # the same command again re-scores: every check passes on its own runs
+  again = main_lib.run(config, workdir)
+  assert again['demo']['methods_summary'] == demo['methods_summary']
 
 
 def test_demo_needs_the_holdout(tmp_path):
@@ -219,3 +222,23 @@ def test_gpt_holdout_refuses_vit_only_fields(tmp_path, key, value, match):
   with pytest.raises(ValueError, match=match):
     main_lib.run(config, str(tmp_path))
   assert not os.path.exists(os.path.join(tmp_path, 'checkpoints'))
+
+
+def test_a_demo_of_another_target_is_refused_before_training(tmp_path):
+  """A rerun with another held-out target once replaced holdout.json and the
+  predicted init, and only then found the demo's runs of the old target."""
+  config = cft.load_config_file('default', 'smoke')
+  config.compilation_cache = 'off'
+  old = demo_lib.demo_config(config)
+  old.arch = old.arch.replace('width=', 'width=1')  # another target
+  for label, method in demo_lib.demo_methods(config, str(tmp_path)).items():
+    run = tmp_path / 'demo' / 'runs' / label / f'seed{config.seed}'
+    (run / 'checkpoints' / '3').mkdir(parents=True)  # a finished step
+    stored = demo_lib.compared_runs.seed_config(old, method, config.seed,
+                                                config.compilation_cache)
+    (run / 'checkpoints' / 'config.json').write_text(
+        json.dumps(stored.to_dict()))
+  with pytest.raises(ValueError, match=r"seed0/checkpoints holds checkpoints "
+                     r"of another config: key 'arch'"):
+    main_lib.run(config, str(tmp_path))
+  assert sorted(os.listdir(tmp_path)) == ['demo']

@@ -58,16 +58,30 @@ def demo_config(config):
   return ft
 
 
+def demo_methods(config, workdir: str) -> dict:
+  """{label: InitMethod}: the held-out prediction and random init."""
+  predicted = inits.make(
+      inits.CHECKPOINT_PREFIX + os.path.join(workdir, holdout.PREDICTED_DIR))
+  label = 'LoGAH' if config.ghn.decoder == 'lowrank' else 'GHN-3'
+  return {f'{label} init': predicted, 'random init': inits.make('random')}
+
+
+def check_demo(config, workdir: str) -> None:
+  """Before the GHN trains: a demo folder of an earlier run holds runs of
+  the same target and recipe (else the held-out outputs would be replaced
+  first, and only then the demo refuse its folder)."""
+  compared_runs.check_runs(demo_methods(config, workdir), [config.seed],
+                           demo_config(config),
+                           os.path.join(workdir, DEMO_DIR),
+                           config.compilation_cache)
+
+
 def run_demo(config, workdir: str) -> dict:
   """Fine-tunes the held-out target from both inits; returns the summary."""
   ft = demo_config(config)
   out = os.path.join(workdir, DEMO_DIR)
   os.makedirs(out, exist_ok=True)
-  predicted = inits.make(
-      inits.CHECKPOINT_PREFIX + os.path.join(workdir, holdout.PREDICTED_DIR))
-  ghn = predicted.describe()['metadata']['generator']['ghn']
-  label = 'LoGAH' if ghn['decoder'] == 'lowrank' else 'GHN-3'
-  methods = {f'{label} init': predicted, 'random init': inits.make('random')}
+  methods = demo_methods(config, workdir)
   curves, tests = compared_runs.finetune_each(methods, [config.seed], ft, out,
                                               config.compilation_cache)
   target = holdout.holdout_arch(config)
