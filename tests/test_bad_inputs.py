@@ -174,6 +174,17 @@ CASES = [
          r'^error: --workdir={init} already exists; pass '
          r'--config\.overwrite=True',
          fixtures=('ghn', 'init')),
+    Case('predict_into_the_ghn_workdir', PREDICT + [
+        f'--config.arch={TINY}', '--config.overwrite=True', '--workdir={ghn}'],
+         r'^error: --workdir={ghn} overlaps config\.ghn_workdir {ghn}: give a '
+         r'folder of its own$',
+         fixtures=('ghn',)),
+    Case('comparison_ghn_trains_on_test', COMPARE + [
+        '--config.ghn_train.data.split=train+test',
+        '--workdir={tmp}/compare_run'],
+         r"^error: config\.ghn_train\.data\.split='train\+test' reads "
+         r"config\.finetune\.eval\.test_split='test', the split the compared "
+         r'runs are measured on; train it on other data$'),
     # a GHN or init of the wrong family or architecture
     Case('predict_ghn_wrong_family', PREDICT + ['--config.arch=gpt2-small',
                                                 '--workdir={tmp}/run'],
