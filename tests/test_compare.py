@@ -176,6 +176,19 @@ def test_a_table_without_the_baseline_says_why_nothing_is_reached():
   assert 'No target' not in compare_report.markdown(compare_report.summarize(
       CURVES, family='vit', num_steps=30))
 
+
+def test_a_median_between_two_steps_is_shown_as_is():
+  """Two seeds reaching the target at steps 5 and 10: the median is 7.5;
+  the table once printed it rounded (half to even) beside the unrounded
+  fraction of the budget."""
+  slow = _rows([0.1, 0.2, 0.3, 0.5], every=5)  # final 0.5 at step 15
+  curves = {'random': {0: slow, 1: slow},
+            'fast': {0: _rows([0.1, 0.6, 0.6, 0.6], every=5),
+                     1: _rows([0.1, 0.2, 0.6, 0.6], every=5)}}
+  s = compare_report.summarize(curves, family='vit', num_steps=15)
+  assert s['methods_summary']['fast']['median_steps_to_target'] == 7.5
+  assert '| 7.5 (2/2 reached) | 0.50 |' in compare_report.markdown(s)
+
 def _config(methods='random,orthogonal', seeds=2):
   c = load_config_file('compare_vits', 'smoke')
   c.methods, c.seeds = methods, seeds

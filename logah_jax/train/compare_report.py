@@ -213,7 +213,10 @@ def _reach_cells(row: dict) -> tuple[str, str]:
   seen = f"({row['reached']}/{row['seeds']} reached)"
   if row['median_steps_to_target'] is None:
     return f'not reached {seen}', '> 1'
-  return (f"{row['median_steps_to_target']:.0f} {seen}",
+  # an even number of seeds can put the median between two steps: as is
+  median = row['median_steps_to_target']
+  steps = f'{median:.0f}' if median == int(median) else f'{median:.1f}'
+  return (f'{steps} {seen}',
           f"{row['fraction_of_budget']:.2f}")
 
 
