@@ -207,8 +207,8 @@ def test_export_checkpoint_checks_out_dir_before_reading_the_init(
   monkeypatch.setattr(checkpoint, 'restore_params', no_read)
   with pytest.raises(FileExistsError, match='taken already exists'):
     hf_gpt2.export_checkpoint(tmp_path / 'init', tmp_path / 'taken')
-  with pytest.raises(NotADirectoryError,
-                     match=r'cannot write .*/file/hf: .*/file is not a dir'):
+  with pytest.raises(ValueError, match=r'^out_dir=.*/file/hf: .*/file is a '
+                     'file, not a directory$'):
     hf_gpt2.export_checkpoint(tmp_path / 'init', tmp_path / 'file/hf')
   assert (tmp_path / 'file').read_text() == 'not a directory'
 
@@ -236,8 +236,8 @@ def test_command_line(tmp_path):
   run = _cli(f'--init_dir={tmp_path / "init"}',  # once a traceback
              f'--out_dir={tmp_path / "hf" / "config.json" / "sub"}')
   assert run.returncode == 2, run.stderr
-  assert run.stderr.startswith('error: cannot write ')
-  assert 'config.json is not a directory' in run.stderr
+  assert run.stderr.startswith('error: out_dir=')
+  assert 'config.json is a file, not a directory' in run.stderr
 
 
 # --------------------------------------------- opt-in: torch + transformers

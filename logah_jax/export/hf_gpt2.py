@@ -29,6 +29,7 @@ from safetensors.numpy import save_file
 
 from logah_jax import arch as arch_lib
 from logah_jax import checkpoint
+from logah_jax import files
 from logah_jax import models
 from logah_jax import tree_compare
 from logah_jax.arch.configs import GPT2Config
@@ -131,14 +132,7 @@ def check_out_dir(out_dir, overwrite: bool) -> str:
   if os.path.exists(path) and not overwrite:
     raise FileExistsError(f'{path} already exists; pass overwrite=True '
                           '(--overwrite) to replace it')
-  parent = os.path.dirname(path)
-  while not os.path.exists(parent):
-    parent = os.path.dirname(parent)
-  if not os.path.isdir(parent):
-    raise NotADirectoryError(f'cannot write {path}: {parent} is not a '
-                             'directory')
-  if not os.access(parent, os.W_OK | os.X_OK):
-    raise PermissionError(f'cannot write {path}: {parent} is not writable')
+  files.check_writable_dir(path, 'out_dir')
   return path
 
 
@@ -156,7 +150,8 @@ def export(params, cfg: GPT2Config, out_dir, *, overwrite: bool = False) -> str:
     ValueError: `cfg` is not a GPT2Config, or a param does not fit it or is
       not finite.
     FileExistsError: `out_dir` exists and overwrite is False.
-    NotADirectoryError, PermissionError: `out_dir` cannot be written.
+    ConfigError: `out_dir` cannot be written (a file on its path, a folder
+      this process may not write to).
   """
   path = check_out_dir(out_dir, overwrite)
   sd = state_dict(params, cfg)
