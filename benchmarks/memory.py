@@ -187,7 +187,7 @@ def ghn_rows(args, n: int):
   from logah_jax import arch as arch_lib
   from logah_jax import ghn as ghn_lib
   from logah_jax import parallel
-  from logah_jax.train import flops, ghn_step, loop
+  from logah_jax.train import flops, ghn_step
   worst = None  # chosen once per process, at its first (m, batch)
   arch_memo = {}  # (arch, batch) -> (stats, out_info) of its program
   for m in args.m:
@@ -197,9 +197,7 @@ def ghn_rows(args, n: int):
               file=sys.stderr)
         continue
       run = _paper_run(args, batch_size, m)
-      mesh = loop.make_mesh(
-          run.mesh_axes, batch_size,
-          lambda mesh: parallel.arch_groups(mesh)[0].shape[parallel.DATA])
+      mesh = run.mesh()
       stepper = ghn_step.GHNStep(
           run.ghn_cfg, run.family, run.tx, mesh, m=m,
           n_pad=run.sampler.node_bucket(run.ghn_cfg.cutoff), gamma=run.gamma,
