@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 
 from configs_for_tests import finetune_smoke, load_config_file
+from logah_jax import inits
 from logah_jax.train import compare
 from logah_jax.train import compare_report
 from logah_jax.train import compared_runs
+from logah_jax.train import finetuning
+from logah_jax.train import loop
 from logah_jax.validation import ConfigError
 
 
@@ -189,6 +192,88 @@ def test_a_median_between_two_steps_is_shown_as_is():
   assert s['methods_summary']['fast']['median_steps_to_target'] == 7.5
   assert '| 7.5 (2/2 reached) | 0.50 |' in compare_report.markdown(s)
 
+def test_a_diverged_seed_keeps_its_curve_and_misses_the_final():
+  """'bad' seed 1 diverged at step 25 after reaching the target (0.55) at
+  step 20; 'logah' seed 0 diverged at step 5, before any evaluation after
+  step 0. Finals are over the seeds that finished."""
+  curves = {'random': CURVES['random'],
+            'logah': {0: CURVES['logah'][0][:1], 1: CURVES['logah'][1]},
+            'bad': {0: CURVES['bad'][0],
+                    1: _rows([0.1, 0.2, 0.56])}}  # steps 0, 10, 20
+  diverged = {'logah': {0: 5}, 'bad': {1: 25}}
+  s = compare_report.summarize(curves, family='vit', num_steps=30,
+                               diverged=diverged)
+  assert s['target_metric'] == pytest.approx(0.55)
+  logah, bad = s['methods_summary']['logah'], s['methods_summary']['bad']
+  assert logah['diverged'] == [[0, 5]] and logah['finished'] == 1
+  assert logah['final'] == {'mean': pytest.approx(0.6), 'std': None}
+  assert logah['steps_to_target'] == [None, 20]
+  assert logah['median_steps_to_target'] is None  # 1 of 2: over budget
+  assert bad['steps_to_target'] == [None, 20] and bad['finished'] == 1
+  assert bad['final']['mean'] == pytest.approx(0.3)
+  assert s['methods_summary']['random']['diverged'] == []
+  md = compare_report.markdown(s)
+  assert '| logah | 30.00% ± 0.00 | 60.00% ± – (1/2 finished) |' in md
+  assert '| random | 10.00% ± 0.00 | 55.00% ± 7.07 |' in md
+  assert ('Diverged (a non-finite training loss stopped the run): logah '
+          'seed 0 at step 5; bad seed 1 at step 25.') in md
+  assert 'No target' not in md
+  # RandInit diverged in one seed: no target, and the table says why
+  diverged['random'] = {1: 35}
+  curves['random'] = {0: CURVES['random'][0], 1: CURVES['random'][1][:3]}
+  md = compare_report.markdown(compare_report.summarize(
+      curves, family='vit', num_steps=30, diverged=diverged))
+  assert 'No target: random has no final metric for every seed' in md
+
+
+def test_the_plot_bands_follow_the_seeds_that_did_not_diverge(tmp_path):
+  """The first seed diverged: the band still spans the whole budget, over
+  the seeds that got there."""
+  seeds = {0: _rows([0.1, 0.2]), 1: _rows([0.1, 0.3, 0.5, 0.7]),
+           2: _rows([0.2, 0.5, 0.6, 0.9])}
+  steps, mean, std = compare_report._band(seeds, 'eval_accuracy')
+  np.testing.assert_allclose(steps, [0, 10, 20, 30])
+  np.testing.assert_allclose(mean, [15, 40, 55, 80])
+  np.testing.assert_allclose(std, np.std([[10, 30, 50, 70],
+                                          [20, 50, 60, 90]], 0, ddof=1))
+  curves = {'random': seeds, 'logah': CURVES['logah']}
+  s = compare_report.summarize(curves, family='vit', num_steps=30,
+                               diverged={'random': {0: 12}})
+  assert os.path.getsize(compare_report.plot(
+      curves, s, str(tmp_path / 'c.png'))) > 10_000
+
+
+class _BlowUp(inits.InitMethod):
+  """RandInit with the final LayerNorm's scale at 1e30: the ViT's head
+  starts at zero, so step 0 evaluates normally, but the head's gradient
+  overflows and the first step's gradient norm is inf."""
+  name = 'blowup'
+
+  def params(self, arch, seed):
+    p = dict(inits.make('random')(arch, seed))
+    p['ln'] = dict(p['ln'], scale=p['ln']['scale'] * 1e30)
+    return p
+
+
+def test_a_run_that_diverges_is_recorded_and_the_others_go_on(tmp_path):
+  ft = finetune_smoke(steps=4)
+  methods = {'blowup': _BlowUp(), 'random': inits.make('random')}
+  # the same run on its own stops the fine-tuning at step 1
+  with pytest.raises(loop.NonFiniteLossError, match='gradient norm inf'):
+    finetuning.finetune(ft, str(tmp_path / 'alone'), init=_BlowUp())
+  for _ in range(2):  # a rerun diverges again, and again goes on
+    runs = compared_runs.finetune_each(methods, [0], ft, str(tmp_path))
+    assert runs.diverged == {'blowup': {0: 1}}
+    assert [r['step'] for r in runs.curves['blowup'][0]] == [0]
+    assert runs.tests['blowup'] == {0: None}
+    assert [r['step'] for r in runs.curves['random'][0]] == [0, 2, 4]
+    assert runs.tests['random'][0]['split'] == 'test'
+  md = compare_report.markdown(compare_report.summarize(
+      runs.curves, family='vit', num_steps=4, diverged=runs.diverged,
+      tests=runs.tests))
+  assert 'blowup seed 0 at step 1' in md and '(0/1 finished)' in md
+
+
 def _config(methods='random,orthogonal', seeds=2):
   c = load_config_file('compare_vits', 'smoke')
   c.methods, c.seeds = methods, seeds
@@ -231,7 +316,6 @@ def test_compared_runs_keep_one_evaluation_grid(tmp_path):
   """A fine-tuning run on its own may change its validation interval when
   it resumes; runs compared with each other may not, since the summary
   reads their curves step by step."""
-  from logah_jax import inits  # pylint: disable=g-import-not-at-top
   ft = finetune_smoke()
   methods = {'random': inits.make('random')}
   compared_runs.finetune_each(methods, [0], ft, str(tmp_path))
@@ -247,7 +331,6 @@ def test_rerun_with_another_target_fails_before_touching_anything(
   """A finished comparison rerun with a changed target once replaced its
   saved inits (and trained its GHNs) before its first run refused the
   workdir; now the runs' checkpoints are checked first."""
-  from logah_jax import inits  # pylint: disable=g-import-not-at-top
   c = _config('random', seeds=1)
   compared_runs.finetune_each({'random': inits.make('random')}, [0], c.finetune,
                         str(tmp_path), c.compilation_cache)

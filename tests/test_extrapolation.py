@@ -168,6 +168,41 @@ def test_extrapolation_targets():
                                (4, 128, 8, 8, 7, 512)]
 
 
+def _target(width, curves, diverged):
+  from logah_jax.train import compare_report  # pylint: disable=g-import-not-at-top
+  summary = compare_report.summarize(curves, family='vit', num_steps=2,
+                                     baseline='random', diverged=diverged)
+  summary['family'] = 'vit'
+  return {'multiple': width / 32, 'ratio': width / 32, 'arch': f'w{width}',
+          'width': width, 'depth': 4, 'metric': 'accuracy',
+          'target_metric': summary['target_metric'],
+          'rows': {k: extrapolation._row(summary, k, curves[k])
+                   for k in curves}}
+
+
+def test_table_counts_diverged_seeds_and_has_no_target_without_randinit():
+  """At width 64 one 'tile' seed diverged (its final is the other seed's);
+  at width 128 a RandInit seed diverged, so there is no target: '-', not
+  'not reached'."""
+  rows = lambda *accs: [{'step': i, 'eval_accuracy': a, 'eval_loss': 1 - a}
+                        for i, a in enumerate(accs)]
+  ok = {0: rows(0.1, 0.3, 0.5), 1: rows(0.1, 0.3, 0.7)}
+  results = {'trained_width': 32, 'trained_depth': 4, 'fills': ['tile'],
+             'seeds': [0, 1], 'num_steps': 2, 'split': 'validation',
+             'targets': [
+                 _target(64, {'random': ok,
+                              'tile': {0: rows(0.6, 0.7, 0.8),
+                                       1: rows(0.6)}}, {'tile': {1: 1}}),
+                 _target(128, {'random': {0: ok[0], 1: rows(0.1)},
+                               'tile': ok}, {'random': {1: 1}})]}
+  md = extrapolation.markdown(results).splitlines()
+  assert md[4] == ('| 64 (2x) | 60.0% ± 14.1 | 60.0% (0.40) / 80.0% '
+                   '(1 diverged) / 0 | 10.0% (0.90) |')
+  assert md[5] == ('| 128 (4x) | 50.0% (1 diverged) | 10.0% (0.90) / '
+                   '60.0% ± 14.1 / - | 10.0% (0.90) |')
+  assert 'Diverged: seeds whose training loss turned non-finite' in md[-1]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('name', ['extrapolation_vits', 'extrapolation_gpts'])
 def test_extrapolate_job_end_to_end(name, tmp_path):

@@ -92,7 +92,7 @@ def test_a_non_finite_step_stops_the_run_one_step_late_at_most(tmp_path,
                                                                monkeypatch):
   events, mngr, error = _run(tmp_path, monkeypatch, bad_step=4)  # step 5
   assert isinstance(error, loop.NonFiniteLossError)
-  assert 'fake training step 5: loss nan' in str(error)
+  assert 'fake training step 5: loss nan' in str(error) and error.step == 5
   assert 'last good checkpoint (step 4)' in str(error)
   assert mngr.saved == [4]  # nothing saved after the bad step
   assert events[-2:] == [('dispatch', 5), ('fetch', 4)]

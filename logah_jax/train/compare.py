@@ -347,16 +347,17 @@ def run_compare(config, workdir: str) -> dict:
       init_save.save_init(method, run.arch, 0,
                           os.path.join(workdir, 'inits', name),
                           overwrite=True)
-  curves, tests = compared_runs.finetune_each(
+  runs = compared_runs.finetune_each(
       methods, seeds, config.finetune, workdir, config.compilation_cache)
   summary = compare_report.summarize(
-      curves, family=run.arch.family, num_steps=run.num_steps,
+      runs.curves, family=run.arch.family, num_steps=run.num_steps,
       baseline='random', costs=costs(plan),
-      tests=tests if run.eval.test_split else None)
+      tests=runs.tests if run.eval.test_split else None,
+      diverged=runs.diverged)
   summary.update(target=run.arch.name, data=config.finetune.data.name,
                  split=config.finetune.eval.split, seeds=seeds,
                  methods=list(methods),
                  describe={n: m.describe(run.arch)
                            for n, m in methods.items()})
-  write_results(curves, summary, workdir)
+  write_results(runs.curves, summary, workdir)
   return summary

@@ -26,6 +26,12 @@ target (steps to target x step FLOPs) and the total (upfront + those),
 medians over all seeds as the steps are (a seed over budget is not reached);
 the upfront cost is paid once and shared by every target it serves, which
 the table says under it.
+
+Diverged runs (a non-finite training loss stopped them): such a seed keeps
+its evaluations up to then, has no final metric (the final columns are over
+the seeds that finished, and say how many did) and counts as over budget
+unless it reached the target before it diverged. RandInit's target needs a
+final metric from every one of its seeds.
 """
 
 from __future__ import annotations
@@ -99,7 +105,8 @@ def _check_costs(costs: dict, methods) -> dict:
 
 def summarize(curves: dict, *, family: str, num_steps: int,
               baseline: str = 'random', costs: dict | None = None,
-              tests: dict | None = None) -> dict:
+              tests: dict | None = None,
+              diverged: dict | None = None) -> dict:
   """curves: {method: {seed: [eval rows]}} -> JSON-able summary.
 
   Args:
@@ -113,6 +120,9 @@ def summarize(curves: dict, *, family: str, num_steps: int,
     tests: optional {method: {seed: test read or None}} (`FinetuneResult.
       test`: 'split', 'loss' and the metric); adds 'test' and 'test_loss'
       (mean ± std over the seeds that have one) to each row.
+    diverged: optional {method: {seed: step}} of the runs a non-finite loss
+      stopped (`compared_runs.ComparedRuns.diverged`); adds 'diverged'
+      ([[seed, step], ...]) to each row.
 
   Raises:
     ConfigError: `costs` misses a method or has a bad entry.
@@ -133,7 +143,10 @@ def summarize(curves: dict, *, family: str, num_steps: int,
            'final': _stats(finals[method]),
            'final_loss': _stats([_at(r, num_steps, 'eval_loss')
                                  for r in seeds.values()]),
-           'seeds': len(seeds)}
+           'seeds': len(seeds),
+           'finished': sum(v is not None for v in finals[method]),
+           'diverged': sorted([seed, step] for seed, step in
+                              ((diverged or {}).get(method) or {}).items())}
     if target is not None:
       steps = []
       for rows in seeds.values():
@@ -206,6 +219,12 @@ def _pm(stats, label) -> str:
   return f"{_fmt(stats['mean'], label)} ± {std:.2f}"
 
 
+def _finished(row: dict) -> str:
+  """' (2/3 finished)' where some seeds diverged, else ''."""
+  done = row.get('finished', row['seeds'])
+  return '' if done == row['seeds'] else f" ({done}/{row['seeds']} finished)"
+
+
 def _reach_cells(row: dict) -> tuple[str, str]:
   """(steps to the target, × budget) cells: the median over all seeds."""
   if 'reached' not in row:
@@ -254,7 +273,7 @@ def markdown(summary: dict) -> str:
   for method, row in rows.items():
     reach, frac = _reach_cells(row)
     line = (f"| {method} | {_pm(row['step0'], label)} | "
-            f"{_pm(row['final'], label)} | "
+            f"{_pm(row['final'], label)}{_finished(row)} | "
             f"{_pm(row['final_loss'], 'loss')} |")
     if with_tests:
       line += (f" {_pm(row.get('test', {'mean': None}), label)} | "
@@ -280,10 +299,22 @@ def markdown(summary: dict) -> str:
       'counting as over budget; the median over all seeds (not reached when '
       'half or more never get there), with how many did; × budget = median '
       '/ budget.')
-  if target is None:
+  gone = [f"{m} seed {seed} at step {step}" for m, row in rows.items()
+          for seed, step in row.get('diverged', [])]
+  if gone:
     lines.append(
-        f"No target: {summary.get('baseline', 'random')} was not compared "
-        '(or has no final metric for every seed), so the steps and FLOPs to '
+        'Diverged (a non-finite training loss stopped the run): '
+        f"{'; '.join(gone)}. A diverged seed keeps its evaluations until "
+        'then, is left out of the final and test columns, and counts as '
+        'over budget unless it reached the target before.')
+  baseline = summary.get('baseline', 'random')
+  if target is None and baseline in rows:
+    lines.append(
+        f'No target: {baseline} has no final metric for every seed (it '
+        'diverged), so the steps and FLOPs to it are –.')
+  elif target is None:
+    lines.append(
+        f'No target: {baseline} was not compared, so the steps and FLOPs to '
         'it are –; add it to config.methods.')
   if with_costs:
     by_what = {}
@@ -301,10 +332,10 @@ def markdown(summary: dict) -> str:
 
 
 def _band(seeds: dict, k: str):
-  """(steps, mean, sample std) over the seeds that logged every step of the
-  first."""
+  """(steps, mean, sample std) over the seeds that logged as many steps as
+  the longest (a diverged seed stops early)."""
   runs = [sorted(rows, key=lambda r: r['step']) for rows in seeds.values()]
-  steps = [r['step'] for r in runs[0]]
+  steps = [r['step'] for r in max(runs, key=len)]
   values = np.array([[r[k] for r in rows[:len(steps)]] for rows in runs
                      if len(rows) >= len(steps)], dtype=float)
   if k == 'eval_accuracy':

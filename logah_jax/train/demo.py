@@ -82,14 +82,16 @@ def run_demo(config, workdir: str) -> dict:
   out = os.path.join(workdir, DEMO_DIR)
   os.makedirs(out, exist_ok=True)
   methods = demo_methods(config, workdir)
-  curves, tests = compared_runs.finetune_each(methods, [config.seed], ft, out,
-                                              config.compilation_cache)
+  runs = compared_runs.finetune_each(methods, [config.seed], ft, out,
+                                     config.compilation_cache)
   target = holdout.holdout_arch(config)
   summary = compare_report.summarize(
-      curves, family=target.family, num_steps=ft.train.num_steps,
-      baseline='random init', tests=tests if ft.eval.test_split else None)
+      runs.curves, family=target.family, num_steps=ft.train.num_steps,
+      baseline='random init',
+      tests=runs.tests if ft.eval.test_split else None,
+      diverged=runs.diverged)
   summary.update(target=target.name, data=config.data.name,
                  split=ft.eval.split, seeds=[config.seed],
                  methods=list(methods))
-  compare.write_results(curves, summary, out)
+  compare.write_results(runs.curves, summary, out)
   return summary

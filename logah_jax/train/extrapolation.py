@@ -102,7 +102,8 @@ def _row(summary: dict, method: str, seeds: dict) -> dict:
                         else None),  # sample std over seeds
           'steps_to_target': s.get('steps_to_target'),
           'median_steps': compare_report.median_over_seeds(
-              s.get('steps_to_target'))}
+              s.get('steps_to_target')),
+          'diverged': s['diverged']}
 
 
 def target_dir(workdir: str, target: arch_lib.ArchConfig) -> str:
@@ -210,14 +211,17 @@ def run_extrapolation(config, workdir: str) -> dict:
     report.say(f'=== target {target.name} ({m:g}x width) ===')
     wider = target.width > trained_width
     methods = target_methods(method_name, fills, wider, ghn_dir, fill_noise)
-    curves = compared_runs.finetune_all(
+    runs = compared_runs.finetune_each(
         methods, seeds, target_config(finetune, target),
         target_dir(workdir, target), config.compilation_cache)
+    curves, diverged = runs.curves, runs.diverged
     if not wider:  # the fills coincide: one prediction stands for all
       curves.update({f: curves[fills[0]] for f in fills[1:]})
+      if fills[0] in diverged:
+        diverged.update({f: diverged[fills[0]] for f in fills[1:]})
     summary = compare_report.summarize(
         curves, family=target.family, num_steps=results['num_steps'],
-        baseline=BASELINE)
+        baseline=BASELINE, diverged=diverged)
     summary['family'] = target.family
     results['targets'].append({
         'multiple': m, 'ratio': target.width / trained_width,
@@ -246,19 +250,33 @@ def markdown(results: dict) -> str:
     cells = []
     for f in fills:
       r = t['rows'][f]
-      steps = ('not reached' if r['median_steps'] is None
-               else f"{r['median_steps']:.0f}")
+      if t['target_metric'] is None:  # RandInit diverged: no target
+        steps = '-'
+      else:
+        steps = ('not reached' if r['median_steps'] is None
+                 else f"{r['median_steps']:.0f}")
       cells.append(f"{fmt(r['step0'])} ({_loss(r)}) / {fmt(r['final'])}"
-                   f"{_std(r, t['metric'])} / {steps}")
+                   f"{_std(r, t['metric'])}{_diverged(r)} / {steps}")
     out.append(f"| {t['width']} ({t['ratio']:.3g}x) | {fmt(rand['final'])}"
-               f"{_std(rand, t['metric'])} "
+               f"{_std(rand, t['metric'])}{_diverged(rand)} "
                f"| " + ' | '.join(cells) +
                f" | {fmt(rand['step0'])} ({_loss(rand)}) |")
   out += ['', 'Final: mean ± sample std (ddof=1) over seeds. Steps to '
           "RandInit final (RandInit's mean final metric): the median over "
           'all seeds of the first evaluated step at least as good, a seed '
           'that never gets there counting as over budget.']
+  if any(r.get('diverged') for t in results['targets']
+         for r in t['rows'].values()):
+    out.append('Diverged: seeds whose training loss turned non-finite; '
+               'they are left out of the final metric and count as over '
+               'budget unless they reached the target before. Where '
+               "RandInit diverged there is no target ('-').")
   return '\n'.join(out)
+
+
+def _diverged(row: dict) -> str:
+  gone = len(row.get('diverged') or [])
+  return f' ({gone} diverged)' if gone else ''
 
 
 def _std(row: dict, metric: str) -> str:
@@ -290,9 +308,11 @@ def plot(results: dict, path: str) -> str:
     step0 = [t['rows'][method]['step0'] for t in results['targets']]
     ax0.plot(xs, step0, 'o-', label=method)
     if method != BASELINE:
-      steps = [t['rows'][method]['median_steps'] for t in results['targets']]
-      ax1.plot(xs, [budget * 1.1 if s is None else s for s in steps], 'o-',
-               label=method)
+      ys = [math.nan if t['target_metric'] is None  # no target: no point
+            else budget * 1.1 if t['rows'][method]['median_steps'] is None
+            else t['rows'][method]['median_steps']
+            for t in results['targets']]
+      ax1.plot(xs, ys, 'o-', label=method)
   ax1.axhline(budget, color='gray', lw=0.8, ls='--')
   ax0.set(xlabel='target width / largest training width',
           ylabel=f'validation {metric} at step 0',

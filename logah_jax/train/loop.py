@@ -46,7 +46,15 @@ WINDOW_KEY = 'unlogged_metrics'
 
 
 class NonFiniteLossError(FloatingPointError):
-  """Training met a NaN/Inf loss; the last good checkpoint is untouched."""
+  """Training met a NaN/Inf loss; the last good checkpoint is untouched.
+
+  `step`: the (1-based) step whose loss or gradient norm was not finite;
+  its update was not applied.
+  """
+
+  def __init__(self, message: str, step: int | None = None):
+    super().__init__(message)
+    self.step = step
 
 
 # The stop on a signal lives in `stopping`; these names are the loop's API.
@@ -286,7 +294,7 @@ def run_steps(task: Task, state, *, start: int, end: int, loader, mngr,
       raise NonFiniteLossError(
           f'{task.name} step {step + 1}: loss {metrics["loss"]}, gradient '
           f'norm {metrics["grad_norm"]}{task.detail(step)}; stopped without '
-          f'applying it. {kept}')
+          f'applying it. {kept}', step=step + 1)
     window.append(metrics)
     if step == start:
       c = clock.compiles()
