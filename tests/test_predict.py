@@ -61,6 +61,28 @@ def test_predict_job_writes_params_layout_and_metadata(ghn_workdir, tmp_path):
   assert sorted(os.listdir(out)) == before
 
 
+def test_predict_job_notes_a_target_of_other_data(ghn_workdir, tmp_path,
+                                                  capsys):
+  """The GHN trained on 1-channel, 10-class, 28-pixel images: a 3-channel,
+  100-class target is still predicted, with a note for each field."""
+  main_lib.run(_predict_config(ghn_workdir), str(tmp_path / 'same'))
+  assert 'note:' not in capsys.readouterr().out
+  other = TARGET.replace('channels=1', 'channels=3').replace(
+      'num_classes=10', 'num_classes=100')
+  main_lib.run(_predict_config(ghn_workdir, other), str(tmp_path / 'other'))
+  notes = [l for l in capsys.readouterr().out.splitlines()
+           if l.startswith('note:')]
+  assert notes == [
+      'note: config.arch has num_classes=100 but the GHN trained on '
+      'fashion_mnist targets with num_classes=10: the classifier head is '
+      'predicted for a shape the GHN never trained on.',
+      'note: config.arch has channels=3 but the GHN trained on fashion_mnist '
+      'targets with channels=1: the patch embedding is predicted for a shape '
+      'the GHN never trained on.']
+  assert checkpoint.read_metadata(str(tmp_path / 'other'))['arch'][
+      'num_classes'] == 100
+
+
 def test_predict_job_fill_reaches_the_prediction(ghn_workdir, tmp_path):
   arch = arch_lib.parse(TARGET)  # width 64, wider than the GHN's 48
   c = _predict_config(ghn_workdir)

@@ -48,6 +48,28 @@ def check_output(workdir: str, overwrite: bool) -> None:
                             '--config.overwrite=True to replace it')
 
 
+def data_notes(arch, run_config: dict) -> list[str]:
+  """What a ViT target's input and output take from data the GHN never saw:
+  a prediction still fills every tensor (each is decoded like any other of
+  its shape), but a classifier of other classes, or a patch embedding of
+  other channels, was not learned for that data."""
+  if arch.family != 'vit':
+    return []
+  space = run_config.get('space', {})
+  data = run_config.get('data', {}).get('name', 'its data')
+  notes = []
+  for field, tensor in (('num_classes', 'classifier head'),
+                        ('channels', 'patch embedding'),
+                        ('image_size', 'position embedding')):
+    trained = space.get(field)
+    if trained is not None and int(trained) != getattr(arch, field):
+      notes.append(f'config.arch has {field}={getattr(arch, field)} but the '
+                   f'GHN trained on {data} targets with {field}={trained}: '
+                   f'the {tensor} is predicted for a shape the GHN never '
+                   'trained on.')
+  return notes
+
+
 def run_predict(config, workdir: str) -> dict:
   """The 'predict' job: GHN in config.ghn_workdir -> init for config.arch."""
   try:
@@ -77,6 +99,8 @@ def run_predict(config, workdir: str) -> dict:
   except ValueError as e:
     raise ConfigError(f'config.arch: {e}') from e
   name = method.name
+  for note in data_notes(arch, trained.run_config):
+    print(f'note: {note}')
   save_init(method, arch, 0, workdir, overwrite=config.overwrite)
   print(f'{name} init of {arch.name} ({arch_lib.num_params(arch):,} params) '
         f'from the GHN at step {trained.step} saved to {workdir}')
