@@ -32,13 +32,24 @@ def stored_shape(leaf) -> tuple[int, ...]:
   return tuple(shape) if shape is not None else tuple(np.shape(leaf))
 
 
+def stored_dtype(leaf):
+  """dtype as orbax stores it (a typed PRNG key as its key data's), or None
+  for a leaf without one (a Python scalar)."""
+  dtype = getattr(leaf, 'dtype', None)
+  if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    return jax.eval_shape(jax.random.key_data, leaf).dtype
+  return None if dtype is None else np.dtype(dtype)
+
+
 def check_tree(stored, target, directory, *, what: str = 'checkpoint'
                ) -> None:
-  """Raises ValueError naming the first leaf whose path or shape differs."""
+  """Raises ConfigError naming the first leaf whose path, shape or dtype
+  differs. orbax would cast another dtype on restore, and the checksums of
+  the stored values would then call sound files garbled."""
   where = f'{what} {directory}'
   flatten = jax.tree_util.tree_flatten_with_path
-  stored_shapes = {path_str(p): stored_shape(leaf)
-                   for p, leaf in flatten(stored)[0]}
+  stored_leaves = {path_str(p): leaf for p, leaf in flatten(stored)[0]}
+  stored_shapes = {k: stored_shape(v) for k, v in stored_leaves.items()}
   seen = set()
   for p, leaf in flatten(target)[0]:
     name, want = path_str(p), stored_shape(leaf)
@@ -50,6 +61,11 @@ def check_tree(stored, target, directory, *, what: str = 'checkpoint'
       raise ConfigError(f"{where}: parameter '{name}' does not match: "
                         f'{what} has {stored_shapes[name]}, target expects '
                         f'{want}')
+    have, want = stored_dtype(stored_leaves[name]), stored_dtype(leaf)
+    if have is not None and want is not None and have != want:
+      raise ConfigError(f"{where}: parameter '{name}' is stored as {have} "
+                        f'but the target expects {want}; restore it as '
+                        f'{have} and cast it')
   for name, have in stored_shapes.items():
     if name not in seen:
       raise ConfigError(f"{where}: {what} has parameter '{name}' of shape "

@@ -108,6 +108,45 @@ def test_restore_errors(tmp_path):
       m.restore(1, abstract_state={'w': jax.ShapeDtypeStruct((3, 2), 'f4')})
 
 
+def test_a_target_of_another_dtype_is_refused_and_the_step_kept(tmp_path):
+  """orbax would cast to the target's dtype, and the checksums of the stored
+  values would then call the sound step garbled and move it aside."""
+  with checkpoint.CheckpointManager(tmp_path, async_save=False) as m:
+    m.save(1, {'w': jnp.arange(4.0)})
+  with checkpoint.CheckpointManager(tmp_path) as m:
+    with pytest.raises(ValueError, match=r"'w' is stored as float32 but the "
+                       'target expects bfloat16'):
+      m.restore(abstract_state={'w': jax.ShapeDtypeStruct((4,), jnp.bfloat16)},
+                repair=True)
+  assert sorted(os.listdir(tmp_path)) == ['1']
+
+
+def test_a_read_that_fails_for_memory_or_network_keeps_every_step(
+    tmp_path, monkeypatch):
+  """Out of memory or a network time-out is raised as it is; only damage
+  to the files moves a step aside."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  with checkpoint.CheckpointManager(tmp_path, async_save=False) as m:
+    for step in (1, 2):
+      m.save(step, {'w': jnp.arange(4.0)}, force=True)
+  target = {'w': jax.ShapeDtypeStruct((4,), jnp.float32)}
+  for error in (RuntimeError('RESOURCE_EXHAUSTED: Out of memory while '
+                             'trying to allocate 3.1GiB'),
+                ValueError('DEADLINE_EXCEEDED: reading gs://b/1/state'),
+                MemoryError()):
+    def fail(*args, error=error, **kwargs):
+      raise error
+    monkeypatch.setattr(ocp.CheckpointManager, 'restore', fail)
+    with checkpoint.CheckpointManager(tmp_path) as m:
+      with pytest.raises(type(error)):
+        m.restore(abstract_state=target, repair=True)
+    assert sorted(os.listdir(tmp_path)) == ['1', '2']
+  monkeypatch.undo()
+  with checkpoint.CheckpointManager(tmp_path) as m:
+    state, _ = m.restore(abstract_state=target)
+  np.testing.assert_array_equal(state['w'], np.arange(4.0))
+
+
 def test_config_mismatch_names_key_and_touches_nothing(tmp_path):
   config = {'model': {'width': 64, 'depth': 2}, 'lr': 1e-3, 'workdir': 'a'}
   with checkpoint.CheckpointManager(tmp_path, config=config) as mngr:

@@ -104,6 +104,31 @@ def test_shape_mismatch_names_first_path_and_shapes(tmp_path):
     checkpoint.restore_params(tmp_path / 'init', abstract_params=target)
 
 
+def test_a_target_of_another_dtype_names_the_parameter(tmp_path):
+  """Before, orbax cast the values and the checksums then blamed the files
+  (CorruptCheckpointError)."""
+  params = {'fc': {'kernel': jnp.ones((4, 2), jnp.bfloat16)}}
+  checkpoint.save_params(tmp_path / 'init', params, metadata=_META)
+  target = {'fc': {'kernel': jax.ShapeDtypeStruct((4, 2), jnp.float32)}}
+  with pytest.raises(ValueError) as e:
+    checkpoint.restore_params(tmp_path / 'init', abstract_params=target)
+  assert not isinstance(e.value, checkpoint.CorruptCheckpointError)
+  assert ("parameter 'fc/kernel' is stored as bfloat16 but the target "
+          'expects float32; restore it as bfloat16 and cast it') in str(e.value)
+
+
+@needs_8
+def test_a_sharding_that_cannot_split_a_leaf_names_it(tmp_path):
+  params = {'wte': jnp.zeros((50257, 8)), 'b': jnp.zeros(8)}
+  checkpoint.save_params(tmp_path / 'init', params, metadata=_META)
+  split = NamedSharding(parallel.make_mesh(), P('data'))
+  with pytest.raises(ValueError) as e:
+    checkpoint.restore_params(tmp_path / 'init', shardings=split)
+  assert not isinstance(e.value, checkpoint.CorruptCheckpointError)
+  assert ("parameter 'wte' of shape (50257, 8) cannot be split as "
+          "P('data',) on the mesh {'data': 8}") in str(e.value)
+
+
 def test_overwrite(tmp_path, monkeypatch):
   path = tmp_path / 'init'
   old = {'w': jnp.zeros(3)}

@@ -10,6 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from logah_jax import checksums
+from logah_jax import tree_compare
 from logah_jax.validation import ConfigError
 
 CHECKSUMS = 'checksums'   # key in a step's extra and an init's metadata
@@ -78,6 +79,42 @@ def abstract_from_metadata(tree):
   """ShapeDtypeStructs of a stored tree's array metadata."""
   return jax.tree.map(
       lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), tree)
+
+
+# A read that fails for one of these reasons says nothing about the files
+# (memory, a network or permission problem, a device error): it is raised as
+# it is, and a run's steps are not moved aside for it.
+_NOT_DAMAGE_TYPES = (MemoryError, PermissionError, TimeoutError,
+                     ConnectionError, jax.errors.JaxRuntimeError)
+_NOT_DAMAGE_CODES = ('RESOURCE_EXHAUSTED', 'DEADLINE_EXCEEDED', 'UNAVAILABLE',
+                     'CANCELLED', 'ABORTED', 'PERMISSION_DENIED',
+                     'UNAUTHENTICATED', 'Out of memory')
+
+
+def is_damage(e: Exception) -> bool:
+  """Whether a failed orbax read blames the checkpoint's files."""
+  if isinstance(e, _NOT_DAMAGE_TYPES):
+    return False
+  return not any(code in str(e) for code in _NOT_DAMAGE_CODES)
+
+
+def check_shardings(target, where) -> None:
+  """ConfigError naming the first leaf that its target sharding cannot
+  split (a dimension not divisible by its mesh axes), before any read."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(target)[0]:
+    sharding = getattr(leaf, 'sharding', None)
+    if sharding is None or not hasattr(leaf, 'shape'):
+      continue
+    try:
+      sharding.shard_shape(tuple(leaf.shape))
+    except ValueError as e:
+      spec = getattr(sharding, 'spec', sharding)
+      mesh = getattr(getattr(sharding, 'mesh', None), 'shape', None)
+      on = f'on the mesh {dict(mesh)}' if mesh else 'on these devices'
+      raise ConfigError(
+          f"{where}: parameter '{tree_compare.path_str(path)}' of shape "
+          f'{tuple(leaf.shape)} cannot be split as {spec} {on}: choose a '
+          'sharding whose mesh axes divide its dimensions') from e
 
 
 def corrupt(where, e: Exception) -> CorruptCheckpointError:

@@ -10,7 +10,8 @@ from logah_jax import checksums
 from logah_jax import tree_compare
 from logah_jax.checkpoint.common import (
     CHECKSUMS, CorruptCheckpointError, abstract_from_metadata, barrier,
-    corrupt, registry, rmtree, save_args, to_target, verify)
+    check_shardings, corrupt, is_damage, registry, rmtree, save_args,
+    to_target, verify)
 from logah_jax.validation import ConfigError, InputNotFoundError
 from logah_jax.validation import OutputExistsError
 
@@ -97,6 +98,8 @@ def _stored_params(path: epath.Path):
     with _params_checkpointer() as ckptr:
       tree = ckptr.metadata(path).item_metadata[_PARAMS].tree
   except Exception as e:
+    if not is_damage(e):
+      raise
     raise corrupt(path, e) from e
   if not isinstance(tree, Mapping) or set(tree) != {'params'}:
     raise ConfigError(f"{path}: item '{_PARAMS}' does not hold a "
@@ -131,12 +134,15 @@ def restore_params(directory, *, abstract_params=None, shardings=None):
   else:
     tree_compare.check_tree(stored, abstract_params, path)
   target = {'params': to_target(abstract_params, shardings)}
+  check_shardings(target['params'], path)
   try:
     with _params_checkpointer() as ckptr:
       restored = ckptr.restore(path, ocp.args.Composite(**{
           _PARAMS: ocp.args.StandardRestore(target),
           _METADATA: ocp.args.JsonRestore()}))
   except Exception as e:
+    if not is_damage(e):
+      raise
     raise corrupt(path, e) from e
   params = restored[_PARAMS]['params']
   verify(path, (restored[_METADATA] or {}).get(CHECKSUMS), params)
@@ -157,6 +163,8 @@ def read_metadata(directory) -> dict:
       restored = ckptr.restore(path, ocp.args.Composite(
           **{_METADATA: ocp.args.JsonRestore()}))
   except Exception as e:
+    if not is_damage(e):
+      raise
     raise corrupt(path, e) from e
   metadata = restored[_METADATA]
   if not isinstance(metadata, dict):
