@@ -193,8 +193,17 @@ def test_readme_restores_into_a_sharded_train_state_without_logah_jax(
   want = checkpoint.restore_params(out)
   for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(want)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  grads = jax.tree.map(np.ones_like, state.params)
-  assert int(state.apply_gradients(grads=grads).step) == 1
+  # the restored state trains: a jitted step through the model itself (a
+  # mesh of explicit axes restored the values but could not run the model)
+  @jax.jit
+  def step(state):
+    loss = lambda p: state.apply_fn({'params': p}, x).astype('float32').mean()
+    value, grads = jax.value_and_grad(loss)(state.params)
+    return state.apply_gradients(grads=grads), value
+  stepped, value = step(state)
+  assert int(stepped.step) == 1
+  np.testing.assert_allclose(
+      value, model.apply({'params': want}, x).mean(), rtol=1e-5, atol=1e-6)
 
 
 def test_ghn_method_checks_decoder_and_caches_prediction(ghn_workdir):
