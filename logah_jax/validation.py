@@ -38,6 +38,15 @@ def check_int(value, field: str, minimum: int = 1) -> int:
   return int(value)
 
 
+def check_seed(value, field: str) -> int:
+  """A seed: an int in [0, 2**32). `jax.random.key` keeps 32 bits of a
+  larger one, so two seeds would give one stream."""
+  seed = check_int(value, field, 0)
+  if seed >= 2 ** 32:
+    raise ConfigError(f'{field}={value!r} must be below 2**32')
+  return seed
+
+
 # A dotted config path in a message: `config.` and at least one name, not
 # part of a longer word, a quoted value or a file path (config.json,
 # checkpoints/config.json).

@@ -28,11 +28,39 @@ def test_parse_architecture_strings():
                       ('gpt2:depth=x,width=8,heads=1', "depth='x' must be"),
                       ('gpt2-huge', 'unknown'),
                       ('vit-s:depth', 'not field=value'),
+                      ('vit-s:depth=2,depth=9', "'depth' is given twice"),
+                      ('vit:depth=1,depth=5,width=8,heads=1',
+                       "'depth' is given twice"),
+                      ('vit-s:depthh=abc', "no field 'depthh'"),
                       ('gpt2:depth=1,width=8,heads=1,tie_embeddings=1',
                        'true or false'),
                       ('', 'expected NAME')):
     with pytest.raises(ValueError, match=match):
       arch_lib.parse(spec)
+
+
+def test_stored_architectures_name_missing_and_unknown_fields():
+  assert arch_lib.from_dict(arch_lib.to_dict(VIT)) == VIT
+  stored = arch_lib.to_dict(GPT)
+  for broken, match in (
+      ({k: v for k, v in stored.items() if k != 'heads'},
+       'a gpt2 architecture lacks field.s. heads'),
+      ({**stored, 'foo': 1}, 'has unknown field.s. foo'),
+      ({**stored, 'family': 'rnn'}, "family='rnn' is unknown"),
+      (None, 'must be a mapping of its fields, not NoneType')):
+    with pytest.raises(ValueError, match=match):
+      arch_lib.from_dict(broken)
+
+
+@pytest.mark.parametrize('name', ['random', 'orthogonal'])
+def test_seeds_must_fit_a_key(name):
+  """jax.random.key keeps 32 bits: seed 2**32 once gave seed 0's init."""
+  method = inits.make(name)
+  for seed, match in ((2 ** 32, r'below 2\*\*32'), (True, 'must be an int'),
+                      (1.5, 'must be an int'), (-1, '>= 0')):
+    with pytest.raises(ValueError, match=match):
+      method(VIT, seed)
+  method(VIT, 2 ** 32 - 1)
 
 
 @pytest.mark.parametrize('arch', [VIT, GPT], ids=['vit', 'gpt2'])

@@ -136,11 +136,26 @@ def to_dict(cfg: ArchConfig) -> dict:
 
 
 def from_dict(d: dict) -> ArchConfig:
+  """`to_dict`'s inverse; a ConfigError names a missing or unknown field
+  (a stored architecture may come from a damaged or foreign file)."""
+  if not isinstance(d, dict):
+    raise ConfigError(f'an architecture must be a mapping of its fields, '
+                      f'not {type(d).__name__}')
   d = dict(d)
   family = d.pop('family', None)
-  if family == 'vit':
-    return ViTConfig(**d)
-  if family == 'gpt2':
-    return GPT2Config(**d)
-  raise ConfigError(f'ArchConfig family={family!r} is unknown; '
-                    f'expected one of {FAMILIES}.')
+  classes = {'vit': ViTConfig, 'gpt2': GPT2Config}
+  if family not in classes:
+    raise ConfigError(f'ArchConfig family={family!r} is unknown; '
+                      f'expected one of {FAMILIES}.')
+  cls = classes[family]
+  fields = dataclasses.fields(cls)
+  unknown = sorted(set(d) - {f.name for f in fields})
+  missing = [f.name for f in fields
+             if f.default is dataclasses.MISSING and f.name not in d]
+  if unknown or missing:
+    raise ConfigError(
+        f'a {family} architecture '
+        + (f'has unknown field(s) {", ".join(unknown)}' if unknown else '')
+        + (' and ' if unknown and missing else '')
+        + (f'lacks field(s) {", ".join(missing)}' if missing else ''))
+  return cls(**d)

@@ -97,6 +97,9 @@ def parse(spec: str) -> ArchConfig:
       if not sep:
         raise ConfigError(f'architecture {spec!r}: {part!r} is not '
                           'field=value')
+      if key.strip() in fields:
+        raise ConfigError(f'architecture {spec!r}: field {key.strip()!r} '
+                          'is given twice')
       fields[key.strip()] = value.strip()
   head = head.strip()
   if head in ('vit', 'gpt2'):
@@ -117,7 +120,11 @@ def parse(spec: str) -> ArchConfig:
     return cls(**values)
   base = named(head)
   types = {f.name: f.type for f in dataclasses.fields(base)}
-  return named(head, **{k: _typed(types.get(k), k, v, spec)
+  unknown = sorted(set(fields) - set(types))
+  if unknown:
+    raise ConfigError(f'architecture {spec!r}: {type(base).__name__} has no '
+                      f'field {unknown[0]!r}; fields: {", ".join(types)}')
+  return named(head, **{k: _typed(types[k], k, v, spec)
                         for k, v in fields.items()})
 
 

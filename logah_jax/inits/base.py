@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from logah_jax import models
 from logah_jax import tree_compare
+from logah_jax.validation import check_seed
 
 
 class InitMethod:
@@ -35,7 +36,12 @@ class InitMethod:
     return {'method': self.name}
 
   def __call__(self, arch, seed: int):
-    """`params(arch, seed)`, checked against the architecture's tree."""
+    """`params(arch, seed)`, checked against the architecture's tree.
+
+    The seed must fit a PRNG key's 32 bits: `jax.random.key` would wrap a
+    larger one, so that two seeds gave one init.
+    """
+    check_seed(seed, 'seed')
     out = self.params(arch, seed)
     tree_compare.check_tree(out, models.abstract_params(arch),
                             f'{self.name!r} for {arch.name}', what='init')

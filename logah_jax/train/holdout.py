@@ -22,7 +22,7 @@ from logah_jax.inits import save as init_save
 from logah_jax.train import evaluate as eval_lib
 from logah_jax.train import ghn_training
 from logah_jax.train import report
-from logah_jax.validation import ConfigError, check_int
+from logah_jax.validation import ConfigError, check_int, check_seed
 
 PREDICTED_DIR = 'predicted_init'
 RESULT_FILE = 'holdout.json'
@@ -71,7 +71,7 @@ def check_holdout(config, run: ghn_training.GHNRun) -> None:
                       'trains on it; score the prediction on another split')
   check_int(h.batch_size, 'config.holdout.batch_size')
   check_int(h.max_batches, 'config.holdout.max_batches', 0)
-  check_int(h.seed, 'config.holdout.seed', 0)
+  check_seed(h.seed, 'config.holdout.seed')
   run.data.source(h.split)  # missing data fails now, not after training
 
 

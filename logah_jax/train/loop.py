@@ -39,6 +39,7 @@ from logah_jax.train import report
 from logah_jax.train import stopping
 from logah_jax.train.data_spec import DataSpec
 from logah_jax.validation import ConfigError, InputNotFoundError, check_int
+from logah_jax.validation import check_seed
 
 CHECKPOINT_DIR = 'checkpoints'
 # The checkpoint extra's field for the metrics of steps not yet in a row.
@@ -126,7 +127,7 @@ def settings(config, num_steps: int) -> dict:
   return dict(
       num_steps=num_steps, tx=tx, schedule=schedule,
       label_smoothing=float(smoothing),
-      seed=check_int(config.seed, 'config.seed', 0),
+      seed=check_seed(config.seed, 'config.seed'),
       data=DataSpec.from_config(config.data), mesh_axes=dict(config.mesh),
       checkpoint=CheckpointOptions.from_config(config.checkpoint),
       log_every=check_int(config.log_every_steps, 'config.log_every_steps'),
