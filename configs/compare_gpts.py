@@ -3,7 +3,8 @@ than any GHN training architecture, fine-tuned on Shakespeare (bytes).
 
 GHNs: LoGAH-Tiny (both factorisations) and GHN-3-Tiny trained as in
 configs/shakespeare_gpts.py (m = 2), but for 600 steps instead of 1,500 to fit
-a 2-core CPU, on 16 architectures of `gpts-cpu` (depth 2-4, width 32-96).
+a 2-core CPU, on a pool of 16 draws (8 distinct architectures) of `gpts-cpu`
+(depth 2-4, width 32-96).
 Target: GPT-2 depth 6, width 128, 4 heads, untied, 128 tokens (1.3M params).
 Fine-tuning: 150 AdamW steps of 16 x 128 tokens, evaluated every 25 steps on
 32 validation blocks (the curves, steps to RandInit's final); the test plays

@@ -2,8 +2,8 @@ r"""Vision comparison: every init method x 3 seeds on a ViT wider and deeper
 than any GHN training architecture, fine-tuned on Fashion-MNIST.
 
 GHNs: LoGAH-Tiny (and its transposed factorisation, and GHN-3-Tiny) trained
-as in configs/default.py on 16 architectures of `vits-cpu` (depth 2-4, width
-32-96). Target: ViT depth 6, width 128, 8 heads, patch 4 (1.2M params).
+as in configs/default.py on a pool of 16 draws (13 distinct architectures)
+of `vits-cpu` (depth 2-4, width 32-96). Target: ViT depth 6, width 128, 8 heads, patch 4 (1.2M params).
 Fine-tuning: 150 AdamW steps, batch 64, on the 'train' split (the first
 55,000 training images), evaluated every 25 steps on the first 1,000 images
 of 'validation' (the last 5,000 training images: the curves, steps to

@@ -2,8 +2,8 @@ r"""The paper's ViT settings: LoGAH (or GHN-3) on ViTs-1K with CIFAR-10/100.
 
 The paper's recipe (docs/algorithm.md §6.2): AdamW lr 3e-4, weight decay
 1e-2, clip 5, batch 64 with crop+flip augmentation, cosine schedule after a
-5-epoch warm-up, 300 epochs of 782 steps; meta-batch m = 1 (Table 2) or 4 / 8
-(ablation). Needs the tfds CIFAR sets under DATA_DIR/tfds (see BUILD.md).
+5-epoch warm-up, 300 epochs of 781 steps (50,000 // 64); meta-batch m = 1
+(Table 2) or 4 / 8 (ablation). Needs the tfds CIFAR sets under DATA_DIR/tfds (see BUILD.md).
 Launch, e.g. LoGAH-Small, m=4, CIFAR-100, sharded over all local
 accelerators:
 
