@@ -30,7 +30,8 @@ GPT-2 the per-token formula 6 (12 L d^2 + V d) + 12 L d T (L depth, d width,
 V vocabulary, T sequence).
 Model TFLOP/s = analytic FLOPs / median s/step; MFU = that / the dense peak
 of the device in the step's dtype (`reference.PEAK_TFLOPS`, or
---peak-tflops). Every
+--peak-tflops: a float32 step is measured against the TF32 peak); MFU b2b
+and MFU steady use the b2b and steady s/step instead. Every
 device also times a plain matmul right after each blocked step (float32
 2048^3 on CPU, float32 and bfloat16 8192^3 on GPU/TPU): the median over
 those steps of the step's FLOP/s over the matmul's is the CPU's stand-in
@@ -223,6 +224,8 @@ def run_one(name: str, dtype_arg: str, batch_size: int, seq_len: int,
                       if is_gpt2 else None),
       'tflops': achieved / 1e12, 'peak_tflops': peak,
       'mfu': achieved / (peak * 1e12) if peak else None,
+      'mfu_back_to_back': (analytic / back_to_back / (peak * 1e12)
+                           if peak else None),
       'mfu_steady': (analytic / steady / (peak * 1e12)
                      if peak and steady else None),
       'matmul_f32_tflops': mm_f32 / 1e12,
@@ -245,17 +248,17 @@ def _fmt(x, spec, none='-'):
 def _table(rows) -> str:
   lines = [
       '| target | dtype | B | T | s/step [min-max] | s/step b2b | '
-      's/step steady | start-up s | items/s | items/s steady | compile s | '
-      'TFLOP/s | MFU | MFU steady | x f32 matmul | x bf16 matmul | '
-      'analytic/XLA | per-token formula/analytic | peak GiB |',
-      '|' + '---|' * 19]
+      's/step steady | start-up s | items/s | items/s b2b | items/s steady | '
+      'compile s | TFLOP/s | MFU | MFU b2b | MFU steady | x f32 matmul | '
+      'x bf16 matmul | analytic/XLA | per-token formula/analytic | peak GiB |',
+      '|' + '---|' * 21]
   for r in rows:
     if 'error' in r:
       lines.append(f"| {r['target']}"
                    f"{' scanned' if r.get('scan_blocks') else ''} | "
                    f"{r['dtype']} | {r.get('batch', '-')} "
                    f"| {r.get('seq_len', '-')} | error: {r['error']} |"
-                   + ' |' * 14)
+                   + ' |' * 16)
       continue
     gib = r['peak_device_gib'] if r['peak_device_gib'] is not None else (
         r['peak_rss_gib'])
@@ -266,8 +269,10 @@ def _table(rows) -> str:
         f"[{r['min']:.3g}-{r['max']:.3g}] | {r['s_step_back_to_back']:.4g} | "
         f"{_fmt(r['s_step_steady'], '.4g')} | "
         f"{_fmt(r['startup_s'], '.3g')} | {r['items_s']:.4g} {r['unit']} | "
+        f"{r['items_s_back_to_back']:.4g} | "
         f"{_fmt(r['items_s_steady'], '.4g')} | {r['compile_s']:.1f} | "
         f"{r['tflops']:.3g} | {_fmt(r['mfu'], '.1%')} | "
+        f"{_fmt(r['mfu_back_to_back'], '.1%')} | "
         f"{_fmt(r['mfu_steady'], '.1%')} | "
         f"{r['frac_matmul_f32']:.1%} | {_fmt(r['frac_matmul_bf16'], '.1%')} | "
         f"{_fmt(r['analytic_over_xla'], '.3f')} | "
@@ -387,7 +392,7 @@ def main():
         "an idle device (start-up s; '-' where noise made the longer run no "
         "longer). TFLOP/s: analytic matmul FLOPs (3 x forward) "
         '/ median s/step; MFU against the dense peak of the dtype (MFU '
-        'steady: at the steady s/step); x f32/bf16 '
+        'b2b, MFU steady, items/s b2b and steady: at those s/step); x f32/bf16 '
         "matmul: each blocked step's TFLOP/s over a plain float32/bfloat16 "
         'matmul timed right after it, median (bf16 on GPU/TPU only). '
         'compile s: first call - median step. analytic/XLA < 1: XLA also '

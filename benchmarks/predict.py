@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -90,11 +91,10 @@ def run_one(name: str, ghn_name: str, repeats: int,
     pred = jax.block_until_ready(ghn.predict(ghn_cfg, params, cfg))
     steady.append(time.perf_counter() - t0)
     del pred
-  steady.sort()
   return {
       'target': name, 'params': arch.num_params(cfg),
       'device': jax.devices()[0].device_kind, 'import_s': t_import,
-      'first_s': first, 'steady_s': steady[len(steady) // 2], 'cold_s': cold,
+      'first_s': first, 'steady_s': statistics.median(steady), 'cold_s': cold,
       'init_s': t_init, 'cold_without_init_s': cold - t_init,
       'from_saved': bool(saved), 'fill': ghn_cfg.fill,
       'trained_width': ghn_cfg.trained_width,
@@ -119,6 +119,8 @@ def main():
   parser.add_argument('--saved', help=argparse.SUPPRESS)
   parser.add_argument('--save', help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.repeats < 1:
+    parser.error('--repeats must be at least 1 (steady is their median)')
   if args.fill and not (args.from_saved or args.saved):
     parser.error('--fill needs --from-saved (a freshly initialised GHN has '
                  'no trained width to fill past)')

@@ -56,6 +56,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 from reference import matmul_timer
@@ -124,23 +125,33 @@ def _program_name(fun_name) -> str:
 
 
 class _ArchCompiles:
-  """Trace + lower + XLA seconds of each `arch` program compiled, in order."""
+  """Trace + lower + XLA seconds of each `arch` program compiled.
+
+  Events are paired per thread: with `--compile-workers`, programs compile
+  side by side and their events arrive interleaved, but each thread traces,
+  lowers and compiles one program after the other.
+  """
 
   def __init__(self):
     import jax  # pylint: disable=g-import-not-at-top
-    self.events = {e: [] for e in _EVENTS}
+    self.events = {}  # thread id -> {event: [seconds, ...]}
     jax.monitoring.register_event_duration_secs_listener(self._listen)
 
   def _listen(self, event, duration, fun_name=None, **_):
-    if event in self.events and _program_name(fun_name) == 'program':
-      self.events[event].append(duration)
+    if event in _EVENTS and _program_name(fun_name) == 'program':
+      mine = self.events.setdefault(threading.get_ident(),
+                                    {e: [] for e in _EVENTS})
+      mine[event].append(duration)
 
   def seconds(self) -> list[float]:
-    n = len(self.events[_XLA])
-    if any(len(v) != n for v in self.events.values()):
-      raise RuntimeError(f'unmatched compile events: '
-                         f'{ {e: len(v) for e, v in self.events.items()} }')
-    return [sum(v) for v in zip(*self.events.values())]
+    out = []
+    for events in self.events.values():
+      n = len(events[_XLA])
+      if any(len(v) != n for v in events.values()):
+        raise RuntimeError(f'unmatched compile events: '
+                           f'{ {e: len(v) for e, v in events.items()} }')
+      out += [sum(v) for v in zip(*events.values())]
+    return out
 
 
 def _step_flops(step, state, steps, batch) -> list[float]:
