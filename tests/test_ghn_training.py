@@ -357,6 +357,12 @@ def test_workdir_of_another_config_is_refused_before_training(uninterrupted):
     ('optim.b1', -0.1, r'config\.optim\.b1=-0\.1'),
     ('optim.eps', -1.0, r'config\.optim\.eps=-1\.0 must be > 0'),
     ('train.arch_seed', -1, r'config\.train\.arch_seed=-1 must be an int'),
+    ('train.gamma', float('nan'), r'config\.train\.gamma=nan must be a '
+     'finite number'),
+    ('train.gamma', float('inf'), r'config\.train\.gamma=inf must be a '
+     'finite number'),
+    # m = 2 architectures a step: a third and fourth group would stay idle
+    ('mesh.arch', 4, r'^config\.mesh\.arch=4 exceeds config\.train\.m=2'),
     ('space.channels', 3, 'channels'),
     ('data.name', 'shakespeare', 'text dataset'),
 ])
@@ -369,6 +375,25 @@ def test_bad_config_is_one_clear_error(tmp_path, field, value, match):
     ghn_training.train_ghn(config, str(tmp_path))
   assert (compiles.snapshot() - before).count == 0
   assert not os.path.exists(os.path.join(tmp_path, 'checkpoints'))
+
+
+def test_every_architecture_the_run_can_draw_is_checked_first(tmp_path):
+  """The decoder's limit binds at the widest architecture (48 here, whose
+  patch embedding needs a 336-row block), not the deepest: a run once
+  checked only the deepest, narrowest one, trained and saved, and failed
+  at the first step that drew the width-48 ViT."""
+  config = cft.smoke()
+  config.ghn.max_shape = (128, 128, 16, 16)
+  config.ghn.max_ck = 300
+  before = compiles.snapshot()
+  with pytest.raises(ValueError, match=r'^config\.ghn cannot predict '
+                     r'vit-L1-C48\S*, an architecture of config\.space: .*'
+                     r'max_ck=300'):
+    ghn_training.train_ghn(config, str(tmp_path))
+  assert (compiles.snapshot() - before).count == 0
+  assert not os.path.exists(os.path.join(tmp_path, 'checkpoints'))
+  config.ghn.max_ck = 400  # every candidate fits: the same config builds
+  assert ghn_training.build_run(config).ghn_cfg.max_ck == 400
 
 
 def test_compile_ahead_stops_at_the_last_step_run():

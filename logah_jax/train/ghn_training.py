@@ -9,6 +9,7 @@ it runs `loop.run_steps` with the GHN step (`ghn_step.GHNStep`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 import jax
@@ -181,8 +182,9 @@ def build_run(config) -> GHNRun:
   settings = loop.settings(config, check_int(train.num_steps,
                                              'config.train.num_steps'))
   data = settings['data']
-  if train.gamma < 0:
-    raise ConfigError(f'config.train.gamma={train.gamma} must be >= 0')
+  if not 0 <= train.gamma < math.inf:  # NaN fails both comparisons
+    raise ConfigError(f'config.train.gamma={train.gamma} must be a finite '
+                      'number >= 0')
   if (data.info()['kind'] == 'image' and space.family == 'vit'
       and cfg.num_classes != space.num_classes):
     raise ConfigError(f'config.ghn.num_classes={cfg.num_classes} must equal '
@@ -193,12 +195,15 @@ def build_run(config) -> GHNRun:
                                        'config.train.arch_seed', 0),
                         pool_size=check_int(train.pool_size,
                                             'config.train.pool_size', 0))
-  for a in sampler.deepest():
+  # Every architecture training can draw (at most a few hundred host-side
+  # plans, under a second): the decoder's limits bind at the widest, not
+  # the deepest, so a partial check failed mid-run.
+  for a in sampler.candidates():
     try:
       ghn_lib.check_archs(cfg, space.family, [a])
     except ValueError as e:
-      raise ConfigError(f'config.ghn cannot predict the deepest architecture'
-                        f' of config.space ({a.name}): {e}') from e
+      raise ConfigError(f'config.ghn cannot predict {a.name}, an '
+                        f'architecture of config.space: {e}') from e
   shared = share_depths(train.get('share_depths', 'auto'))
   visits = settings['num_steps'] * m / program_count(sampler, shared)
   run = GHNRun(ghn_cfg=cfg, family=space.family, space=space,
@@ -211,7 +216,13 @@ def build_run(config) -> GHNRun:
                                                      'auto'), visits,
                                            space.family),
                **settings)
-  run.mesh()  # a mesh or batch that does not fit fails now
+  mesh = run.mesh()  # a mesh or batch that does not fit fails now
+  groups = dict(mesh.shape).get(parallel.ARCH, 1)
+  if groups > m:  # architecture b runs on group b % groups
+    raise ConfigError(f'config.mesh.arch={groups} exceeds config.train.m={m}'
+                      f': each step trains {m} architecture(s), one per arch '
+                      f'group, so {groups - m} group(s) would sit idle for '
+                      'the whole run; use at most m groups')
   return run
 
 
