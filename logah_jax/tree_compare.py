@@ -41,11 +41,11 @@ def stored_dtype(leaf):
   return None if dtype is None else np.dtype(dtype)
 
 
-def check_tree(stored, target, directory, *, what: str = 'checkpoint'
-               ) -> None:
-  """Raises ConfigError naming the first leaf whose path, shape or dtype
-  differs. orbax would cast another dtype on restore, and the checksums of
-  the stored values would then call sound files garbled."""
+def check_tree(stored, target, directory, *, what: str = 'checkpoint',
+               dtypes: bool = True) -> None:
+  """Raises ConfigError naming the first leaf whose path, shape or (with
+  `dtypes`) dtype differs. orbax would cast another dtype on restore, and
+  the checksums of the stored values would then call sound files garbled."""
   where = f'{what} {directory}'
   flatten = jax.tree_util.tree_flatten_with_path
   stored_leaves = {path_str(p): leaf for p, leaf in flatten(stored)[0]}
@@ -62,10 +62,13 @@ def check_tree(stored, target, directory, *, what: str = 'checkpoint'
                         f'{what} has {stored_shapes[name]}, target expects '
                         f'{want}')
     have, want = stored_dtype(stored_leaves[name]), stored_dtype(leaf)
-    if have is not None and want is not None and have != want:
-      raise ConfigError(f"{where}: parameter '{name}' is stored as {have} "
-                        f'but the target expects {want}; restore it as '
-                        f'{have} and cast it')
+    if dtypes and have is not None and want is not None and have != want:
+      if what == 'checkpoint':
+        raise ConfigError(f"{where}: parameter '{name}' is stored as {have} "
+                          f'but the target expects {want}; restore it as '
+                          f'{have} and cast it')
+      raise ConfigError(f"{where}: parameter '{name}' is {have} but the "
+                        f'target expects {want}')
   for name, have in stored_shapes.items():
     if name not in seen:
       raise ConfigError(f"{where}: {what} has parameter '{name}' of shape "

@@ -65,6 +65,15 @@ def test_net2net_preserves_the_function_width_and_depth(pair, split_noise):
   assert growth.FUNCTION_PRESERVING['net2net']
 
 
+def test_a_source_of_another_float_dtype_grows_into_float32():
+  """A float64 NumPy source (params read with NumPy) is cast, not refused:
+  only the grown params must have the target's dtypes."""
+  params = jax.tree.map(lambda x: np.asarray(x, np.float64),
+                        random_params(VIT_S))
+  grown = growth.grow('stack', params, VIT_S, VIT_L, key=jax.random.key(0))
+  assert {x.dtype for x in jax.tree.leaves(grown)} == {np.dtype('float32')}
+
+
 @pytest.mark.parametrize('pair', [pytest.param('vit', marks=pytest.mark.slow),
                                   'gpt2-untied'])
 def test_bert2bert_fpi_preserves_the_function_when_only_width_grows(pair):

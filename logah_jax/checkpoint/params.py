@@ -107,6 +107,20 @@ def _stored_params(path: epath.Path):
   return tree['params']
 
 
+def _as_stored(target, stored):
+  """`target` with each leaf's dtype that of its stored leaf."""
+  dtypes = {tree_compare.path_str(p): tree_compare.stored_dtype(leaf)
+            for p, leaf in jax.tree_util.tree_flatten_with_path(stored)[0]}
+
+  def one(p, leaf):
+    dtype = dtypes.get(tree_compare.path_str(p))
+    if (not isinstance(leaf, jax.ShapeDtypeStruct) or dtype is None
+        or dtype == leaf.dtype):
+      return leaf
+    return jax.ShapeDtypeStruct(leaf.shape, dtype, sharding=leaf.sharding)
+  return jax.tree_util.tree_map_with_path(one, target)
+
+
 def restore_params(directory, *, abstract_params=None, shardings=None):
   """Restores a predicted init, directly into the wanted sharding.
 
@@ -114,7 +128,9 @@ def restore_params(directory, *, abstract_params=None, shardings=None):
     directory: written by `save_params`.
     abstract_params: pytree of ShapeDtypeStruct (e.g.
       `jax.eval_shape(model.init, ...)['params']`); checked against the stored
-      tree before anything is read. None restores the stored tree as is.
+      tree before anything is read. A leaf stored in another dtype is read
+      as stored (its checksum checked) and then cast to this one. None
+      restores the stored tree as is.
     shardings: one `jax.sharding.Sharding` for all leaves, or a pytree matching
       the params; overrides the shardings carried by abstract_params.
 
@@ -132,9 +148,12 @@ def restore_params(directory, *, abstract_params=None, shardings=None):
   if abstract_params is None:
     abstract_params = abstract_from_metadata(stored)
   else:
-    tree_compare.check_tree(stored, abstract_params, path)
-  target = {'params': to_target(abstract_params, shardings)}
-  check_shardings(target['params'], path)
+    tree_compare.check_tree(stored, abstract_params, path, dtypes=False)
+  wanted = to_target(abstract_params, shardings)
+  check_shardings(wanted, path)
+  # Read each leaf in its stored dtype, so that the checksums check the
+  # stored values; cast to the wanted dtype after.
+  target = {'params': _as_stored(wanted, stored)}
   try:
     with _params_checkpointer() as ckptr:
       restored = ckptr.restore(path, ocp.args.Composite(**{
@@ -146,6 +165,10 @@ def restore_params(directory, *, abstract_params=None, shardings=None):
     raise corrupt(path, e) from e
   params = restored[_PARAMS]['params']
   verify(path, (restored[_METADATA] or {}).get(CHECKSUMS), params)
+  params = jax.tree.map(
+      lambda x, want: (x if getattr(want, 'dtype', x.dtype) == x.dtype
+                       else x.astype(want.dtype)),
+      params, wanted)
   bad = checksums.nonfinite_leaves(params)
   if bad:
     more = f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''

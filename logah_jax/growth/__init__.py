@@ -66,7 +66,8 @@ def grow(method: str, small_params, small_arch, large_arch, *, key=None,
     raise ConfigError(f'growth method {method!r} takes no option '
                       f'{unknown[0]!r}; options: {OPTIONS[method]}')
   tree_compare.check_tree(small_params, models.abstract_params(small_arch),
-                          f'growth source of {small_arch.name}', what='source')
+                          f'growth source of {small_arch.name}', what='source',
+                          dtypes=False)  # any float dtype: cast below
   small_params = jax.tree.map(jnp.asarray, small_params)
   if method == 'ligo':
     if options.get('operator') is None:
