@@ -63,12 +63,8 @@ def check_tree(stored, target, directory, *, what: str = 'checkpoint',
                         f'{want}')
     have, want = stored_dtype(stored_leaves[name]), stored_dtype(leaf)
     if dtypes and have is not None and want is not None and have != want:
-      if what == 'checkpoint':
-        raise ConfigError(f"{where}: parameter '{name}' is stored as {have} "
-                          f'but the target expects {want}; restore it as '
-                          f'{have} and cast it')
-      raise ConfigError(f"{where}: parameter '{name}' is {have} but the "
-                        f'target expects {want}')
+      raise ConfigError(f"{where}: parameter '{name}' is stored as {have} "
+                        f'but the target expects {want}')
   for name, have in stored_shapes.items():
     if name not in seen:
       raise ConfigError(f"{where}: {what} has parameter '{name}' of shape "

@@ -1,5 +1,6 @@
 """What both kinds of checkpoint share: item registry, targets, errors."""
 
+import contextlib
 import time
 from typing import Mapping
 
@@ -115,6 +116,19 @@ def check_shardings(target, where) -> None:
           f"{where}: parameter '{tree_compare.path_str(path)}' of shape "
           f'{tuple(leaf.shape)} cannot be split as {spec} {on}: choose a '
           'sharding whose mesh axes divide its dimensions') from e
+
+
+@contextlib.contextmanager
+def reading(where):
+  """Around an orbax read: a failure that blames the files (`is_damage`)
+  becomes CorruptCheckpointError naming `where`; any other is raised as
+  it is. orbax raises many types for a damaged checkpoint."""
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except
+    if not is_damage(e):
+      raise
+    raise corrupt(where, e) from e
 
 
 def corrupt(where, e: Exception) -> CorruptCheckpointError:

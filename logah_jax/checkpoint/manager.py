@@ -12,8 +12,8 @@ from logah_jax import checksums
 from logah_jax import tree_compare
 from logah_jax.checkpoint.common import (
     CHECKSUMS, CORRUPT_DIR, CorruptCheckpointError, abstract_from_metadata,
-    barrier, check_shardings, corrupt, is_damage, registry, save_args,
-    to_target, verify)
+    barrier, check_shardings, reading, registry, save_args, to_target,
+    verify)
 from logah_jax.validation import ConfigError, InputNotFoundError
 
 CONFIG_FILE = 'config.json'
@@ -193,12 +193,8 @@ class CheckpointManager:
 
   def _restore_step(self, step: int, abstract_state):
     where = self.directory / str(step)
-    try:
+    with reading(where):
       stored = self._mngr.metadata(step).item_metadata[_STATE].tree
-    except Exception as e:  # orbax raises many types for a damaged step
-      if not is_damage(e):
-        raise
-      raise corrupt(where, e) from e
     if abstract_state is None:
       abstract_state = abstract_from_metadata(stored)
     target = to_target(abstract_state)
@@ -206,12 +202,8 @@ class CheckpointManager:
     check_shardings(target, where)
     args = ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(target),
                                  _EXTRA: ocp.args.JsonRestore()})
-    try:
+    with reading(where):
       restored = self._mngr.restore(step, args=args)
-    except Exception as e:
-      if not is_damage(e):
-        raise
-      raise corrupt(where, e) from e
     state, extra = restored[_STATE], dict(restored[_EXTRA] or {})
     verify(where, extra.pop(CHECKSUMS, None), state)
     self.restored_step = step

@@ -10,8 +10,8 @@ from logah_jax import checksums
 from logah_jax import tree_compare
 from logah_jax.checkpoint.common import (
     CHECKSUMS, CorruptCheckpointError, abstract_from_metadata, barrier,
-    check_shardings, corrupt, is_damage, registry, rmtree, save_args,
-    to_target, verify)
+    check_shardings, reading, registry, rmtree, save_args, to_target,
+    verify)
 from logah_jax.validation import ConfigError, InputNotFoundError
 from logah_jax.validation import OutputExistsError
 
@@ -94,13 +94,8 @@ def _require_item(path: epath.Path, item: str) -> None:
 def _stored_params(path: epath.Path):
   """The saved params tree of metadata (shapes, dtypes), from orbax."""
   _require_item(path, _PARAMS)
-  try:
-    with _params_checkpointer() as ckptr:
-      tree = ckptr.metadata(path).item_metadata[_PARAMS].tree
-  except Exception as e:
-    if not is_damage(e):
-      raise
-    raise corrupt(path, e) from e
+  with reading(path), _params_checkpointer() as ckptr:
+    tree = ckptr.metadata(path).item_metadata[_PARAMS].tree
   if not isinstance(tree, Mapping) or set(tree) != {'params'}:
     raise ConfigError(f"{path}: item '{_PARAMS}' does not hold a "
                       "{'params': ...} tree")
@@ -154,15 +149,10 @@ def restore_params(directory, *, abstract_params=None, shardings=None):
   # Read each leaf in its stored dtype, so that the checksums check the
   # stored values; cast to the wanted dtype after.
   target = {'params': _as_stored(wanted, stored)}
-  try:
-    with _params_checkpointer() as ckptr:
-      restored = ckptr.restore(path, ocp.args.Composite(**{
-          _PARAMS: ocp.args.StandardRestore(target),
-          _METADATA: ocp.args.JsonRestore()}))
-  except Exception as e:
-    if not is_damage(e):
-      raise
-    raise corrupt(path, e) from e
+  with reading(path), _params_checkpointer() as ckptr:
+    restored = ckptr.restore(path, ocp.args.Composite(**{
+        _PARAMS: ocp.args.StandardRestore(target),
+        _METADATA: ocp.args.JsonRestore()}))
   params = restored[_PARAMS]['params']
   verify(path, (restored[_METADATA] or {}).get(CHECKSUMS), params)
   params = jax.tree.map(
@@ -181,14 +171,9 @@ def read_metadata(directory) -> dict:
   """The JSON metadata saved next to a predicted init."""
   path = epath.Path(directory)
   _require_item(path, _METADATA)
-  try:
-    with _params_checkpointer() as ckptr:
-      restored = ckptr.restore(path, ocp.args.Composite(
-          **{_METADATA: ocp.args.JsonRestore()}))
-  except Exception as e:
-    if not is_damage(e):
-      raise
-    raise corrupt(path, e) from e
+  with reading(path), _params_checkpointer() as ckptr:
+    restored = ckptr.restore(path, ocp.args.Composite(
+        **{_METADATA: ocp.args.JsonRestore()}))
   metadata = restored[_METADATA]
   if not isinstance(metadata, dict):
     raise CorruptCheckpointError(f'{path}: its metadata is not a JSON object')
