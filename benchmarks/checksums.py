@@ -19,6 +19,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # runnable as a script from anywhere
 
+from logah_jax import host_memory
 from logah_jax import checksums, ghn, runtime
 
 
@@ -40,6 +41,7 @@ def _timed(fn, tree, repeats=3):
 
 
 def main():
+  host_memory.reexec_with_tunables()  # the malloc settings of the entry point
   runtime.set_xla_flag_defaults()
   trees = {
       'LoGAH-Tiny GHN (GPT-2)': ghn.init(ghn.named('logah-tiny'), 'gpt2', 0),

@@ -13,12 +13,14 @@ import dataclasses
 
 import jax
 
+from logah_jax import host_memory
 from logah_jax import arch, ghn, models
 from logah_jax.data import datasets
 from logah_jax.train import evaluate
 
 
 def main():
+  host_memory.reexec_with_tunables()  # the malloc settings of the entry point
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--ghn', required=True, help='a GHN training workdir')
   parser.add_argument('--multiples', default='1,1.5,2,3,4')

@@ -62,6 +62,8 @@ import time
 from reference import matmul_timer
 from reference import peak_tflops
 
+from logah_jax import host_memory
+
 TARGETS = ('gpt2-small', 'gpt2-medium', 'gpt2-large', 'vit-b/16')
 DEFAULT_BATCH = {'gpt2': 8, 'vit': 64}
 
@@ -281,6 +283,7 @@ def _table(rows) -> str:
 
 
 def main():
+  host_memory.reexec_with_tunables()  # the malloc settings of the entry point
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--targets', nargs='+', default=list(TARGETS),
                  help='names for logah_jax.arch.named (default: %(default)s)')

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from logah_jax import host_memory
 from logah_jax import arch as arch_lib
 from logah_jax import compiles
 from logah_jax import config_base
@@ -54,7 +55,7 @@ def _arch(family: str, depth: int):
                              n_positions=1024, tie_embeddings=False)
 
 
-def _batch(family: str):
+def _batch(family: str, gpt_batch: tuple[int, int] = (2, 256)):
   rng = np.random.default_rng(0)
   if family == 'vit-cpu':  # the main job's batch of 64 Fashion-MNIST images
     return {'image': rng.normal(size=(64, 28, 28, 1)).astype(np.float32),
@@ -62,7 +63,9 @@ def _batch(family: str):
   if family == 'vit':
     return {'image': rng.normal(size=(64, 32, 32, 3)).astype(np.float32),
             'label': rng.integers(0, 100, 64).astype(np.int32)}
-  return {'tokens': rng.integers(0, 50257, (2, 257)).astype(np.int32)}
+  rows, tokens = gpt_batch  # +1: inputs and next-token targets
+  return {'tokens': rng.integers(0, 50257, (rows, tokens + 1)).astype(
+      np.int32)}
 
 
 def _measure(fn, *args, repeats: int = 3) -> dict:
@@ -97,6 +100,7 @@ def _row(name: str, m: dict, flops: float | None = None) -> str:
 
 
 def main():
+  host_memory.reexec_with_tunables()  # the malloc settings of the entry point
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--family', choices=('vit', 'gpt', 'vit-cpu'),
                  default='gpt', help="vit-cpu: the main job's kind of ViT")
@@ -106,10 +110,20 @@ def main():
   p.add_argument('--shallow', type=int, default=3,
                  help='depth run in its own and in the deeper program')
   p.add_argument('--repeats', type=int, default=5)
+  p.add_argument('--gpt-batch', default='2x256',
+                 help="GPT-2 sequences x tokens (train_ghn.py's 2x256; the "
+                      "paper's GPTs-1K recipe: 6x1024)")
   args = p.parse_args()
   family = 'gpt2' if args.family == 'gpt' else 'vit'
   depth = args.depth or {'vit': 8, 'gpt': 7, 'vit-cpu': 4}[args.family]
-  arch, batch = _arch(args.family, depth), _batch(args.family)
+  try:
+    gpt_batch = tuple(int(v) for v in args.gpt_batch.split('x'))
+  except ValueError:
+    gpt_batch = ()
+  if len(gpt_batch) != 2 or min(gpt_batch) < 1 or gpt_batch[1] > 1024:
+    p.error(f'--gpt-batch={args.gpt_batch!r}: expected ROWSxTOKENS, '
+            'tokens at most 1024 (the positions)')
+  arch, batch = _arch(args.family, depth), _batch(args.family, gpt_batch)
   cfg = ghn.named('logah-tiny',
                   num_classes=10 if args.family == 'vit-cpu' else 100)
   params = ghn.init(cfg, family, 0)

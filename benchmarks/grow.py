@@ -25,6 +25,8 @@ import time
 from absl import app
 from absl import flags
 
+from logah_jax import host_memory
+
 _PAIRS = flags.DEFINE_list('pairs', ['gpt2', 'vit'], 'gpt2 and/or vit.')
 _METHODS = flags.DEFINE_list(
     'methods', ['stack', 'interpolate', 'net2net', 'bert2bert', 'ligo'],
@@ -99,6 +101,7 @@ def _run_case(pair: str, method: str) -> dict:
 
 def main(argv):
   del argv
+  host_memory.reexec_with_tunables()  # the malloc settings of the entry point
   if _CASE.value:
     pair, method = _CASE.value.split(':')
     print('RESULT ' + json.dumps(_run_case(pair, method)))

@@ -27,6 +27,8 @@ import sys
 import tempfile
 import time
 
+from logah_jax import host_memory
+
 _START = time.perf_counter()
 
 # The original PyTorch LoGAH (LoGAH-Tiny, torch 2.13 CPU), measured on a 2-core
@@ -106,6 +108,7 @@ def run_one(name: str, ghn_name: str, repeats: int,
 
 
 def main():
+  host_memory.reexec_with_tunables()  # the malloc settings of the entry point
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--targets', nargs='*', default=list(TARGETS))
   parser.add_argument('--ghn', default='logah-tiny')

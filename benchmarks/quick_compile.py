@@ -21,6 +21,8 @@ import time
 
 from train_ghn import child_result  # the benchmarks' child-process runner
 
+from logah_jax import host_memory
+
 OPTIONS = ('default', 'quick')
 
 
@@ -63,6 +65,7 @@ def child(family: str, depth: int | None, repeats: int, quick_first: bool):
 
 
 def main():
+  host_memory.reexec_with_tunables()  # the malloc settings of the entry point
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--family', choices=('vit', 'gpt', 'vit-cpu'), default='gpt')
   p.add_argument('--depth', type=int, default=None)

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from logah_jax import host_memory
 from logah_jax import arch, models, prng
 
 
@@ -36,6 +37,7 @@ def _timed(fn, repeats: int):
 
 
 def main():
+  host_memory.reexec_with_tunables()  # the malloc settings of the entry point
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--normals', type=int, default=10_485_760,
                       help='size of the normal draw')

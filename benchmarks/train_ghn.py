@@ -61,6 +61,8 @@ import time
 
 from reference import matmul_timer
 
+from logah_jax import host_memory
+
 # The original LoGAH on the same kind of machine (2 vCPU, torch CPU, fp32):
 # (s/step median, architectures/s, peak RSS GiB).
 ORIGINAL = {'vit-m1': (6.92, 0.144, 4.11), 'vit-m4': (22.26, 0.180, 10.58),
@@ -289,6 +291,7 @@ def run_one(run: str, ghn_name: str, compile_workers: int = 0,
 
 
 def main():
+  host_memory.reexec_with_tunables()  # the malloc settings of the entry point
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--runs', nargs='+', default=list(RUNS), choices=RUNS)
   p.add_argument('--ghn', default='logah-tiny')

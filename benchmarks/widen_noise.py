@@ -21,6 +21,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # runnable as a script from anywhere
 
+from logah_jax import host_memory
 from logah_jax import prng
 
 SHAPE = (1280, 5120)
@@ -37,6 +38,7 @@ NOISES = {
 
 
 def main():
+  host_memory.reexec_with_tunables()  # the malloc settings of the entry point
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--repeats', type=int, default=15)
   args = parser.parse_args()

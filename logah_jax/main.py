@@ -38,7 +38,15 @@ import re
 import signal
 import sys
 
-from absl import app
+if __name__ == '__main__':  # glibc reads its tunables at exec: before JAX
+  from logah_jax import host_memory  # pylint: disable=g-import-not-at-top
+  try:
+    host_memory.reexec_with_tunables()
+  except ValueError as bad_env:
+    sys.stderr.write(f'error: {bad_env}\n')
+    sys.exit(2)
+
+from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
@@ -196,6 +204,8 @@ def main(argv):
 
 if __name__ == '__main__':
   runtime.set_xla_flag_defaults()  # before the config or anything starts JAX
+  if host_memory.describe():
+    print(host_memory.describe(), flush=True)
   try:
     app.run(main, flags_parser=parse_flags)
   except SystemExit as exit_:
