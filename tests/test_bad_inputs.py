@@ -228,6 +228,9 @@ CASES = [
          r'^error: flag --workdir=None: Flag --workdir must have a value'),
     Case('unexpected_argument', DEFAULT + ['--workdir={tmp}/run', 'extra'],
          r"^error: unexpected arguments: \['extra'\]$"),
+    Case('bad_malloc_choice', DEFAULT + ['--workdir={tmp}/run'],
+         r"^error: LOGAH_JAX_MALLOC='fast': expected one of auto, reuse, "
+         r"system$", env={'LOGAH_JAX_MALLOC': 'fast'}),
     # failures during work
     Case('non_finite_loss', NONFINITE + ['--workdir={tmp}/run'],
          r'^error: fine-tuning step 2: loss nan, gradient norm nan; stopped '

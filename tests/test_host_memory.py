@@ -100,16 +100,6 @@ def test_the_entry_point_reexecutes_itself_once_with_the_tunables():
     assert len(_run(code, env)) == 2, env  # ran once, as it was
 
 
-def test_a_bad_choice_stops_the_entry_point_with_one_line():
-  out = subprocess.run(
-      [sys.executable, '-m', 'logah_jax.main', '--config=configs/default.py',
-       '--workdir=/nonexistent/x'], env=_env(LOGAH_JAX_MALLOC='fast'),
-      cwd=ROOT, capture_output=True, text=True, check=False)
-  assert out.returncode == 2
-  assert out.stderr == ("error: LOGAH_JAX_MALLOC='fast': expected one of "
-                        'auto, reuse, system\n')
-
-
 @needs_glibc
 def test_reuse_keeps_a_repeated_step_from_faulting():
   """With glibc's defaults the median run here faulted about 18,000 pages
