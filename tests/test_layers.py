@@ -9,7 +9,7 @@ from configs_for_tests import ROOT
 # Higher imports lower, never the reverse; equal ranks do not import each
 # other. A new top-level module or package must be placed here.
 RANKS = {
-    'validation': 0, 'compiles': 0, 'prng': 0,
+    'validation': 0, 'compiles': 0, 'prng': 0, 'host_memory': 0,
     'files': 1,
     'tree_compare': 2, 'runtime': 2, 'data': 2, 'parallel': 2, 'checksums': 2,
     'checkpoint': 3,
