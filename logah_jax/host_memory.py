@@ -4,7 +4,7 @@ XLA's CPU runtime allocates every run's buffers with malloc and frees them
 after the run. glibc serves the large ones from fresh mappings (so does each
 worker thread's arena past 64 MiB) and unmaps them on free, so every step
 faults its whole working set in again, 4 KiB at a time: a GHN-training step
-of a GPT-2 spent a third of its CPU time in the kernel
+of a GPT-2 spent over a quarter of its CPU time in the kernel
 (docs/performance.md, "Host memory on CPUs"). Two remedies, as glibc
 tunables:
 
@@ -12,9 +12,12 @@ tunables:
   transparent huge pages), the default: 512 times fewer faults, no other
   change;
 - reuse (also one arena, no mmap, no trimming): freed memory stays mapped and
-  a repeated step faults nothing, the fastest steady step, but XLA's compiler
-  threads then share one arena and compile about a third slower, and the
-  process keeps its peak memory until it exits.
+  a repeated step faults nothing, the fastest steady step of a GPT-2's GHN
+  training, but XLA's compiler threads then share one arena and compile
+  about a third slower, the process keeps its peak memory until it exits,
+  and a program whose blocks do not fit the holes left by the last run
+  grows the heap instead (a large ViT's program: 2.5 times the memory and
+  a slower step). Opt-in, for programs where it was measured to pay.
 
 glibc reads its tunables once, at exec, so an entry point re-executes itself
 with GLIBC_TUNABLES extended, before it imports JAX (`reexec_with_tunables`).
