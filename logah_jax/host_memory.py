@@ -9,8 +9,8 @@ of a GPT-2 spent over a quarter of its CPU time in the kernel
 tunables:
 
 - huge pages (`glibc.malloc.hugetlb=1`: malloc asks the kernel for
-  transparent huge pages), the default: 512 times fewer faults, no other
-  change;
+  transparent huge pages), the default: a fault brings in 2 MiB, not 4 KiB
+  (a test program's repeated run: 97 faults instead of 18,443);
 - reuse (also one arena, no mmap, no trimming): freed memory stays mapped and
   a repeated step faults nothing, the fastest steady step of a GPT-2's GHN
   training, but XLA's compiler threads then share one arena and compile
