@@ -204,8 +204,9 @@ def main(argv):
 
 if __name__ == '__main__':
   runtime.set_xla_flag_defaults()  # before the config or anything starts JAX
-  if host_memory.describe():
-    print(host_memory.describe(), flush=True)
+  _MALLOC = host_memory.describe()
+  if _MALLOC:
+    print(_MALLOC, flush=True)
   try:
     app.run(main, flags_parser=parse_flags)
   except SystemExit as exit_:
