@@ -246,12 +246,16 @@ def test_normalisation_is_exactly_the_published_rule():
   close(pred['wte']['embedding'], raw['wte']['embedding'])  # never rescaled
 
 
-def test_tiling_repeats_with_the_key_period():
-  # GPT-2 vocab 50257 > max_shape 2048: rows repeat with period 2048.
-  cfg = arch.GPT2Config(depth=1, width=64, heads=4, tie_embeddings=False)
+@pytest.mark.parametrize('vocab', [50257, 1000])
+def test_tiling_repeats_with_the_key_period(vocab):
+  # GPT-2 vocab 50257 > max_shape 2048: rows repeat with period 2048 (128
+  # for this GHN). 393 copies are tiled by jnp.tile, 8 (1000 rows) joined.
+  cfg = arch.GPT2Config(depth=1, width=64, heads=4, vocab_size=vocab,
+                        tie_embeddings=False)
   pred = ghn.predict(SMALL, ghn.init(SMALL, 'gpt2', 0), cfg)
-  wte = np.asarray(pred['wte']['embedding'])  # (50257, 64), period 128 here
-  np.testing.assert_array_equal(wte[:128], wte[128:256])
+  wte = np.asarray(pred['wte']['embedding'])  # (vocab, 64)
+  # every row, the cut last copy (50257 = 392 x 128 + 81) included
+  np.testing.assert_array_equal(wte, wte[np.arange(vocab) % 128])
   assert not np.allclose(wte[0], wte[1])
 
 

@@ -9,6 +9,7 @@ the swaps these tests guard against (forward/backward distances, in/out
 degrees, c_out/c_in and h/w, the layout permutations) change the result.
 """
 
+import dataclasses
 import functools
 import types
 
@@ -375,3 +376,56 @@ def test_position_embedding_write_back_matches_numpy():
     assert got.shape == (1, s * s + 1, c), name
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6,
                                err_msg=f'pos_embedding ({name})')
+
+
+def _np_widen(x, axis, size, period, chunks):
+  """docs/algorithm.md §5.1 for a target wider than the GHN's training
+  architectures: cut to the trained width's `period`, then each of its
+  `chunks` equal parts repeated on its own up to size / chunks."""
+  x = np.take(_np_tile(x, axis, period), np.arange(period), axis=axis)
+  parts = np.split(x, chunks, axis=axis)
+  return np.concatenate([_np_tile(p, axis, size // chunks) for p in parts],
+                        axis=axis)
+
+
+def test_widened_matrix_write_back_matches_numpy():
+  """'widen' fill: a 32-wide ViT from a GHN trained up to width 16. The
+  fused q, k, v projection repeats each of its three parts on its own, and
+  so do fc1's rows and fc2's columns (the 4 x width MLP axis); in both
+  layouts (rows = outputs in torch's (out, in), columns = inputs)."""
+  # max_shape 128: blocks as large as the trained width's tensors, so that
+  # the repeated parts differ (16-wide blocks would repeat alike).
+  cfg = dataclasses.replace(CFG, trained_width=16, fill='widen',
+                            fill_noise=0.0, max_shape=(128, 128, 16, 16),
+                            max_ck=1024)
+  params, x, per_shape, traced = _decoded(cfg)
+  plan = make_plan(cfg, VIT)
+  layer = ('encoder_layer_0',)
+  checked = 0
+  for path in (layer + ('self_attention', 'in_proj', 'kernel'),
+               layer + ('mlp', 'fc1', 'kernel'),
+               layer + ('mlp', 'fc2', 'kernel')):
+    node_plan = next(p for p in plan.nodes
+                     if any(s.slot.path == path for s in p.slots))
+    sp = next(s for s in node_plan.slots if s.slot.path == path)
+    req = node_plan.request
+    a, b = _factors(cfg, params, x, node_plan.node, req.rows, req.cols)
+    w = a @ b  # torch (out, in)
+    for axis, size in enumerate(sp.slot.ref_shape):
+      period, chunks = sp.widen[axis]
+      w = _np_widen(w, axis, size, period, chunks) if period else _np_tile(
+          w, axis, size)
+      if chunks > 1:  # its parts differ: not one block repeated
+        part = size // chunks
+        first = lambda k, part=part, axis=axis: np.take(
+            w, np.arange(k * part, k * part + period // chunks), axis=axis)
+        assert not np.allclose(first(0), first(1)), path
+        checked += 1
+    want = (w * sp.scale).T  # Flax (in, out)
+    for name, tree in (('per-shape', per_shape), ('traced', traced)):
+      got = tree
+      for key in path:
+        got = got[key]
+      np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6,
+                                 err_msg=f'{"/".join(path)} ({name})')
+  assert checked == 3  # each leaf has an axis repeated part by part

@@ -82,6 +82,12 @@ def decode_group(cfg: GHNConfig, params, x, hidden, req: Request,
   return w[..., 0, 0] if req.mode == 'matrix' else w
 
 
+# At most this many copies are joined by `_tile` (GPT-2's vocabulary from a
+# 2,048-row LoGAH block: 25); more (GHN-3's 64-wide blocks) use jnp.tile,
+# whose program does not grow with the count.
+_JOINED_COPIES = 32
+
+
 def _tile(x, axis: int, size: int):
   """Repeat `x` along `axis` until it covers `size`, then cut.
 
@@ -90,18 +96,29 @@ def _tile(x, axis: int, size: int):
   have = x.shape[axis]
   if have >= size:
     return jax.lax.slice_in_dim(x, 0, size, axis=axis)
-  reps = [1] * x.ndim
-  reps[axis] = -(-size // have)
-  return jax.lax.slice_in_dim(jnp.tile(x, reps), 0, size, axis=axis)
+  full, rest = divmod(size, have)
+  if full + bool(rest) > _JOINED_COPIES:
+    reps = [1] * x.ndim
+    reps[axis] = full + bool(rest)
+    return jax.lax.slice_in_dim(jnp.tile(x, reps), 0, size, axis=axis)
+  # Whole copies and a cut one, joined: one pass, whose gradient is a sum of
+  # slices that XLA fuses into one pass too (jnp.tile's gradient reduces a
+  # padded copy, which XLA's CPU backend ran about 10x slower).
+  parts = [x] * full + ([jax.lax.slice_in_dim(x, 0, rest, axis=axis)]
+                        if rest else [])
+  return jnp.concatenate(parts, axis=axis)
 
 
-def _fit(x, axis: int, size: int, sp: SlotPlan):
+def _fit(x, axis: int, size: int, sp: SlotPlan, plan_axis: int | None = None):
   """`x` along `axis` at the target `size`: tiled (§5.1) or, on an axis
   widened past the trained width, cut to its trained-width period and
-  repeated, each of its `chunks` equal parts on its own."""
-  if not sp.widen or not sp.widen[axis][0]:
+  repeated, each of its `chunks` equal parts on its own. `plan_axis`: the
+  reference axis whose `sp.widen` entry applies (default `axis`)."""
+  widen = sp.widen[axis if plan_axis is None else plan_axis] if sp.widen \
+      else (0, 1)
+  if not widen[0]:
     return _tile(x, axis, size)
-  period, chunks = sp.widen[axis]
+  period, chunks = widen
   # The trained-width tensor: GHN-3's block is at most hid wide and is
   # tiled up to it, as at the trained width.
   x = _tile(x, axis, period)
@@ -111,6 +128,13 @@ def _fit(x, axis: int, size: int, sp: SlotPlan):
   x = x.reshape(shape[:axis] + (chunks, period // chunks) + shape[axis + 1:])
   x = _tile(x, axis + 1, size // chunks)
   return x.reshape(shape[:axis] + (size,) + shape[axis + 1:])
+
+
+def _read(have: int, axis: int, size: int, sp: SlotPlan) -> int:
+  """How many leading entries of reference axis `axis` `_fit` reads."""
+  if sp.widen and sp.widen[axis][0]:
+    return min(have, sp.widen[axis][0])
+  return min(have, size)
 
 
 def _repeated_mask(shape, sp: SlotPlan):
@@ -160,27 +184,33 @@ def _normalise(x, sp: SlotPlan):
 
 
 def _lowrank_matrix(a, b, sp: SlotPlan, node_id):
-  """A low-rank matrix leaf written by one product, in the Flax layout.
+  """A low-rank matrix leaf from its factors, in the Flax layout.
 
-  Tiling A @ B equals A tiled along rows times B tiled along columns, so the
-  tiled, normalised tensor is the product of [t0, r] and [r, t1] factors and
-  no decoded block or tiled copy is ever materialised (docs/algorithm.md §5.1).
+  Tiling repeats rows of A and columns of B, and so rows and columns of
+  A @ B: the product is taken once at the factors' own size (the entries
+  the tiling reads) and the product is tiled, never a tiled factor. Where
+  the target is larger than the decoded block (GPT-2's vocabulary: 50,257
+  rows from 2,048), that is one product instead of one per repeat, and its
+  gradient sums the repeats of the leaf's gradient before the product
+  instead of after it (docs/algorithm.md §5.1).
   """
   shape = sp.slot.ref_shape
-  a = _fit(a, 0, shape[0], sp)
-  b = _fit(b, 1, shape[1], sp)
+  a = a[:_read(a.shape[0], 0, shape[0], sp)]
+  b = b[:, :_read(b.shape[1], 1, shape[1], sp)]
   if sp.norm == 'fan_in':
     a = a * sp.scale
   if sp.slot.to_flax == (1, 0):
     # Written in the Flax layout, with the noise (a function of position
     # only) transposed: transposing the product itself is a strided pass.
-    x = b.T @ a.T
+    x = _fit(_fit(b.T @ a.T, 1, shape[0], sp, plan_axis=0), 0, shape[1], sp,
+             plan_axis=1)
     if sp.noise:
       x = x + _repeat_noise(shape, x.dtype, jnp.std(x), sp, node_id).T
     return x
+  x = _fit(_fit(a @ b, 0, shape[0], sp), 1, shape[1], sp)
   if sp.noise:
-    return sp.slot.to_flax_layout(_add_noise(a @ b, sp, node_id))
-  return sp.slot.to_flax_layout(a @ b)
+    return sp.slot.to_flax_layout(_add_noise(x, sp, node_id))
+  return sp.slot.to_flax_layout(x)
 
 
 def write_leaf(block, sp: SlotPlan, node_id=0):
