@@ -391,8 +391,9 @@ def _np_widen(x, axis, size, period, chunks):
 def test_widened_matrix_write_back_matches_numpy():
   """'widen' fill: a 32-wide ViT from a GHN trained up to width 16. The
   fused q, k, v projection repeats each of its three parts on its own, and
-  so do fc1's rows and fc2's columns (the 4 x width MLP axis); in both
-  layouts (rows = outputs in torch's (out, in), columns = inputs)."""
+  so do fc1's rows and fc2's columns (the 4 x width MLP axis): each axis
+  of torch's (out, in) follows its own plan, through the product that is
+  written directly in Flax's transposed (in, out) layout."""
   # max_shape 128: blocks as large as the trained width's tensors, so that
   # the repeated parts differ (16-wide blocks would repeat alike).
   cfg = dataclasses.replace(CFG, trained_width=16, fill='widen',
