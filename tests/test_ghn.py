@@ -259,6 +259,30 @@ def test_tiling_repeats_with_the_key_period(vocab):
   assert not np.allclose(wte[0], wte[1])
 
 
+def test_vocab_period_only_where_the_output_layer_repeats_exactly():
+  """`ghn.vocab_period`, which lets GHN training compute one period of the
+  logits: the predicted output layer's period, and 0 wherever the layer
+  does not repeat exactly (one block covers the vocabulary; GHN-3's decoder;
+  the 'widen' fill's noise on a widened width)."""
+  cfg = arch.GPT2Config(depth=1, width=64, heads=4, vocab_size=1000,
+                        tie_embeddings=False)
+  assert ghn.vocab_period(SMALL, cfg) == 128
+  kernel = np.asarray(ghn.predict(SMALL, ghn.init(SMALL, 'gpt2', 0),
+                                  cfg)['lm_head']['kernel'])  # (64, 1000)
+  np.testing.assert_array_equal(kernel, kernel[:, np.arange(1000) % 128])
+  tied = dataclasses.replace(cfg, tie_embeddings=True)
+  assert ghn.vocab_period(SMALL, tied) == 128
+  assert ghn.vocab_period(SMALL, dataclasses.replace(cfg, vocab_size=100)) == 0
+  assert ghn.vocab_period(SMALL_GHN3, cfg) == 0
+  widened = dataclasses.replace(SMALL, trained_width=32, fill='widen')
+  assert ghn.vocab_period(widened, cfg) == 0
+  quiet = dataclasses.replace(widened, fill_noise=0.0)
+  assert ghn.vocab_period(quiet, cfg) == 128
+  kernel = np.asarray(ghn.predict(quiet, ghn.init(SMALL, 'gpt2', 0),
+                                  cfg)['lm_head']['kernel'])
+  np.testing.assert_array_equal(kernel, kernel[:, np.arange(1000) % 128])
+
+
 def test_second_prediction_does_not_recompile():
   cfg = arch.sample('gpts-cpu', 1, 9)[0]
   params = ghn.init(SMALL, 'gpt2', seed=0)

@@ -133,6 +133,47 @@ def test_step_equals_monolithic_gradient():
   assert int(state.step) == 1
 
 
+def test_gpt_step_with_a_periodic_output_layer_equals_the_full_loss():
+  """A GPT-2 whose vocabulary is larger than the decoded block: the step
+  computes the logits of one period of the tiled output layer
+  (`ghn.vocab_period`); its loss, accuracy and update equal those of the
+  full logits, computed monolithically."""
+  cfg = dataclasses.replace(GHN, max_shape=(64, 64, 16, 16))
+  arch = arch_lib.GPT2Config(depth=2, width=32, heads=4, vocab_size=300,
+                             n_positions=32, tie_embeddings=False)
+  assert ghn_lib.vocab_period(cfg, arch) == 64
+  tokens = np.random.default_rng(0).integers(0, 64, (4, 17)).astype(np.int32)
+  tokens[:, 1::4] += 64  # targets past the first period, never argmax's
+  batch = {'tokens': tokens}
+  tx = _tx()
+  mesh = parallel.make_mesh({'data': 1}, devices=jax.devices()[:1])
+  n_pad = batching.bucket_size(ghn_lib.num_nodes(cfg, arch))
+  step = ghn_step.GHNStep(cfg, 'gpt2', tx, mesh, m=1, n_pad=n_pad)
+  params = ghn_lib.init(cfg, 'gpt2', 0)
+  state, metrics = step(step.init_state(params), [arch], batch)
+
+  inputs = ghn_lib.make_inputs(cfg, 'gpt2', [arch], n_pad)
+  n = ghn_lib.num_nodes(cfg, arch)
+
+  def total_loss(p):
+    x = ghn_lib.body_function(cfg, 'gpt2')(p['body'], inputs)
+    w = ghn_lib.decode_function(cfg, arch)(p['decoder'], x[0, :n])
+    ce, logits, targets = objective.task_loss(arch, w, batch)
+    acc = objective.correct(logits, targets) / targets.size
+    return ce + 3e-5 * objective.frobenius_sum(w), (ce, acc)
+
+  (loss, (ce, acc)), grads = jax.jit(jax.value_and_grad(
+      total_loss, has_aux=True))(params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  expected = optax.apply_updates(params, updates)
+  np.testing.assert_allclose(float(metrics['loss']), float(loss), rtol=1e-5)
+  np.testing.assert_allclose(float(metrics['ce']), float(ce), rtol=1e-5)
+  assert float(metrics['acc']) == float(acc)
+  np.testing.assert_allclose(float(metrics['grad_norm']),
+                             float(optax.tree.norm(grads)), rtol=1e-4)
+  assert _max_abs_diff(state.params, expected) < 1e-6
+
+
 def test_init_state_is_one_program_and_a_copy():
   """The fresh state (params and AdamW moments) comes from one compiled
   program, not one per zero leaf of a new shape; it equals the eager state

@@ -104,3 +104,54 @@ def test_gpt_task_loss_is_next_token():
       models.build(arch).apply({'params': params}, tokens[:, :-1]),
       tokens[:, 1:])
   np.testing.assert_allclose(loss, want, rtol=1e-6)
+
+
+@pytest.mark.parametrize('tied', [False, True])
+def test_periodic_vocabulary_loss_gradient_and_hits_equal_the_full_ones(tied):
+  """An output layer whose columns repeat every `period` tokens (a GHN's
+  tiled prediction): the loss from one period's logits weighted by repeat
+  counts, its gradient through the tiling, and the hits equal those of the
+  full logits (NumPy argmax for the hits)."""
+  vocab, period = 300, 128  # 2 whole copies and a cut one
+  arch = arch_lib.GPT2Config(depth=1, width=16, heads=2, vocab_size=vocab,
+                             n_positions=16, tie_embeddings=tied)
+  params = models.init_params(arch, jax.random.key(0))
+  key = 'wte' if tied else 'lm_head'
+  leaf = 'embedding' if tied else 'kernel'
+  axis = 0 if tied else 1  # the vocabulary axis of the Flax leaf
+  block = jnp.take(params[key][leaf], jnp.arange(period), axis=axis) * 50.0
+
+  def with_block(b):
+    copies = [b, b, jnp.take(b, jnp.arange(vocab - 2 * period), axis=axis)]
+    return {**params, key: {leaf: jnp.concatenate(copies, axis=axis)}}
+
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(0, vocab, (2, 13)).astype(np.int32)
+  apply = jax.jit(lambda x: models.build(arch).apply(
+      {'params': with_block(block)}, x))
+  for i in range(0, 12, 3):  # causal: position i's logits see tokens <= i
+    top = np.argmax(np.asarray(apply(tokens[:, :-1]))[:, i], -1)
+    tokens[:, i + 1] = top  # a hit (the maximum is in the first period)
+    top = np.argmax(np.asarray(apply(tokens[:, :-1]))[:, i + 1], -1)
+    tokens[:, i + 2] = top + period  # the same logit repeated: no hit
+  full_logits = np.asarray(apply(tokens[:, :-1]))
+  targets = tokens[:, 1:]
+  batch = {'tokens': tokens}
+
+  def loss(b, vocab_period):
+    out = objective.task_loss(arch, with_block(b), batch,
+                              vocab_period=vocab_period)
+    return out[0], out[1:]
+
+  (full, (logits, t)), g_full = jax.value_and_grad(loss, has_aux=True)(
+      block, 0)
+  (part, (plogits, _)), g_part = jax.value_and_grad(loss, has_aux=True)(
+      block, period)
+  assert plogits.shape == (2, 12, period)
+  np.testing.assert_allclose(part, full, rtol=1e-6)
+  np.testing.assert_allclose(g_part, g_full, rtol=1e-4, atol=1e-6)
+  want = np.argmax(full_logits, -1) == targets
+  assert 0 < want.sum() < want.size
+  np.testing.assert_array_equal(objective.hits(logits, t), want)
+  np.testing.assert_array_equal(
+      objective.hits(plogits, t, periodic=True), want)

@@ -240,3 +240,29 @@ def make_plan(cfg: GHNConfig, arch) -> ArchPlan:
   nodes = tuple(_node_plan(cfg, i, n, arch.depth, proxies[i])
                 for i, n in enumerate(g.nodes) if n.slots)
   return ArchPlan(g, nodes)
+
+
+def vocab_period(cfg: GHNConfig, arch) -> int:
+  """The period with which a GPT-2's predicted output layer repeats over the
+  vocabulary, or 0 when it does not repeat exactly.
+
+  LoGAH decodes the (vocab, width) output matrix (the tied embedding, or
+  `lm_head`) as a block of at most `min_size(vocab)` rows and tiles it
+  (docs/algorithm.md §5.1): row i is row i mod period, unless a `widen`
+  fill adds position-dependent noise. `objective.task_loss` then needs the
+  logits of the first period only.
+  """
+  if cfg.decoder != 'lowrank' or not isinstance(arch, configs.GPT2Config):
+    return 0
+  path = ('wte', 'embedding') if arch.tie_embeddings else ('lm_head',
+                                                           'kernel')
+  for node in make_plan(cfg, arch).nodes:
+    for sp in node.slots:
+      if sp.slot.path != path:
+        continue
+      vocab = sp.slot.ref_shape[0]  # (vocab, width) in the reference layout
+      period = node.request.rows
+      plain = not sp.noise and not (sp.widen and sp.widen[0][0])
+      ok = node.request.mode == 'matrix' and sp.kind == 'matrix' and plain
+      return period if ok and period < vocab else 0
+  return 0

@@ -91,7 +91,10 @@ class GPT2(nn.Module):
   scan: bool = False
 
   @nn.compact
-  def __call__(self, tokens, depth=None):
+  def __call__(self, tokens, depth=None, hidden=False):
+    """Logits; with `hidden`, the final LayerNorm's output (B, T, width) in
+    the compute dtype instead, for a caller that applies the output layer
+    itself (`objective.task_loss` with a periodic vocabulary)."""
     cfg = self.cfg
     if tokens.ndim != 2:
       raise ValueError(f'GPT2 input must be (batch, seq_len) token ids, got '
@@ -110,6 +113,8 @@ class GPT2(nn.Module):
     x = layers.run_blocks(Block, cfg, x, dtype=self.dtype, remat=self.remat,
                           scan=self.scan, prefix='h_', depth=depth)
     x = layers.layer_norm(_LN_EPS, dtype=self.dtype, name='ln_f')(x)
+    if hidden:
+      return x
     if cfg.tie_embeddings:
       logits = layers.rows_apply(wte.attend, x)  # h @ wte.embedding.T
     else:

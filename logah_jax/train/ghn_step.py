@@ -195,6 +195,8 @@ class GHNStep:
                                      with_layout=shared)
     n = ghn_lib.num_nodes(self.cfg, arch)
     gamma, smoothing, compute = self.gamma, self.label_smoothing, self.compute
+    # a periodic output layer: the logits of its first period suffice
+    period = 0 if smoothing else ghn_lib.vocab_period(self.cfg, arch)
 
     def loss_fn(decoder_params, x_ND, batch, layout):
       if shared:
@@ -204,9 +206,10 @@ class GHNStep:
         depth, predicted = None, decode(decoder_params, x_ND[:n])
       ce, logits, targets = objective.task_loss(
           arch, predicted, batch, smoothing, dtype=compute.dtype,
-          remat=self.block_remat(scan), scan=scan, depth=depth)
+          remat=self.block_remat(scan), scan=scan, depth=depth,
+          vocab_period=period)
       reg = objective.frobenius_sum(predicted, depth)
-      acc = objective.correct(logits, targets) / targets.size
+      acc = objective.correct(logits, targets, bool(period)) / targets.size
       return ce + gamma * reg, {'ce': ce, 'reg': reg, 'acc': acc}
 
     def program(decoder_params, x_ND, batch, layout=None):

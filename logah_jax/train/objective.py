@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from logah_jax import models
 from logah_jax.arch.configs import GPT2Config, ViTConfig
+from logah_jax.models import layers
 from logah_jax.models.layers import STACKED
 
 
@@ -40,21 +42,47 @@ def cross_entropy(logits, targets, label_smoothing: float = 0.0):
 
 def task_loss(arch, params, batch, label_smoothing: float = 0.0, *,
               dtype=jnp.float32, remat: bool = False, scan: bool = False,
-              depth=None):
+              depth=None, vocab_period: int = 0):
   """(loss, logits, targets) of target `arch` with `params` on `batch`.
 
   `dtype` is the forward's compute dtype, `remat` rematerialises its blocks
   and `scan` runs them as one scan over stacked params (`models.build`);
   logits and the loss are float32 either way. `depth` (with `scan`, traced):
   only the first `depth` blocks run.
+
+  `vocab_period` (GPT-2, no label smoothing): the output layer's columns
+  repeat with this period (`ghn.vocab_period`: a GHN's prediction tiles a
+  decoded block over the vocabulary), so the logits do too. The logits of
+  the first period only are computed and returned, and the loss weighs each
+  by its number of repeats: the same loss and gradients as the full logits,
+  for a fraction of the output layer's work (docs/performance.md); `hits`
+  with `periodic` gives their argmax's hits.
   """
   x, targets = inputs_and_targets(arch, batch)
-  logits = models.build(arch, dtype, remat, scan).apply({'params': params},
-                                                         x, depth=depth)
-  return cross_entropy(logits, targets, label_smoothing), logits, targets
+  model = models.build(arch, dtype, remat, scan)
+  if not vocab_period:
+    logits = model.apply({'params': params}, x, depth=depth)
+    return cross_entropy(logits, targets, label_smoothing), logits, targets
+  if not isinstance(arch, GPT2Config) or label_smoothing:
+    raise ValueError('task_loss: vocab_period needs a GPT-2 and no label '
+                     'smoothing')
+  h = model.apply({'params': params}, x, depth=depth, hidden=True)
+  if arch.tie_embeddings:
+    w = params['wte']['embedding'][:vocab_period].T
+  else:
+    w = params['lm_head']['kernel'][:, :vocab_period]
+  logits = layers.rows_apply(lambda r: r @ w.astype(dtype), h)
+  logits = logits.astype(jnp.float32)
+  repeats = np.bincount(np.arange(arch.vocab_size) % vocab_period)
+  top = jax.lax.stop_gradient(jnp.max(logits, -1, keepdims=True))
+  lse = top[..., 0] + jnp.log(jnp.sum(
+      repeats.astype(np.float32) * jnp.exp(logits - top), -1))
+  picked = jnp.take_along_axis(logits, (targets % vocab_period)[..., None],
+                               -1)[..., 0]
+  return jnp.mean(lse - picked), logits, targets
 
 
-def hits(logits, targets):
+def hits(logits, targets, periodic: bool = False):
   """Where `argmax(logits, -1) == targets` (bool, the shape of targets).
 
   Exactly argmax's answer for finite logits, first index on ties: the
@@ -63,18 +91,28 @@ def hits(logits, targets):
   GHN-training GPT-2's forward and backward (512 x 50,257 logits, 2-core
   CPU, profiled) against about 21 ms for this compare and reduction
   (docs/performance.md).
+
+  `periodic`: the logits are a periodic vocabulary's first period
+  (`task_loss` with `vocab_period`); a target past them repeats an earlier
+  class, so it is never the first index of the maximum. (Not the default:
+  the extra select made XLA keep a full-size temporary of the logits.)
   """
+  inside = None
+  if periodic:
+    inside = targets < logits.shape[-1]
+    targets = jnp.where(inside, targets, 0)
   top = jnp.max(logits, -1, keepdims=True)
   picked = jnp.take_along_axis(logits, targets[..., None], -1)
   earlier = (jnp.arange(logits.shape[-1], dtype=targets.dtype)
              < targets[..., None])
   tie_before = jnp.any(earlier & (logits == top), -1)
-  return (picked[..., 0] == top[..., 0]) & ~tie_before
+  hit = (picked[..., 0] == top[..., 0]) & ~tie_before
+  return hit if inside is None else hit & inside
 
 
-def correct(logits, targets):
+def correct(logits, targets, periodic: bool = False):
   """Number of argmax hits (float32 scalar; see `hits`)."""
-  return jnp.sum(hits(logits, targets)).astype(jnp.float32)
+  return jnp.sum(hits(logits, targets, periodic)).astype(jnp.float32)
 
 
 def _safe_sqrt(sq):
