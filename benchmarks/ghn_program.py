@@ -3,7 +3,8 @@
 For one architecture of `benchmarks/train_ghn.py` (LoGAH-Tiny, random init),
 each part of the per-architecture program is compiled and run on its own:
 the decoder and write-back (forward + backward), the target (forward +
-backward on its decoded params), the regulariser, the whole program with
+backward on its decoded params, its loss computed as the program computes
+it: one period of a GPT-2's logits, `ghn.vocab_period`), the regulariser, the whole program with
 scanned blocks (also compiled with the quick CPU options of
 `train.quick_compile`), and the whole program unrolled (whose XLA FLOP
 count is the real one: a scan's body is counted once). Then the
@@ -137,12 +138,15 @@ def main():
   def decode_loss(p, xx):
     return sum(jnp.sum(jnp.square(v)) for v in jax.tree.leaves(decode(p, xx)))
 
+  period = ghn.vocab_period(cfg, arch)  # as the program computes the loss
+
   def target_loss(tp):  # remat as in the program (`layers.scanned_remat`)
     return objective.task_loss(arch, tp, batch, scan=True,
-                               remat=layers.scanned_remat(False))[0]
+                               remat=layers.scanned_remat(False),
+                               vocab_period=period)[0]
 
   def target_loss_unrolled(tp):
-    return objective.task_loss(arch, tp, batch)[0]
+    return objective.task_loss(arch, tp, batch, vocab_period=period)[0]
 
   # The scanned target's count has its block once: count the unrolled one.
   target_flops = jax.jit(jax.value_and_grad(target_loss_unrolled)).lower(
