@@ -6,8 +6,8 @@ the decoder and write-back (forward + backward), the target (forward +
 backward on its decoded params, its loss computed as the program computes
 it: one period of a GPT-2's logits, `ghn.vocab_period`), the regulariser,
 the whole program with scanned blocks (also compiled with the quick CPU
-options of `train.quick_compile`), and the whole program unrolled (whose XLA FLOP
-count is the real one: a scan's body is counted once). Then the
+options of `train.quick_compile`), and the whole program unrolled (whose
+XLA FLOP count is the real one: a scan's body is counted once). Then the
 architecture at a shallower depth runs in its own program and in the
 program of the deeper one (depth sharing, `train.share_depths`), side by
 side in one process.
