@@ -28,7 +28,11 @@ Each prints a markdown table; `--json FILE` keeps the rows and `--rows FILE
 ...` prints the table of saved rows again without compiling.
 
 CPU compiler caveat: GPU and TPU compilers schedule and fuse differently,
-so the figures are estimates of what the accelerators need.
+so the figures are estimates of what the accelerators need. The programs
+are traced with the attention that GPUs and TPUs run in float32 (XLA's,
+which stores the T x T probabilities), not the CPUs' own
+(`models.attention`, which stores none); `--attention-as cpu` analyses the
+CPUs' programs instead.
 """
 
 # jax is imported inside functions: the fake device count must be in
@@ -275,9 +279,11 @@ def _arch_lowered(stepper, arch, params, batch, group):
 def _child(args):
   n = args.child
   import jax
+  from logah_jax.models import layers
   if jax.device_count() != n:
     sys.exit(f'asked for {n} fake devices, jax sees {jax.device_count()}')
-  (gpt2_rows if args.model == 'gpt2' else ghn_rows)(args, n)
+  with layers.attention_as_on(args.attention_as):
+    (gpt2_rows if args.model == 'gpt2' else ghn_rows)(args, n)
 
 
 def _run_count(argv: list[str], n: int) -> list[dict]:
@@ -336,6 +342,9 @@ def main():
                  help='fake device counts, one process each')
   p.add_argument('--headroom', type=float, default=0.9,
                  help='fits when peak <= this fraction of the device memory')
+  p.add_argument('--attention-as', default='gpu', choices=('gpu', 'tpu', 'cpu'),
+                 help='trace attention as this backend picks it (float32: '
+                      "XLA's on GPUs and TPUs)")
   p.add_argument('--json', help='also write the rows to this file')
   p.add_argument('--rows', nargs='+',
                  help='print the table of rows saved by --json; no compiling')

@@ -51,6 +51,12 @@ def test_auto_is_float32_on_cpu_and_bad_values_name_the_field():
 
 
 def test_cudnn_attention_only_for_16_bit_inputs_on_gpus(monkeypatch):
+  assert layers.attention_implementation(jnp.bfloat16, 64, 1024) == 'recompute'
+  with layers.attention_as_on('gpu'):
+    assert layers.attention_implementation(jnp.float32, 64, 1024) is None
+    assert layers.attention_implementation(jnp.bfloat16, 64, 1024) == 'cudnn'
+  assert layers.attention_implementation(jnp.float32, 64, 1024) == 'recompute'
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'tpu')
   assert layers.attention_implementation(jnp.bfloat16, 64, 1024) is None
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
   assert layers.attention_implementation(jnp.bfloat16, 64, 1024) == 'cudnn'

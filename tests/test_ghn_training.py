@@ -171,7 +171,10 @@ def test_gpt_step_with_a_periodic_output_layer_equals_the_full_loss():
   assert float(metrics['acc']) == float(acc)
   np.testing.assert_allclose(float(metrics['grad_norm']),
                              float(optax.tree.norm(grads)), rtol=1e-4)
-  assert _max_abs_diff(state.params, expected) < 1e-6
+  # AdamW's first step divides each gradient by its own size, so a gradient
+  # near zero moves by up to ~1e-6 with rounding alone (scanned blocks and
+  # remat here, unrolled blocks in the reference).
+  assert _max_abs_diff(state.params, expected) < 2e-6
 
 
 def test_init_state_is_one_program_and_a_copy():

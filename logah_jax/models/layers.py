@@ -7,12 +7,15 @@ rather than Flax's near-equivalents.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from logah_jax.models import attention
 
 Array = jax.Array
 
@@ -67,15 +70,18 @@ def fused_self_attention(qkv: Array, heads: int, causal: bool) -> Array:
   Returns:
     (B, T, C) concatenated head outputs, before the output projection.
 
-  The attention itself is `jax.nn.dot_product_attention`, with the
-  implementation of `attention_implementation`; either way the logits and
-  the softmax are computed in float32, and the scale is 1/sqrt(head dim).
+  The attention itself is `jax.nn.dot_product_attention` or, on CPUs,
+  `attention.self_attention`, as `attention_implementation` picks; either
+  way the logits and the softmax are computed in float32, and the scale is
+  1/sqrt(head dim).
   """
   b, t, three_c = qkv.shape
   c = three_c // 3
   q, k, v = (a.reshape(b, t, heads, c // heads)
              for a in jnp.split(qkv, 3, axis=-1))
   implementation = attention_implementation(qkv.dtype, c // heads, t)
+  if implementation == 'recompute':
+    return attention.self_attention(q, k, v, causal).reshape(b, t, c)
   if implementation == 'cudnn':
     try:
       out = jax.nn.dot_product_attention(q, k, v, is_causal=causal,
@@ -87,27 +93,54 @@ def fused_self_attention(qkv: Array, heads: int, causal: bool) -> Array:
   return out.reshape(b, t, c)
 
 
+_assumed_backend = None  # set by `attention_as_on`
+
+
 def attention_implementation(dtype, head_dim: int,
                              seq_len: int) -> str | None:
-  """'cudnn' where cuDNN's fused kernel applies, else None (XLA's).
+  """'cudnn' where cuDNN's fused kernel applies, 'recompute' on CPUs, else
+  None (`jax.nn.dot_product_attention`'s XLA implementation).
 
   The fused kernel runs on NVIDIA GPUs for 16-bit inputs with a head
   dimension that is a multiple of 8 up to 128 (GPT-2 and ViT-B/L use 64)
   and, for training, an even sequence length (a ViT's 197 tokens are not);
-  it refuses float32. On CPU and TPU, and for other shapes, XLA computes
-  the same attention from its matmuls.
+  it refuses float32. On CPUs, `attention.self_attention` keeps no T x T
+  matrix for the backward pass and lays its products out for XLA's CPU
+  matmuls: GHN-training programs ran 18% faster with it
+  (docs/performance.md). On TPUs, and on GPUs for other shapes, XLA
+  computes the attention from its matmuls.
   """
-  if (jax.default_backend() == 'gpu'
+  backend = _assumed_backend or jax.default_backend()
+  if backend == 'cpu':
+    return 'recompute'
+  if (backend == 'gpu'
       and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
       and head_dim % 8 == 0 and head_dim <= 128 and seq_len % 2 == 0):
     return 'cudnn'
   return None
 
 
+@contextlib.contextmanager
+def attention_as_on(backend: str):
+  """Programs traced inside pick their attention as on `backend` ('cpu',
+  'gpu', 'tpu'), not as on the backend they are compiled for: an analysis
+  compiled on CPUs of a program meant for accelerators (benchmarks/memory.py)
+  then sees the accelerators' attention."""
+  global _assumed_backend  # pylint: disable=global-statement
+  before, _assumed_backend = _assumed_backend, backend
+  try:
+    yield
+  finally:
+    _assumed_backend = before
+
+
 STACKED = 'blocks'  # the params key of scanned blocks, stacked on axis 0
 
 
 REMAT_DOTS = 'dots'  # `remat` value: keep matmul outputs, recompute the rest
+# What `REMAT_DOTS` becomes with `attention.self_attention`: the blocks'
+# projections and the attention's output and log-sum-exp are kept.
+REMAT_PROJECTIONS = 'projections'
 
 
 def block_class(block: type[nn.Module], remat) -> type[nn.Module]:
@@ -122,8 +155,13 @@ def block_class(block: type[nn.Module], remat) -> type[nn.Module]:
   the unrolled one's memory (docs/performance.md). False: no remat.
   `block_remat` turns `REMAT_DOTS` off where attention runs in cuDNN's
   kernel: its outputs are no matmuls, so the policy would run that kernel's
-  forward again in the backward pass, and it stores no T x T matrices.
+  forward again in the backward pass, and it stores no T x T matrices. With
+  `attention.self_attention` it becomes `REMAT_PROJECTIONS`: that
+  attention's own products have batch dimensions and are recomputed, and
+  the residuals its backward pass reads are kept by name.
   """
+  if remat == REMAT_PROJECTIONS:
+    return nn.remat(block, policy=attention.REMAT_POLICY, prevent_cse=False)
   if remat == REMAT_DOTS:
     return nn.remat(block, policy=jax.checkpoint_policies.dots_saveable,
                     prevent_cse=False)
@@ -140,10 +178,11 @@ def scanned_remat(remat: bool):
 
 def block_remat(remat, dtype, head_dim: int, seq_len: int):
   """`remat` as the blocks apply it: `REMAT_DOTS` becomes False where
-  attention runs in cuDNN's kernel (`block_class` says why)."""
-  if remat == REMAT_DOTS and attention_implementation(
-      dtype, head_dim, seq_len) == 'cudnn':
-    return False
+  attention runs in cuDNN's kernel and `REMAT_PROJECTIONS` where it runs in
+  `attention.self_attention` (`block_class` says why)."""
+  if remat == REMAT_DOTS:
+    return {'cudnn': False, 'recompute': REMAT_PROJECTIONS}.get(
+        attention_implementation(dtype, head_dim, seq_len), remat)
   return remat
 
 
