@@ -17,6 +17,7 @@ from logah_jax import arch as arch_lib
 from logah_jax import compiles
 from logah_jax import ghn as ghn_lib
 from logah_jax import models
+from logah_jax.models import layers
 from logah_jax.train import compare_report
 from logah_jax.train import flops
 from logah_jax.train import ghn_training
@@ -76,9 +77,16 @@ def _step_xla(a, batch_size, seq_len=None):
 def test_analytic_counts_match_a_real_training_step(a, seq_len):
   params = models.abstract_params(a)
   batch = flops.abstract_batch(a, BATCH, seq_len)
-  fwd = _matmul_flops(jax.make_jaxpr(_loss(a))(params, batch).jaxpr)
-  step = _matmul_flops(
+  grad_flops = lambda: _matmul_flops(
       jax.make_jaxpr(jax.value_and_grad(_loss(a)))(params, batch).jaxpr)
+  fwd = _matmul_flops(jax.make_jaxpr(_loss(a))(params, batch).jaxpr)
+  # The model's FLOPs: attention differentiated by autodiff, as on TPUs.
+  with layers.attention_as_on('tpu'):
+    step = grad_flops()
+  # The CPUs' attention recomputes its logits' product in the backward
+  # pass: 2 T^2 d more per sequence and block, and nothing else.
+  t = a.num_patches + 1 if a.family == 'vit' else seq_len
+  assert grad_flops() == step + a.depth * BATCH * 2 * t * t * a.width
   assert flops.forward_flops(a, BATCH, seq_len) == fwd
   # 3 x forward over-counts exactly the patch conv's gradient w.r.t. the
   # images, which nobody asks for; GPT-2 has no such term (a gather).
@@ -86,7 +94,8 @@ def test_analytic_counts_match_a_real_training_step(a, seq_len):
   if a.family == 'vit':
     unused = 2 * BATCH * a.num_patches * a.patch ** 2 * a.channels * a.width
   assert flops.train_step_flops(a, BATCH, seq_len) == step + unused
-  xla = _step_xla(a, BATCH, seq_len)
+  with layers.attention_as_on('tpu'):
+    xla = _step_xla(a, BATCH, seq_len)
   assert xla > step  # XLA counts the same matmuls plus elementwise work
   ratio = flops.train_step_flops(a, BATCH, seq_len) / xla
   assert MIN_RATIO[a.family] <= ratio <= 1.0, ratio
