@@ -1,10 +1,11 @@
 """What one GHN-training program is made of: compile and run time by part.
 
 For one architecture of `benchmarks/train_ghn.py` (LoGAH-Tiny, random init),
-each part of the per-architecture program is compiled and run on its own:
-the decoder and write-back (forward + backward), the target (forward +
-backward on its decoded params, its loss computed as the program computes
-it: one period of a GPT-2's logits, `ghn.vocab_period`), the regulariser,
+each part of the per-architecture program is compiled and run on its own,
+as the program computes it (a GPT-2's repeating vocabulary matrices decoded
+as their first period, one period of its logits: `ghn.tiled_periods`): the
+decoder and write-back (forward + backward), the target (forward + backward
+on its decoded params), the regulariser,
 the whole program with scanned blocks (also compiled with the quick CPU
 options of `train.quick_compile`), and the whole program unrolled (whose
 XLA FLOP count is the real one: a scan's body is counted once). Then the
@@ -132,21 +133,30 @@ def main():
   x = ghn.node_embeddings(cfg, params, [arch], n_pad)[0]
   n = ghn.num_nodes(cfg, arch)
   dec_params = params['decoder']
-  decode = ghn.decode_function(cfg, arch, stacked=True)
+  # As the program decodes: a GPT-2's repeating vocabulary matrices as their
+  # first period (`ghn.tiled_periods`).
+  periods = ghn.tiled_periods(cfg, arch)
+  decode = ghn.decode_function(cfg, arch, stacked=True,
+                               first_period=bool(periods))
   target_params = jax.jit(decode)(dec_params, x[:n])
 
   def decode_loss(p, xx):
     return sum(jnp.sum(jnp.square(v)) for v in jax.tree.leaves(decode(p, xx)))
 
   period = ghn.vocab_period(cfg, arch)  # as the program computes the loss
+  embedding_period = periods.get(('wte', 'embedding'), 0)
+  copies = {path: objective.period_copies(arch.vocab_size, p)
+            for path, p in periods.items()}
 
   def target_loss(tp):  # remat as in the program (`layers.scanned_remat`)
     return objective.task_loss(arch, tp, batch, scan=True,
                                remat=layers.scanned_remat(False),
-                               vocab_period=period)[0]
+                               vocab_period=period,
+                               embedding_period=embedding_period)[0]
 
   def target_loss_unrolled(tp):
-    return objective.task_loss(arch, tp, batch, vocab_period=period)[0]
+    return objective.task_loss(arch, tp, batch, vocab_period=period,
+                               embedding_period=embedding_period)[0]
 
   # The scanned target's count has its block once: count the unrolled one.
   target_flops = jax.jit(jax.value_and_grad(target_loss_unrolled)).lower(
@@ -170,7 +180,9 @@ def main():
       ('target, fwd+bwd', _measure(jax.value_and_grad(target_loss),
                                    target_params)),
       ('regulariser, fwd+bwd',
-       _measure(jax.value_and_grad(objective.frobenius_sum), target_params)),
+       _measure(jax.value_and_grad(
+           lambda tp: objective.frobenius_sum(tp, copies=copies)),
+                target_params)),
       ('whole program (scanned blocks)', whole),
       ('whole program (scanned blocks), quick compile', quick),
       ('whole program (unrolled)', unrolled)]

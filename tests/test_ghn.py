@@ -12,6 +12,7 @@ import pytest
 from configs_for_tests import SMALL_GHN as SMALL, SMALL_GHN3
 from ghn_checks import assert_same_structure, finite_forward
 from logah_jax import arch, ghn, models
+from logah_jax.arch import batching
 from logah_jax.ghn import plan as plan_lib
 from logah_jax.ghn import vocab
 from logah_jax.ghn.graphormer import GraphormerLayer
@@ -281,6 +282,41 @@ def test_vocab_period_only_where_the_output_layer_repeats_exactly():
   kernel = np.asarray(ghn.predict(quiet, ghn.init(SMALL, 'gpt2', 0),
                                   cfg)['lm_head']['kernel'])
   np.testing.assert_array_equal(kernel, kernel[:, np.arange(1000) % 128])
+
+
+@pytest.mark.parametrize('tied', [False, True])
+def test_first_period_decode_is_the_leading_part_of_the_full_one(tied):
+  """`ghn.tiled_periods` names exactly the vocabulary matrices that repeat
+  (each row i is row i mod period), and `decode_function(first_period=True)`
+  returns their first period and every other leaf unchanged."""
+  cfg = arch.GPT2Config(depth=2, width=64, heads=4, vocab_size=1000,
+                        tie_embeddings=tied)
+  periods = ghn.tiled_periods(SMALL, cfg)
+  want = {('wte', 'embedding'): 128}
+  if not tied:
+    want[('lm_head', 'kernel')] = 128
+  assert periods == want
+  params = ghn.init(SMALL, 'gpt2', 0)
+  n_pad = batching.bucket_size(ghn.num_nodes(SMALL, cfg))
+  x = ghn.node_embeddings(SMALL, params, [cfg], n_pad)[0]
+  x = x[:ghn.num_nodes(SMALL, cfg)]
+  full = jax.jit(ghn.decode_function(SMALL, cfg))(params['decoder'], x)
+  first = jax.jit(ghn.decode_function(SMALL, cfg, first_period=True))(
+      params['decoder'], x)
+  rows = np.arange(1000) % 128
+  wte = np.asarray(full['wte']['embedding'])
+  np.testing.assert_array_equal(wte, wte[rows])
+  np.testing.assert_array_equal(first['wte']['embedding'], wte[:128])
+  if not tied:
+    kernel = np.asarray(full['lm_head']['kernel'])
+    np.testing.assert_array_equal(kernel, kernel[:, rows])
+    np.testing.assert_array_equal(first['lm_head']['kernel'], kernel[:, :128])
+  rest = lambda t: {k: v for k, v in t.items() if k not in ('wte', 'lm_head')}
+  for a, b in zip(jax.tree.leaves(rest(full)), jax.tree.leaves(rest(first))):
+    np.testing.assert_array_equal(a, b)
+  assert ghn.tiled_periods(SMALL_GHN3, cfg) == {}
+  noisy = dataclasses.replace(SMALL, trained_width=32, fill='widen')
+  assert ghn.tiled_periods(noisy, cfg) == {}
 
 
 def test_second_prediction_does_not_recompile():

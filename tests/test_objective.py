@@ -155,3 +155,64 @@ def test_periodic_vocabulary_loss_gradient_and_hits_equal_the_full_ones(tied):
   np.testing.assert_array_equal(objective.hits(logits, t), want)
   np.testing.assert_array_equal(
       objective.hits(plogits, t, periodic=True), want)
+
+
+@pytest.mark.parametrize('tied', [False, True])
+def test_first_period_params_give_the_full_loss_gradients_and_norm(tied):
+  """GHN training's view of a GPT-2 whose vocabulary matrices repeat every
+  `period` rows: params holding the first period only, looked up mod the
+  period (`embedding_period`), with one period of logits and the
+  regulariser's rows weighted by their copies, give the loss, the
+  regulariser (against NumPy's norm of the full matrices) and the
+  gradients of the full, tiled params."""
+  vocab, period = 300, 128  # 2 whole copies and a cut one
+  arch = arch_lib.GPT2Config(depth=1, width=16, heads=2, vocab_size=vocab,
+                             n_positions=16, tie_embeddings=tied)
+  params = models.init_params(arch, jax.random.key(0))
+  paths = [('wte', 'embedding', 0)] + ([] if tied else [('lm_head', 'kernel',
+                                                         1)])
+  blocks = {m: 20.0 * jnp.take(params[m][n], jnp.arange(period), axis=a)
+            for m, n, a in paths}
+
+  def tiled(bs):
+    out = dict(params)
+    for m, n, a in paths:
+      rest = jnp.take(bs[m], jnp.arange(vocab - 2 * period), axis=a)
+      out[m] = {n: jnp.concatenate([bs[m], bs[m], rest], axis=a)}
+    return out
+
+  def first(bs):
+    return {**params, **{m: {n: bs[m]} for m, n, _ in paths}}
+
+  tokens = np.random.default_rng(0).integers(0, vocab, (2, 13)).astype(
+      np.int32)
+  batch = {'tokens': tokens}
+  copies = {(m, n): objective.period_copies(vocab, period)
+            for m, n, _ in paths}
+
+  def full_loss(bs):
+    p = tiled(bs)
+    return (objective.task_loss(arch, p, batch)[0],
+            objective.frobenius_sum(p))
+
+  def part_loss(bs):
+    p = first(bs)
+    return (objective.task_loss(arch, p, batch, vocab_period=period,
+                                embedding_period=period)[0],
+            objective.frobenius_sum(p, copies=copies))
+
+  total = lambda f: lambda bs: sum(f(bs))
+  (ce, reg), (ce_p, reg_p) = full_loss(blocks), part_loss(blocks)
+  np.testing.assert_allclose(ce_p, ce, rtol=1e-6)
+  want = sum(np.sqrt(np.sum(np.square(np.asarray(x, np.float64))))
+             for x in jax.tree.leaves(tiled(blocks)))
+  np.testing.assert_allclose(reg, want, rtol=1e-5)
+  np.testing.assert_allclose(reg_p, want, rtol=1e-5)
+  g = jax.grad(total(full_loss))(blocks)
+  g_p = jax.grad(total(part_loss))(blocks)
+  for m, _, _ in paths:
+    np.testing.assert_allclose(g_p[m], g[m], rtol=1e-4, atol=1e-6)
+  if tied:
+    with pytest.raises(ValueError, match='hidden=True'):
+      models.build(arch).apply({'params': first(blocks)}, tokens[:, :-1],
+                               embedding_period=period)

@@ -7,4 +7,5 @@ from logah_jax.ghn.api import trace_counts
 from logah_jax.ghn.load import TrainedGHN, load, trained_width
 from logah_jax.ghn.config import FILLS, PREDICTION_FIELDS, GHNConfig, from_dict
 from logah_jax.ghn.config import names, named, to_dict
+from logah_jax.ghn.plan import tiled_periods
 from logah_jax.ghn.plan import vocab_period

@@ -199,16 +199,20 @@ def body_function(cfg: GHNConfig, family: str):
 
 
 def decode_function(cfg: GHNConfig, arch, stacked: bool = False,
-                    with_layout: bool = False):
+                    with_layout: bool = False, first_period: bool = False):
   """The pure decoder of `arch`: (params['decoder'], x [n_nodes, D]) -> params.
 
   Not jitted: GHN training traces it inside its own per-architecture step,
   with `stacked` (the block params stacked, for `models.build(scan=True)`).
   `with_layout`: the function takes a third argument, the (node_rows,
   slot_scales) of `depth_sharing.layout`, and serves every architecture
-  that runs `arch`'s program.
+  that runs `arch`'s program. `first_period`: the vocabulary matrices of
+  `plan.tiled_periods` come back as their first period only, (period,
+  width) rows of the embedding and (width, period) columns of `lm_head`.
   """
   plan = plan_lib.make_plan(cfg, arch)
+  if first_period:
+    plan = plan_lib.first_periods(plan, plan_lib.tiled_periods(cfg, arch))
   abstract = models.abstract_params(arch)
   stack = tuple(models.block_names(arch)) if stacked else ()
   if with_layout:

@@ -242,27 +242,57 @@ def make_plan(cfg: GHNConfig, arch) -> ArchPlan:
   return ArchPlan(g, nodes)
 
 
-def vocab_period(cfg: GHNConfig, arch) -> int:
-  """The period with which a GPT-2's predicted output layer repeats over the
-  vocabulary, or 0 when it does not repeat exactly.
+def tiled_periods(cfg: GHNConfig, arch) -> dict[tuple[str, str], int]:
+  """{(module, param): period} of a GPT-2's predicted (vocab, width)
+  matrices that repeat exactly over the vocabulary: the embedding `wte`,
+  and `lm_head` when untied.
 
-  LoGAH decodes the (vocab, width) output matrix (the tied embedding, or
-  `lm_head`) as a block of at most `min_size(vocab)` rows and tiles it
-  (docs/algorithm.md §5.1): row i is row i mod period, unless a `widen`
-  fill adds position-dependent noise. `objective.task_loss` then needs the
-  logits of the first period only.
+  LoGAH decodes such a matrix as a block of at most `min_size(vocab)` rows
+  and tiles it (docs/algorithm.md §5.1): row i is row i mod period, unless
+  a `widen` fill adds position-dependent noise. A matrix that one block
+  covers, or that does not repeat exactly, is absent. GHN training then
+  decodes the first period only (`first_periods`): the logits
+  (`objective.task_loss`), the embedding lookup (`GPT2`'s
+  `embedding_period`) and the regulariser (`objective.frobenius_sum`) need
+  no more.
   """
   if cfg.decoder != 'lowrank' or not isinstance(arch, configs.GPT2Config):
-    return 0
-  path = ('wte', 'embedding') if arch.tie_embeddings else ('lm_head',
-                                                           'kernel')
+    return {}
+  out = {}
   for node in make_plan(cfg, arch).nodes:
     for sp in node.slots:
-      if sp.slot.path != path:
+      if sp.slot.path not in (('wte', 'embedding'), ('lm_head', 'kernel')):
         continue
       vocab = sp.slot.ref_shape[0]  # (vocab, width) in the reference layout
       period = node.request.rows
       plain = not sp.noise and not (sp.widen and sp.widen[0][0])
-      ok = node.request.mode == 'matrix' and sp.kind == 'matrix' and plain
-      return period if ok and period < vocab else 0
-  return 0
+      if (node.request.mode == 'matrix' and sp.kind == 'matrix' and plain
+          and period < vocab):
+        out[sp.slot.path] = period
+  return out
+
+
+def first_periods(plan: ArchPlan, periods: dict) -> ArchPlan:
+  """`plan` with each matrix of `periods` (`tiled_periods`) written as its
+  first period only, (period, width) in the reference layout: exactly the
+  leading rows of the full leaf, which repeats them."""
+  def cut(sp: SlotPlan) -> SlotPlan:
+    if sp.slot.path not in periods:
+      return sp
+    shape = (periods[sp.slot.path],) + tuple(sp.slot.ref_shape[1:])
+    return dataclasses.replace(
+        sp, slot=dataclasses.replace(sp.slot, ref_shape=shape))
+  return dataclasses.replace(plan, nodes=tuple(
+      dataclasses.replace(n, slots=tuple(cut(sp) for sp in n.slots))
+      for n in plan.nodes))
+
+
+def vocab_period(cfg: GHNConfig, arch) -> int:
+  """The period with which a GPT-2's predicted output layer (the tied
+  embedding, or `lm_head`) repeats over the vocabulary, or 0 when it does
+  not repeat exactly (`tiled_periods`)."""
+  if not isinstance(arch, configs.GPT2Config):
+    return 0
+  path = ('wte', 'embedding') if arch.tie_embeddings else ('lm_head',
+                                                           'kernel')
+  return tiled_periods(cfg, arch).get(path, 0)

@@ -91,10 +91,15 @@ class GPT2(nn.Module):
   scan: bool = False
 
   @nn.compact
-  def __call__(self, tokens, depth=None, hidden=False):
+  def __call__(self, tokens, depth=None, hidden=False, embedding_period=0):
     """Logits; with `hidden`, the final LayerNorm's output (B, T, width) in
     the compute dtype instead, for a caller that applies the output layer
-    itself (`objective.task_loss` with a periodic vocabulary)."""
+    itself (`objective.task_loss` with a periodic vocabulary).
+
+    `embedding_period`: the embedding's rows repeat with this period (a
+    GHN's tiled prediction, `ghn.tiled_periods`) and the params' `wte`
+    holds the first period only; token i reads its row i mod period.
+    """
     cfg = self.cfg
     if tokens.ndim != 2:
       raise ValueError(f'GPT2 input must be (batch, seq_len) token ids, got '
@@ -103,13 +108,17 @@ class GPT2(nn.Module):
     if t > cfg.n_positions:
       raise ValueError(f'GPT2 sequence length {t} exceeds n_positions='
                        f'{cfg.n_positions} of {cfg.name}.')
-    wte = nn.Embed(cfg.vocab_size, cfg.width,
+    if embedding_period and cfg.tie_embeddings and not hidden:
+      raise ValueError('GPT2: a tied embedding of one period gives the logits '
+                       'of one period; ask for hidden=True')
+    wte = nn.Embed(embedding_period or cfg.vocab_size, cfg.width,
                    embedding_init=layers.normal(_STD), dtype=self.dtype,
                    param_dtype=jnp.float32, name='wte')
     wpe = nn.Embed(cfg.n_positions, cfg.width,
                    embedding_init=layers.normal(_STD), dtype=self.dtype,
                    param_dtype=jnp.float32, name='wpe')
-    x = wte(tokens) + wpe(jnp.arange(t))[None]
+    x = wte(tokens % embedding_period if embedding_period else tokens)
+    x = x + wpe(jnp.arange(t))[None]
     x = layers.run_blocks(Block, cfg, x, dtype=self.dtype, remat=self.remat,
                           scan=self.scan, prefix='h_', depth=depth)
     x = layers.layer_norm(_LN_EPS, dtype=self.dtype, name='ln_f')(x)

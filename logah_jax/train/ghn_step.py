@@ -191,12 +191,18 @@ class GHNStep:
     the layout (`depth_sharing.layout`) of the architecture it runs for.
     """
     shared = self.shared and scan
-    decode = ghn_lib.decode_function(self.cfg, arch, stacked=scan,
-                                     with_layout=shared)
-    n = ghn_lib.num_nodes(self.cfg, arch)
     gamma, smoothing, compute = self.gamma, self.label_smoothing, self.compute
-    # a periodic output layer: the logits of its first period suffice
-    period = 0 if smoothing else ghn_lib.vocab_period(self.cfg, arch)
+    # Vocabulary matrices that repeat: their first period is decoded, and
+    # suffices for the logits, the embedding lookup and the regulariser.
+    periods = {} if smoothing else ghn_lib.tiled_periods(self.cfg, arch)
+    period = ghn_lib.vocab_period(self.cfg, arch) if periods else 0
+    embedding_period = periods.get(('wte', 'embedding'), 0)
+    copies = {path: objective.period_copies(arch.vocab_size, p)
+              for path, p in periods.items()}
+    decode = ghn_lib.decode_function(self.cfg, arch, stacked=scan,
+                                     with_layout=shared,
+                                     first_period=bool(periods))
+    n = ghn_lib.num_nodes(self.cfg, arch)
 
     def loss_fn(decoder_params, x_ND, batch, layout):
       if shared:
@@ -207,8 +213,8 @@ class GHNStep:
       ce, logits, targets = objective.task_loss(
           arch, predicted, batch, smoothing, dtype=compute.dtype,
           remat=self.block_remat(scan), scan=scan, depth=depth,
-          vocab_period=period)
-      reg = objective.frobenius_sum(predicted, depth)
+          vocab_period=period, embedding_period=embedding_period)
+      reg = objective.frobenius_sum(predicted, depth, copies)
       acc = objective.correct(logits, targets, bool(period)) / targets.size
       return ce + gamma * reg, {'ce': ce, 'reg': reg, 'acc': acc}
 

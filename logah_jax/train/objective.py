@@ -42,13 +42,18 @@ def cross_entropy(logits, targets, label_smoothing: float = 0.0):
 
 def task_loss(arch, params, batch, label_smoothing: float = 0.0, *,
               dtype=jnp.float32, remat: bool = False, scan: bool = False,
-              depth=None, vocab_period: int = 0):
+              depth=None, vocab_period: int = 0, embedding_period: int = 0):
   """(loss, logits, targets) of target `arch` with `params` on `batch`.
 
   `dtype` is the forward's compute dtype, `remat` rematerialises its blocks
   and `scan` runs them as one scan over stacked params (`models.build`);
   logits and the loss are float32 either way. `depth` (with `scan`, traced):
   only the first `depth` blocks run.
+
+  `embedding_period` (GPT-2): the embedding's rows repeat with this period
+  (`ghn.tiled_periods`) and `params` hold its first period only
+  (`ghn.decode_function(..., first_period=True)`); so may `lm_head`'s
+  columns, with `vocab_period`.
 
   `vocab_period` (GPT-2, no label smoothing): the output layer's columns
   repeat with this period (`ghn.vocab_period`: a GHN's prediction tiles a
@@ -60,23 +65,25 @@ def task_loss(arch, params, batch, label_smoothing: float = 0.0, *,
   """
   x, targets = inputs_and_targets(arch, batch)
   model = models.build(arch, dtype, remat, scan)
+  if embedding_period and not isinstance(arch, GPT2Config):
+    raise ValueError('task_loss: embedding_period needs a GPT-2')
+  extra = {'embedding_period': embedding_period} if embedding_period else {}
   if not vocab_period:
-    logits = model.apply({'params': params}, x, depth=depth)
+    logits = model.apply({'params': params}, x, depth=depth, **extra)
     return cross_entropy(logits, targets, label_smoothing), logits, targets
   if not isinstance(arch, GPT2Config) or label_smoothing:
     raise ValueError('task_loss: vocab_period needs a GPT-2 and no label '
                      'smoothing')
-  h = model.apply({'params': params}, x, depth=depth, hidden=True)
+  h = model.apply({'params': params}, x, depth=depth, hidden=True, **extra)
   if arch.tie_embeddings:
     w = params['wte']['embedding'][:vocab_period].T
   else:
     w = params['lm_head']['kernel'][:, :vocab_period]
   logits = layers.rows_apply(lambda r: r @ w.astype(dtype), h)
   logits = logits.astype(jnp.float32)
-  repeats = np.bincount(np.arange(arch.vocab_size) % vocab_period)
+  repeats = period_copies(arch.vocab_size, vocab_period)
   top = jax.lax.stop_gradient(jnp.max(logits, -1, keepdims=True))
-  lse = top[..., 0] + jnp.log(jnp.sum(
-      repeats.astype(np.float32) * jnp.exp(logits - top), -1))
+  lse = top[..., 0] + jnp.log(jnp.sum(repeats * jnp.exp(logits - top), -1))
   picked = jnp.take_along_axis(logits, (targets % vocab_period)[..., None],
                                -1)[..., 0]
   return jnp.mean(lse - picked), logits, targets
@@ -121,7 +128,17 @@ def _safe_sqrt(sq):
   return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
 
 
-def frobenius_sum(params, depth=None):
+# The vocabulary axis of a GPT-2's (vocab, width) matrices in Flax's layout.
+_VOCAB_AXIS = {('wte', 'embedding'): 0, ('lm_head', 'kernel'): 1}
+
+
+def period_copies(vocab: int, period: int) -> np.ndarray:
+  """How many times each of the first `period` rows of a (vocab, ...)
+  matrix whose rows repeat with `period` occurs in it."""
+  return np.bincount(np.arange(vocab) % period).astype(np.float32)
+
+
+def frobenius_sum(params, depth=None, copies=None):
   """Σ over tensors of ||w||_F, not squared, on full-size leaves.
 
   The regulariser of LoGAH's objective (docs/algorithm.md §6.1). Stacked
@@ -129,12 +146,21 @@ def frobenius_sum(params, depth=None):
   (traced) `depth`, only the first `depth` blocks count. The squared norms
   are gathered into one vector before the square roots, so that the program
   holds one reduction per leaf and one small tail, not a tail per leaf.
+
+  `copies` ({(module, param): counts}): a GPT-2's vocabulary matrices given
+  as the first period of a matrix that repeats it (`ghn.tiled_periods`);
+  each of their rows counts `counts[i]` times (`period_copies`), which is
+  the full matrix's norm.
   """
+  copies = copies or {}
   squares, counted = [], []
   for key, sub in params.items():
-    for leaf in jax.tree.leaves(sub):
+    for path, leaf in jax.tree_util.tree_flatten_with_path(sub)[0]:
       stacked = key == STACKED
       x = jnp.square(leaf.astype(jnp.float32))
+      name = (key,) + tuple(getattr(p, 'key', p) for p in path)
+      if name in copies:
+        x = x * np.expand_dims(copies[name], 1 - _VOCAB_AXIS[name])
       # Reduced in place, not reshaped to rows: XLA's CPU backend runs a
       # single long row's reduction on one thread.
       squares.append(jnp.sum(x, axis=tuple(range(1, x.ndim))) if stacked
