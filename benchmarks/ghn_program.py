@@ -135,7 +135,8 @@ def main():
   dec_params = params['decoder']
   # As the program decodes: a GPT-2's repeating vocabulary matrices as their
   # first period (`ghn.tiled_periods`).
-  periods = ghn.tiled_periods(cfg, arch)
+  periods, period, embedding_period, copies = ghn_step.vocabulary_terms(
+      cfg, arch)
   decode = ghn.decode_function(cfg, arch, stacked=True,
                                first_period=bool(periods))
   target_params = jax.jit(decode)(dec_params, x[:n])
@@ -143,10 +144,6 @@ def main():
   def decode_loss(p, xx):
     return sum(jnp.sum(jnp.square(v)) for v in jax.tree.leaves(decode(p, xx)))
 
-  period = ghn.vocab_period(cfg, arch)  # as the program computes the loss
-  embedding_period = periods.get(('wte', 'embedding'), 0)
-  copies = {path: objective.period_copies(arch.vocab_size, p)
-            for path, p in periods.items()}
 
   def target_loss(tp):  # remat as in the program (`layers.scanned_remat`)
     return objective.task_loss(arch, tp, batch, scan=True,

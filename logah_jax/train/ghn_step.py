@@ -56,6 +56,22 @@ from logah_jax.train.state import TrainState
 
 TRACE_GROUP = 'ghn_step'  # compiles.trace_counts(TRACE_GROUP): body/arch/finish
 
+
+def vocabulary_terms(cfg: GHNConfig, arch, label_smoothing: float = 0.0):
+  """(periods, vocab_period, embedding_period, copies) of `arch`'s program.
+
+  A GPT-2's vocabulary matrices that repeat (`ghn.tiled_periods`) are
+  decoded as their first period, which suffices for the logits
+  (`vocab_period`), the embedding lookup (`embedding_period`) and the
+  regulariser (`copies`, `objective.frobenius_sum`). Label smoothing needs
+  the full logits: then nothing is periodic.
+  """
+  periods = {} if label_smoothing else ghn_lib.tiled_periods(cfg, arch)
+  period = ghn_lib.vocab_period(cfg, arch) if periods else 0
+  copies = {path: objective.period_copies(arch.vocab_size, p)
+            for path, p in periods.items()}
+  return periods, period, periods.get(('wte', 'embedding'), 0), copies
+
 class GHNStep:
   """Callable `(state, archs, batch) -> (state, metrics)` for a fixed run.
 
@@ -192,13 +208,8 @@ class GHNStep:
     """
     shared = self.shared and scan
     gamma, smoothing, compute = self.gamma, self.label_smoothing, self.compute
-    # Vocabulary matrices that repeat: their first period is decoded, and
-    # suffices for the logits, the embedding lookup and the regulariser.
-    periods = {} if smoothing else ghn_lib.tiled_periods(self.cfg, arch)
-    period = ghn_lib.vocab_period(self.cfg, arch) if periods else 0
-    embedding_period = periods.get(('wte', 'embedding'), 0)
-    copies = {path: objective.period_copies(arch.vocab_size, p)
-              for path, p in periods.items()}
+    periods, period, embedding_period, copies = vocabulary_terms(
+        self.cfg, arch, smoothing)
     decode = ghn_lib.decode_function(self.cfg, arch, stacked=scan,
                                      with_layout=shared,
                                      first_period=bool(periods))
